@@ -1,0 +1,8 @@
+"""noisypref: preference optimisation under noisy labels."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("noisypref")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"

@@ -1,0 +1,5 @@
+import sys
+
+from noisypref.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data loading, models, the training engine, evaluation and studies."""

@@ -1,0 +1,1 @@
+"""Result files in, tables, plots and statistics out. Never imports torch."""
