@@ -1,0 +1,37 @@
+"""rDPO: Chowdhury et al., "Provably Robust DPO", ICML 2024, eq. 8 (unbiased loss under flip rate ε)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from noisypref.methods.base import PairLogps, PreferenceMethod, check_in_range, check_positive, register
+from noisypref.methods.dpo import implicit_rewards
+
+
+@dataclass(frozen=True)
+class RobustDPOConfig:
+    beta: float = 0.1
+    label_smoothing: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_positive("beta", self.beta)
+        check_in_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+
+
+@register
+class RobustDPO(PreferenceMethod):
+    name = "robust_dpo"
+    config_class = RobustDPOConfig
+    source = "Chowdhury et al., ICML 2024"
+    summary = "[-(1-ε) log σ(h) + ε log σ(-h)] / (1-2ε), ε < 0.5"
+
+    def rewards(self, logps: PairLogps) -> tuple[torch.Tensor, torch.Tensor]:
+        return implicit_rewards(logps, self.config.beta)
+
+    def pair_loss(self, gap_minus_margin: torch.Tensor) -> torch.Tensor:
+        epsilon = self.config.label_smoothing
+        unbiased = -(1 - epsilon) * F.logsigmoid(gap_minus_margin) + epsilon * F.logsigmoid(-gap_minus_margin)
+        return unbiased / (1 - 2 * epsilon)
