@@ -1,0 +1,321 @@
+"""Evaluation of a trained policy (DESIGN §5): held-out accuracy, noise detection, gold-reward metrics.
+
+- **Held-out preference accuracy**: on clean pairs never trained on, the share where the method's
+  own implicit reward (``MethodOutput.chosen_reward`` / ``rejected_reward``, method in eval mode) of
+  the chosen response exceeds the rejected one's; ties count ½, so the reference policy itself
+  (all DPO rewards 0) scores exactly 0.5.
+- **Noise detection**: AUROC of a per-pair score for telling flipped from clean training pairs; the
+  score is ``−reward_gap`` (flipped pairs should end with low gaps) and, for γ methods, ``−γ``.
+- **Gold reward** (testbed): responses sampled from the policy and the reference policy for the same
+  prompts with the same seed; mean gold reward of each, the policy's win rate against the reference
+  by the gold reward (ties ½), its length-controlled win rate (alpaca_eval's GLM, see
+  ``length_controlled_win_rate``), and a sampled estimate of KL(π‖π_ref).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from noisypref.benchmark.logps import SequenceLogps, sequence_logps
+from noisypref.benchmark.reference import ReferenceLogps
+from noisypref.benchmark.testbed import GoldReward, sample_responses
+from noisypref.benchmark.tokenization import TokenizedPairs
+from noisypref.benchmark.train import forward_pairs
+from noisypref.methods import PreferenceMethod
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """The ``evaluation`` section of a run config. Sampling settings apply to the gold-reward metrics;
+    the KL estimate samples ``kl_samples`` responses per prompt at temperature 1 (samples of π)."""
+
+    heldout_accuracy: bool = True
+    noise_detection: bool = True
+    gold_reward: bool = True
+    num_eval_prompts: int = 256
+    samples_per_prompt: int = 1
+    temperature: float = 1.0
+    max_new_tokens: int = 16
+    kl_samples: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("heldout_accuracy", "noise_detection", "gold_reward"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"evaluation.{name} = {getattr(self, name)!r} is invalid: expected true or false"
+                )
+        for name, minimum in (
+            ("num_eval_prompts", 1),
+            ("samples_per_prompt", 1),
+            ("max_new_tokens", 1),
+            ("kl_samples", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(
+                    f"evaluation.{name} = {value!r} is invalid: expected an integer >= {minimum}"
+                )
+        temperature = self.temperature
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not (math.isfinite(temperature) and temperature >= 0)
+        ):
+            raise ValueError(
+                f"evaluation.temperature = {temperature!r} is invalid: expected a number >= 0 (0: greedy)"
+            )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> EvaluationConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"evaluation: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
+        return cls(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure metrics
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``, tied values sharing the mean of their ranks."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    group_starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    group_ends = np.r_[group_starts[1:], len(values)]  # exclusive
+    mean_rank_of_group = (group_starts + 1 + group_ends) / 2.0  # mean of ranks start+1 .. end
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat(mean_rank_of_group, group_ends - group_starts)
+    return ranks
+
+
+def auroc(scores: np.ndarray, is_positive: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative) + ½ P(tie).
+
+    Computed from ranks (Mann & Whitney 1947: AUROC = U / (n₊ n₋)). NaN when a class is empty.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    is_positive = np.asarray(is_positive, dtype=bool)
+    if scores.shape != is_positive.shape:
+        raise ValueError(f"scores have shape {scores.shape} but labels {is_positive.shape}")
+    positives, negatives = int(is_positive.sum()), int((~is_positive).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    rank_sum = average_ranks(scores)[is_positive].sum()
+    u_statistic = rank_sum - positives * (positives + 1) / 2.0
+    return float(u_statistic / (positives * negatives))
+
+
+def preference_accuracy(chosen_reward: np.ndarray, rejected_reward: np.ndarray) -> float:
+    """Share of pairs whose chosen reward exceeds the rejected one; ties count ½."""
+    return win_rate(chosen_reward, rejected_reward)
+
+
+def win_rate(scores: np.ndarray, opponent_scores: np.ndarray) -> float:
+    """Mean of 1[score > opponent] + ½·1[score = opponent] over matched entries."""
+    scores = np.asarray(scores, dtype=np.float64)
+    opponent_scores = np.asarray(opponent_scores, dtype=np.float64)
+    if scores.shape != opponent_scores.shape or scores.size == 0:
+        raise ValueError(
+            f"need two non-empty arrays of one shape; got {scores.shape} and {opponent_scores.shape}"
+        )
+    return float(np.mean((scores > opponent_scores) + 0.5 * (scores == opponent_scores)))
+
+
+def length_controlled_win_rate(
+    policy_wins: np.ndarray, policy_lengths: np.ndarray, reference_lengths: np.ndarray
+) -> float:
+    """Win rate at equal length, by alpaca_eval's length-controlled GLM (Dubois et al. 2024).
+
+    ``policy_wins`` holds 1 (policy wins), 0 (reference wins) or 0.5 (tie) per comparison. Uses
+    alpaca_eval's design matrix and its cross-validated logistic regression with the
+    ``length_controlled_minimal`` formula, ``tanh(std_delta_len) + not_gamed_baseline``: the
+    default ``length_controlled_v1`` also needs AlpacaEval's per-instruction difficulties and its
+    "gamed" annotations, which ``get_length_controlled_winrate`` downloads from the hub and which
+    do not exist for the testbed's prompts. Lengths are in characters, as in alpaca_eval.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # alpaca_eval imports the deprecated pkg_resources
+        from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model
+
+    glm = GLM_INFO["length_controlled_minimal"]
+    # alpaca_eval's featurisation: output_1 is the baseline (the reference policy), output_2 the model.
+    length_difference = np.asarray(reference_lengths, dtype=np.float64) - np.asarray(
+        policy_lengths, dtype=np.float64
+    )
+    spread = length_difference.std(ddof=1) if length_difference.size > 1 else 0.0
+    train = pd.DataFrame(
+        {
+            "preference": np.asarray(policy_wins, dtype=np.float64),
+            "std_delta_len": length_difference / spread if spread > 0 else np.zeros_like(length_difference),
+            "not_gamed_baseline": True,
+        }
+    )
+    test = pd.DataFrame({"not_gamed_baseline": train["not_gamed_baseline"], "std_delta_len": 0.0})
+    design_train, design_test = make_dmatrix_for_model(train, test, formula=glm["formula"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn deprecation and convergence chatter
+        model = fit_LogisticRegressionCV(design_train, "preference", is_ytrue_proba=True, **glm["kwargs"])
+    return float(model.predict_proba(design_test)[:, 1].mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics of a model
+
+
+@torch.no_grad()
+def method_outputs(
+    policy: PreTrainedModel,
+    method: PreferenceMethod,
+    pairs: TokenizedPairs,
+    reference: ReferenceLogps | None,
+    pad_token_id: int,
+    batch_size: int = 64,
+) -> dict[str, np.ndarray]:
+    """The method's ``chosen_reward``, ``rejected_reward``, ``reward_gap`` (and ``gamma``) of every pair,
+    computed in eval mode in batches of ``batch_size`` in dataset order."""
+    was_training = policy.training
+    policy.eval()
+    method.eval()
+    logps_model = SequenceLogps(policy)
+    collected: dict[str, list[torch.Tensor]] = {"chosen_reward": [], "rejected_reward": [], "reward_gap": []}
+    for start in range(0, len(pairs), batch_size):
+        indices = torch.arange(start, min(start + batch_size, len(pairs)))
+        logps = forward_pairs(
+            logps_model,
+            pairs,
+            indices,
+            reference,
+            pad_token_id,
+            policy.device,
+            pack=logps_model.supports_packing,
+        )
+        output = method(logps)
+        collected["chosen_reward"].append(output.chosen_reward)
+        collected["rejected_reward"].append(output.rejected_reward)
+        collected["reward_gap"].append(output.reward_gap)
+        if "gamma" in output.diagnostics:
+            collected.setdefault("gamma", []).append(output.diagnostics["gamma"])
+    policy.train(was_training)
+    return {name: torch.cat(values).double().cpu().numpy() for name, values in collected.items()}
+
+
+def noise_detection(outputs: Mapping[str, np.ndarray], is_flipped: np.ndarray) -> dict[str, float]:
+    """AUROC of −reward gap (and −γ where present) for flagging the flipped training pairs.
+
+    Empty when the pairs are all flipped or all clean (AUROC undefined)."""
+    is_flipped = np.asarray(is_flipped, dtype=bool)
+    if is_flipped.all() or not is_flipped.any():
+        return {}
+    metrics = {"noise_detection_auroc": auroc(-outputs["reward_gap"], is_flipped)}
+    if "gamma" in outputs:
+        metrics["noise_detection_auroc_gamma"] = auroc(-outputs["gamma"], is_flipped)
+    return metrics
+
+
+def gold_reward_metrics(
+    policy: PreTrainedModel,
+    reference_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    gold_reward: GoldReward,
+    config: EvaluationConfig,
+    seed: int,
+) -> dict[str, float]:
+    """Gold reward, win rate, length-controlled win rate and KL estimate of ``policy`` (plain-text prompts)."""
+    sampling = dict(
+        num_samples=config.samples_per_prompt,
+        temperature=config.temperature,
+        max_new_tokens=config.max_new_tokens,
+        seed=seed,
+    )
+    policy_responses = _flatten(sample_responses(policy, tokenizer, list(prompts), **sampling))
+    reference_responses = _flatten(sample_responses(reference_model, tokenizer, list(prompts), **sampling))
+    repeated_prompts = [prompt for prompt in prompts for _ in range(config.samples_per_prompt)]
+    policy_rewards = gold_reward.score_many(repeated_prompts, policy_responses)
+    reference_rewards = gold_reward.score_many(repeated_prompts, reference_responses)
+    policy_wins = (policy_rewards > reference_rewards) + 0.5 * (policy_rewards == reference_rewards)
+    metrics = {
+        "gold_reward_mean": float(policy_rewards.mean()),
+        "gold_reward_reference_mean": float(reference_rewards.mean()),
+        "gold_win_rate": win_rate(policy_rewards, reference_rewards),
+        "gold_lc_win_rate": length_controlled_win_rate(
+            policy_wins,
+            np.array([len(response) for response in policy_responses]),
+            np.array([len(response) for response in reference_responses]),
+        ),
+        "policy_response_words_mean": float(
+            np.mean([len(response.split()) for response in policy_responses])
+        ),
+    }
+    if config.kl_samples > 0:
+        metrics["kl_estimate"] = kl_estimate(
+            policy,
+            reference_model,
+            tokenizer,
+            prompts,
+            num_samples=config.kl_samples,
+            max_new_tokens=config.max_new_tokens,
+            seed=seed + 1,
+        )
+    return metrics
+
+
+def kl_estimate(
+    policy: PreTrainedModel,
+    reference_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    seed: int,
+) -> float:
+    """Monte-Carlo KL(π‖π_ref) = mean over y ~ π(·|x) of log π(y|x) − log π_ref(y|x).
+
+    y is sampled at temperature 1 until eos or ``max_new_tokens``; its log-prob includes the eos
+    when one was sampled. Responses are decoded and re-tokenised: exact for tokenizers whose
+    decode → encode is the identity on sampled tokens (the testbed's word-level tokenizer, as long
+    as the policy emits no special token other than eos, which decoding drops).
+    """
+    responses = _flatten(
+        sample_responses(
+            policy,
+            tokenizer,
+            list(prompts),
+            num_samples=num_samples,
+            temperature=1.0,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+        )
+    )
+    repeated_prompts = [prompt for prompt in prompts for _ in range(num_samples)]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompt_ids = [bos + ids for ids in tokenizer(repeated_prompts, add_special_tokens=False)["input_ids"]]
+    response_ids = [
+        ids + [tokenizer.eos_token_id] if len(ids) < max_new_tokens else ids
+        for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]
+    ]
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    policy_logps = sequence_logps(policy, prompt_ids, response_ids, pad_token_id)
+    reference_logps = sequence_logps(reference_model, prompt_ids, response_ids, pad_token_id)
+    return float((policy_logps.double() - reference_logps.double()).mean())
+
+
+def _flatten(nested: list[list[str]]) -> list[str]:
+    return [item for inner in nested for item in inner]

@@ -1,0 +1,94 @@
+"""Reference-model log-probs, computed once per (reference model, tokenised dataset) and cached on disk.
+
+The file ``cache_dir/reference_logps/<key>.pt`` holds, per ``pair_id``, the summed log-probs of the
+pair's two responses in canonical order, ``(logp_a, logp_b)`` (see ``noisypref.benchmark.tokenization``).
+``key`` hashes the model identity and the dataset's ``content_key``, which ignores the labels: every
+method, noise model, flip rate and seed on the same data reads the same file, and a flipped pair
+just takes the two values the other way round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from noisypref.benchmark.logps import sequence_logps
+from noisypref.benchmark.storage import cached_torch_file
+from noisypref.benchmark.tokenization import TokenizedPairs
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ReferenceLogps:
+    """Reference log-probs of the two responses of every pair, aligned with a ``TokenizedPairs``."""
+
+    logp_a: torch.Tensor
+    logp_b: torch.Tensor
+
+    def chosen_and_rejected(
+        self, pairs: TokenizedPairs, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference log-probs of the chosen and the rejected response of the pairs ``indices``."""
+        chosen_is_a = pairs.chosen_is_a[indices]
+        logp_a, logp_b = self.logp_a[indices], self.logp_b[indices]
+        return torch.where(chosen_is_a, logp_a, logp_b), torch.where(chosen_is_a, logp_b, logp_a)
+
+
+def reference_cache_path(cache_dir: str | Path, model_identity: str, pairs: TokenizedPairs) -> Path:
+    payload = json.dumps([REFERENCE_FORMAT_VERSION, model_identity, pairs.content_key])
+    key = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+    return Path(cache_dir) / "reference_logps" / f"reference-{key}.pt"
+
+
+def reference_logps(
+    model: PreTrainedModel,
+    pairs: TokenizedPairs,
+    *,
+    model_identity: str,
+    cache_dir: str | Path | None,
+    pad_token_id: int,
+    batch_size: int = 64,
+) -> ReferenceLogps:
+    """The reference log-probs of ``pairs`` under ``model``, from the cache when present.
+
+    ``model_identity`` must name the model's weights and numerics (e.g. a content hash of the
+    checkpoint plus dtype and device type): it is the cache key's model half. Without a
+    ``cache_dir`` nothing is cached.
+    """
+
+    def compute() -> dict:
+        logger.info("computing reference log-probs of %d pairs", len(pairs))
+        logps = sequence_logps(
+            model,
+            pairs.prompt_ids + pairs.prompt_ids,
+            pairs.response_a_ids + pairs.response_b_ids,
+            pad_token_id,
+            batch_size=batch_size,
+        )
+        return {
+            "pair_ids": pairs.pair_ids,
+            "logp_a": logps[: len(pairs)].clone(),
+            "logp_b": logps[len(pairs) :].clone(),
+            "model_identity": model_identity,
+            "content_key": pairs.content_key,
+        }
+
+    if cache_dir is None:
+        stored = compute()
+    else:
+        path = reference_cache_path(cache_dir, model_identity, pairs)
+        stored = cached_torch_file(path, compute, f"reference log-probs of {len(pairs)} pairs")
+    if stored["pair_ids"] == pairs.pair_ids:
+        return ReferenceLogps(stored["logp_a"], stored["logp_b"])
+    position = {pair_id: row for row, pair_id in enumerate(stored["pair_ids"])}
+    rows = torch.tensor([position[pair_id] for pair_id in pairs.pair_ids])
+    return ReferenceLogps(stored["logp_a"][rows], stored["logp_b"][rows])

@@ -1,0 +1,431 @@
+"""The training engine: a plain loop that trains any ``noisypref.methods`` method on any causal LM.
+
+Per optimizer step: take the step's pairs, split them into micro-batches (gradient accumulation) and
+data-parallel shards, run chosen and rejected through the policy in one forward pass, hand the
+per-pair log-probs (with the cached reference log-probs) to the method, back-propagate its
+objective, clip, step AdamW at the scheduled learning rate. That is all; extension points are
+arguments (the method object, callbacks), not subclasses.
+
+- Batches: ``batch_size`` pairs per optimizer step in total (across micro-batches and processes).
+  The pair order is a stream of per-epoch permutations drawn from ``seed``; step ``s`` takes the
+  ``s``-th slice, so the order is a function of (seed, step) and a resumed run sees the same pairs.
+  Batch-level methods (β-DPO, Dr.DPO, the γ candidate set) see one micro-batch at a time.
+- Learning rate (``learning_rate_at``): linear warm-up over ``ceil(warmup_ratio · steps)`` steps to
+  the peak, then a cosine decay towards zero over the remaining steps.
+- Numerics: float32 on a CPU (deterministic for a seed and thread count), bf16 autocast on CUDA.
+- Data parallelism through ``accelerate`` when the script is launched with ``accelerate launch``;
+  a plain single process otherwise. The γ margin estimator all-gathers its gaps itself.
+- Metrics: every ``log_every`` steps (and the last), one JSON line per step in ``metrics_path``.
+- Non-finite objective: under ``nan_policy="fail"`` the step raises ``NonFiniteLossError`` naming the
+  step, the method and the last finite metrics; under ``"skip"`` the step's update is dropped.
+- Checkpoints (``checkpoint_every``): model, optimizer and the method's state (margin queue, β-DPO
+  statistics), written atomically to ``checkpoint_dir/checkpoint.pt``; ``train`` resumes from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from noisypref.benchmark.logps import SequenceLogps, autocast_for, pair_batch
+from noisypref.benchmark.reference import ReferenceLogps
+from noisypref.benchmark.storage import torch_save_atomic
+from noisypref.benchmark.tokenization import TokenizedPairs, check_lengths
+from noisypref.methods import MethodOutput, PairLogps, PreferenceMethod
+
+logger = logging.getLogger(__name__)
+
+NAN_POLICIES = ("fail", "skip")
+CHECKPOINT_FILE = "checkpoint.pt"
+
+StepCallback = Callable[[dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation settings; the ``training`` section of a run config (plus two engine options)."""
+
+    steps: int = 200
+    batch_size: int = 64
+    gradient_accumulation: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    max_length: int = 512
+    max_prompt_length: int = 256
+    log_every: int = 10
+    nan_policy: str = "fail"
+    checkpoint_every: int = 0  # 0: no checkpoints
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "gradient_accumulation", "log_every"):
+            _require_int(name, getattr(self, name), minimum=1)
+        _require_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        _require_real("learning_rate", self.learning_rate, "a number > 0", lambda value: value > 0)
+        _require_real("weight_decay", self.weight_decay, "a number >= 0", lambda value: value >= 0)
+        _require_real("warmup_ratio", self.warmup_ratio, "a number in [0, 1)", lambda value: 0 <= value < 1)
+        _require_real("max_grad_norm", self.max_grad_norm, "a number >= 0", lambda value: value >= 0)
+        if self.batch_size % self.gradient_accumulation:
+            raise ValueError(
+                f"training.batch_size = {self.batch_size} is invalid: expected a multiple of "
+                f"training.gradient_accumulation = {self.gradient_accumulation}"
+            )
+        try:
+            check_lengths(self.max_length, self.max_prompt_length)
+        except ValueError as error:
+            raise ValueError(f"training.{error}") from None
+        if self.nan_policy not in NAN_POLICIES:
+            raise ValueError(
+                f"training.nan_policy = {self.nan_policy!r} is invalid: expected one of {NAN_POLICIES}"
+            )
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(
+                f"training.gradient_checkpointing = {self.gradient_checkpointing!r} is invalid: expected true or false"
+            )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainingConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"training: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
+        return cls(**values)
+
+    @property
+    def warmup_steps(self) -> int:
+        return math.ceil(self.warmup_ratio * self.steps)
+
+
+@dataclass
+class TrainingResult:
+    steps: int
+    skipped_steps: int
+    final_metrics: dict[str, float]
+    wall_time_s: float
+    pairs_per_second: float
+
+
+class NonFiniteLossError(RuntimeError):
+    """The objective became NaN or infinite; the message names the step, method and last finite metrics."""
+
+    def __init__(self, step: int, method: str, last_finite_metrics: dict[str, float] | None) -> None:
+        self.step = step
+        self.method = method
+        self.last_finite_metrics = last_finite_metrics
+        super().__init__(
+            f"non-finite loss at step {step} of method {method!r}; "
+            f"last finite metrics: {json.dumps(last_finite_metrics)}"
+        )
+
+
+def learning_rate_at(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (1-based).
+
+    Steps 1..W (W = warmup_steps) ramp linearly, ``peak · s / (W + 1)``; from step W + 1 on the rate
+    follows a cosine from the peak towards 0: ``peak · ½(1 + cos(π (s − W − 1) / (S − W)))``.
+    """
+    if step <= warmup_steps:
+        return peak * step / (warmup_steps + 1)
+    progress = (step - warmup_steps - 1) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class PairOrder:
+    """Which pairs each optimizer step trains on: consecutive slices of per-epoch permutations."""
+
+    def __init__(self, num_pairs: int, batch_size: int, seed: int) -> None:
+        self.num_pairs = num_pairs
+        self.batch_size = batch_size
+        self.seed = seed
+        self._permutations: dict[int, torch.Tensor] = {}
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._permutations:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._permutations[epoch] = torch.from_numpy(rng.permutation(self.num_pairs))
+        return self._permutations[epoch]
+
+    def step_pairs(self, step: int) -> torch.Tensor:
+        """Pair indices of optimizer step ``step`` (1-based)."""
+        positions = torch.arange((step - 1) * self.batch_size, step * self.batch_size)
+        epochs = positions // self.num_pairs
+        pieces = [
+            self.permutation(int(epoch))[positions[epochs == epoch] % self.num_pairs]
+            for epoch in torch.unique(epochs)
+        ]
+        return torch.cat(pieces)
+
+
+def forward_pairs(
+    logps_model: torch.nn.Module,
+    pairs: TokenizedPairs,
+    indices: torch.Tensor,
+    reference: ReferenceLogps | None,
+    pad_token_id: int,
+    device: torch.device,
+    *,
+    pack: bool,
+) -> PairLogps:
+    """Policy log-probs of the pairs ``indices``: chosen and rejected in one forward pass of
+    ``logps_model`` (a ``SequenceLogps``, possibly wrapped for data parallelism)."""
+    batch = pair_batch(pairs, indices.tolist(), pad_token_id, pack=pack).to(device)
+    with autocast_for(device):
+        sequence_logps = logps_model(batch)
+    policy_chosen, policy_rejected = sequence_logps.float().chunk(2)
+    chosen_length, rejected_length = batch.response_lengths.float().chunk(2)
+    reference_chosen = reference_rejected = None
+    if reference is not None:
+        reference_chosen, reference_rejected = (
+            values.to(device) for values in reference.chosen_and_rejected(pairs, indices)
+        )
+    return PairLogps(
+        policy_chosen=policy_chosen,
+        policy_rejected=policy_rejected,
+        chosen_length=chosen_length,
+        rejected_length=rejected_length,
+        reference_chosen=reference_chosen,
+        reference_rejected=reference_rejected,
+    )
+
+
+def train(
+    policy: PreTrainedModel,
+    method: PreferenceMethod,
+    pairs: TokenizedPairs,
+    config: TrainingConfig,
+    *,
+    reference: ReferenceLogps | None,
+    pad_token_id: int,
+    seed: int,
+    metrics_path: Path | None = None,
+    checkpoint_dir: Path | None = None,
+    callbacks: Sequence[StepCallback] = (),
+    device: str | None = None,
+) -> TrainingResult:
+    """Train ``policy`` in place with ``method`` on ``pairs``; see the module docstring.
+
+    ``reference`` holds the reference log-probs (``None`` for reference-free methods). Each
+    callback receives the metrics record of every logged step. Returns the last logged metrics,
+    the number of skipped steps and the throughput.
+    """
+    if method.requires_reference and reference is None:
+        raise ValueError(f"method {method.name!r} needs reference log-probs; got reference=None")
+    if config.checkpoint_every and checkpoint_dir is None:
+        raise ValueError("training.checkpoint_every is set but no checkpoint_dir was given")
+    accelerator = Accelerator(cpu=device == "cpu")
+    per_process = config.batch_size // config.gradient_accumulation
+    if per_process % accelerator.num_processes:
+        raise ValueError(
+            f"training.batch_size / gradient_accumulation = {per_process} pairs per micro-batch is not "
+            f"divisible by the {accelerator.num_processes} data-parallel processes"
+        )
+    torch.manual_seed(seed)
+    if config.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    policy.train()
+    method.train()
+    logps_model = accelerator.prepare_model(SequenceLogps(policy))
+    optimizer = torch.optim.AdamW(
+        policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    order = PairOrder(len(pairs), config.batch_size, seed)
+    start_step = 0
+    if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).exists():
+        start_step = load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, policy, optimizer, method)
+        logger.info("resuming from the checkpoint of step %d", start_step)
+        if metrics_path is not None:
+            _drop_metrics_after(metrics_path, start_step)
+
+    skipped_steps = 0
+    last_record: dict[str, float] | None = None
+    window_start, window_pairs = time.perf_counter(), 0
+    started = time.perf_counter()
+    progress = tqdm(
+        range(start_step + 1, config.steps + 1),
+        desc=f"training {method.name}",
+        initial=start_step,
+        total=config.steps,
+        disable=not accelerator.is_main_process,
+        leave=False,
+    )
+    for step in progress:
+        learning_rate = learning_rate_at(step, config.learning_rate, config.warmup_steps, config.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+
+        step_pairs = order.step_pairs(step)
+        process_pairs = step_pairs.chunk(accelerator.num_processes)[accelerator.process_index]
+        outputs = accumulate_gradients(
+            accelerator, logps_model, method, pairs, process_pairs, reference, pad_token_id, config
+        )
+        grad_norm = _clip_gradients(policy, config.max_grad_norm) if outputs is not None else None
+        if outputs is None or not torch.isfinite(grad_norm):
+            if config.nan_policy == "fail":
+                raise NonFiniteLossError(step, method.name, last_record)
+            logger.warning("step %d: non-finite loss or gradient, update skipped (nan_policy=skip)", step)
+            skipped_steps += 1
+            optimizer.zero_grad(set_to_none=True)
+            continue
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        window_pairs += config.batch_size
+
+        if step % config.log_every == 0 or step == config.steps:
+            elapsed = time.perf_counter() - window_start
+            last_record = step_metrics(accelerator, step, outputs, learning_rate, grad_norm)
+            last_record["pairs_per_second"] = window_pairs / max(elapsed, 1e-9)
+            window_start, window_pairs = time.perf_counter(), 0
+            if metrics_path is not None and accelerator.is_main_process:
+                with open(metrics_path, "a", encoding="utf-8") as metrics_file:
+                    metrics_file.write(json.dumps(last_record) + "\n")
+            progress.set_postfix(
+                loss=f"{last_record['loss']:.4f}", accuracy=f"{last_record['train_accuracy']:.3f}"
+            )
+            for callback in callbacks:
+                callback(last_record)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and accelerator.is_main_process:
+            save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, step, policy, optimizer, method)
+
+    policy.eval()
+    method.eval()
+    wall_time = time.perf_counter() - started
+    trained_steps = config.steps - start_step - skipped_steps
+    return TrainingResult(
+        steps=config.steps,
+        skipped_steps=skipped_steps,
+        final_metrics=last_record or {},
+        wall_time_s=wall_time,
+        pairs_per_second=trained_steps * config.batch_size / max(wall_time, 1e-9),
+    )
+
+
+def accumulate_gradients(
+    accelerator: Accelerator,
+    logps_model: torch.nn.Module,
+    method: PreferenceMethod,
+    pairs: TokenizedPairs,
+    step_pairs: torch.Tensor,
+    reference: ReferenceLogps | None,
+    pad_token_id: int,
+    config: TrainingConfig,
+) -> list[MethodOutput] | None:
+    """Forward and backward over the micro-batches of one step; the gradient is the mean over its pairs.
+
+    Returns the method's outputs, or ``None`` as soon as an objective is not finite (on any process).
+    Gradients are synchronised across processes on the last micro-batch only.
+    """
+    pack = accelerator.unwrap_model(logps_model).supports_packing
+    micro_batches = step_pairs.chunk(config.gradient_accumulation)
+    outputs = []
+    for micro_index, micro_pairs in enumerate(micro_batches):
+        is_last = micro_index == len(micro_batches) - 1
+        with contextlib.nullcontext() if is_last else accelerator.no_sync(logps_model):
+            logps = forward_pairs(
+                logps_model, pairs, micro_pairs, reference, pad_token_id, accelerator.device, pack=pack
+            )
+            output = method(logps)
+            if not bool(accelerator.gather(torch.isfinite(output.objective.detach()).reshape(1)).all()):
+                return None
+            (output.objective / config.gradient_accumulation).backward()
+        outputs.append(output)
+    return outputs
+
+
+def step_metrics(
+    accelerator: Accelerator,
+    step: int,
+    outputs: list[MethodOutput],
+    learning_rate: float,
+    grad_norm: torch.Tensor,
+) -> dict[str, float]:
+    """Loss, reward gap, training accuracy, target margin (and γ) of the step, across processes."""
+    reward_gap = accelerator.gather(torch.cat([output.reward_gap for output in outputs]).float())
+    target_margin = accelerator.gather(torch.cat([output.target_margin for output in outputs]).float())
+    objective = accelerator.gather(torch.stack([output.objective.detach().float() for output in outputs]))
+    record = {
+        "step": step,
+        "loss": objective.mean().item(),
+        "reward_gap_mean": reward_gap.mean().item(),
+        "reward_gap_std": reward_gap.std().item() if reward_gap.numel() > 1 else 0.0,
+        "train_accuracy": (reward_gap > 0).float().mean().item(),
+        "target_margin_mean": target_margin.mean().item(),
+        "target_margin_std": target_margin.std().item() if target_margin.numel() > 1 else 0.0,
+        "learning_rate": learning_rate,
+        "grad_norm": float(grad_norm),
+    }
+    if all("gamma" in output.diagnostics for output in outputs):
+        gamma = accelerator.gather(torch.cat([output.diagnostics["gamma"] for output in outputs]).float())
+        record["gamma_mean"] = gamma.mean().item()
+        record["gamma_std"] = gamma.std().item() if gamma.numel() > 1 else 0.0
+    return record
+
+
+def _clip_gradients(policy: PreTrainedModel, max_grad_norm: float) -> torch.Tensor:
+    parameters = [parameter for parameter in policy.parameters() if parameter.grad is not None]
+    if max_grad_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm).detach().cpu()
+    return torch.nn.utils.get_total_norm([parameter.grad for parameter in parameters]).detach().cpu()
+
+
+def save_checkpoint(
+    path: Path, step: int, policy: PreTrainedModel, optimizer: torch.optim.Optimizer, method: PreferenceMethod
+) -> None:
+    torch_save_atomic(
+        path,
+        {
+            "step": step,
+            "model": policy.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "method": method.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        },
+    )
+    logger.info("checkpoint of step %d written to %s", step, path)
+
+
+def load_checkpoint(
+    path: Path, policy: PreTrainedModel, optimizer: torch.optim.Optimizer, method: PreferenceMethod
+) -> int:
+    """Restore model, optimizer, method state and RNG; return the step the checkpoint was taken at."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    policy.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    method.load_state_dict(state["method"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+def _drop_metrics_after(metrics_path: Path, step: int) -> None:
+    """Remove metric lines of steps after ``step`` (written after the checkpoint a run resumes from)."""
+    if not metrics_path.exists():
+        return
+    lines = metrics_path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _require_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"training.{name} = {value!r} is invalid: expected an integer >= {minimum}")
+
+
+def _require_real(name: str, value: Any, allowed: str, condition: Callable[[float], bool]) -> None:
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (valid and condition(value)):
+        raise ValueError(f"training.{name} = {value!r} is invalid: expected {allowed}")

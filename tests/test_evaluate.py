@@ -1,0 +1,228 @@
+"""Tests of the evaluation metrics against independent computations."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from scipy.stats import mannwhitneyu
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+from noisypref.benchmark.evaluate import (
+    EvaluationConfig,
+    auroc,
+    average_ranks,
+    kl_estimate,
+    length_controlled_win_rate,
+    method_outputs,
+    noise_detection,
+    preference_accuracy,
+    win_rate,
+)
+from noisypref.benchmark.reference import reference_logps
+from noisypref.benchmark.testbed import build_word_tokenizer
+from noisypref.benchmark.tokenization import tokenize_pairs
+from noisypref.methods import build
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure metrics
+
+
+def test_average_ranks_share_ties() -> None:
+    np.testing.assert_array_equal(
+        average_ranks(np.array([3.0, 1.0, 3.0, 2.0, 3.0])), [4.0, 1.0, 4.0, 2.0, 4.0]
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_equals_the_mann_whitney_statistic(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.random(300) < 0.3
+    scores = rng.integers(0, 12, size=300) + 2.0 * labels  # integers: many ties
+    u_statistic = mannwhitneyu(scores[labels], scores[~labels], alternative="two-sided").statistic
+    assert auroc(scores, labels) == pytest.approx(u_statistic / (labels.sum() * (~labels).sum()), abs=1e-12)
+
+
+def test_auroc_by_hand() -> None:
+    # positives {3, 1}, negatives {2, 1}: pairs (3>2) 1, (3>1) 1, (1<2) 0, (1=1) ½  ->  2.5 / 4
+    assert auroc(np.array([3.0, 1.0, 2.0, 1.0]), np.array([True, True, False, False])) == 0.625
+    assert auroc(np.array([1.0, 2.0]), np.array([True, True])) != auroc(
+        np.array([1.0, 2.0]), np.array([True, True])
+    )
+
+
+def test_noise_detection_flags_low_gaps_and_low_gammas() -> None:
+    is_flipped = np.array([True, False, True, False, False])
+    outputs = {
+        "reward_gap": np.array([-1.0, 2.0, -0.5, 0.3, 1.0]),
+        "gamma": np.array([0.1, 2.0, 3.0, 0.5, 1.0]),
+    }
+    metrics = noise_detection(outputs, is_flipped)
+    assert metrics["noise_detection_auroc"] == 1.0  # every flipped pair has a lower gap than every clean one
+    assert metrics["noise_detection_auroc_gamma"] == pytest.approx(
+        3 / 6
+    )  # γ 0.1 beats 3 clean, 3.0 beats none
+    assert noise_detection(outputs, np.zeros(5, dtype=bool)) == {}
+
+
+def test_preference_accuracy_and_win_rate_count_ties_half() -> None:
+    assert preference_accuracy(
+        np.array([1.0, 0.0, 2.0, 5.0]), np.array([0.5, 0.0, 3.0, 1.0])
+    ) == pytest.approx(2.5 / 4)
+    assert win_rate(np.array([1.0, 1.0, 0.2]), np.array([1.0, 0.0, 0.3])) == pytest.approx(1.5 / 3)
+    with pytest.raises(ValueError):
+        win_rate(np.array([1.0]), np.array([1.0, 2.0]))
+
+
+def test_length_controlled_win_rate_removes_a_length_effect() -> None:
+    rng = np.random.default_rng(0)
+    reference_lengths = rng.integers(10, 60, size=400).astype(float)
+    # Equal lengths: nothing to control for, the GLM's prediction is the raw win rate.
+    wins = (rng.random(400) < 0.7).astype(float)
+    assert length_controlled_win_rate(wins, reference_lengths, reference_lengths) == pytest.approx(
+        wins.mean(), abs=0.03
+    )
+    # Wins explained by length only: the longer the policy's response, the likelier it wins.
+    policy_lengths = reference_lengths + rng.normal(15, 20, size=400)
+    win_probability = 1 / (1 + np.exp(-(policy_lengths - reference_lengths) / 10))
+    wins_by_length = (rng.random(400) < win_probability).astype(float)
+    raw = wins_by_length.mean()
+    controlled = length_controlled_win_rate(wins_by_length, policy_lengths, reference_lengths)
+    assert raw > 0.65
+    assert abs(controlled - 0.5) < abs(raw - 0.5) / 2
+
+
+def test_evaluation_config_names_the_field_of_a_bad_value() -> None:
+    with pytest.raises(ValueError, match=r"evaluation\.num_eval_prompts = 0"):
+        EvaluationConfig(num_eval_prompts=0)
+    with pytest.raises(ValueError, match=r"evaluation\.temperature"):
+        EvaluationConfig(temperature=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics of a model
+
+
+def tiny_llama(vocab_size: int, seed: int, *, bos: int | None, eos: int, pad: int, sharpness: float = 1.0):
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpness)
+    return model
+
+
+def plain_logp(model, token_ids: list[int], prompt_length: int) -> float:
+    with torch.no_grad():
+        log_probs = model(torch.tensor([token_ids])).logits.log_softmax(-1)[0]
+    return sum(
+        float(log_probs[position - 1, token_ids[position]])
+        for position in range(prompt_length, len(token_ids))
+    )
+
+
+def test_heldout_accuracy_uses_the_methods_own_rewards() -> None:
+    tokenizer = build_word_tokenizer(num_topics=2, num_words=6)
+    model = tiny_llama(
+        len(tokenizer),
+        0,
+        bos=tokenizer.bos_token_id,
+        eos=tokenizer.eos_token_id,
+        pad=tokenizer.pad_token_id,
+        sharpness=4.0,
+    )
+    pairs = datasets.Dataset.from_dict(
+        {
+            "pair_id": [f"p{index}" for index in range(6)],
+            "prompt": ["topic_0", "topic_1", "topic_0", "topic_1", "topic_0", "topic_1"],
+            "chosen": ["w1 w2 w3", "w4", "w0 w0", "w5 w1 w2 w3", "w2", "w3 w3"],
+            "rejected": ["w1", "w4 w5 w0", "w3 w4", "w0", "w2 w2 w2 w2", "w1"],
+        }
+    )
+    tokens = tokenize_pairs(pairs, tokenizer, max_length=32, max_prompt_length=8)
+    vocabulary = tokenizer.get_vocab()
+
+    def sequence(prompt: str, response: str) -> tuple[list[int], int]:
+        prompt_ids = [tokenizer.bos_token_id, vocabulary[prompt]]
+        return prompt_ids + [vocabulary[word] for word in response.split()] + [tokenizer.eos_token_id], len(
+            prompt_ids
+        )
+
+    beta = 2.0
+    chosen_reward, rejected_reward = [], []
+    for row in pairs:
+        for response, rewards in ((row["chosen"], chosen_reward), (row["rejected"], rejected_reward)):
+            token_ids, prompt_length = sequence(row["prompt"], response)
+            rewards.append(
+                beta * plain_logp(model, token_ids, prompt_length) / (len(token_ids) - prompt_length)
+            )
+    expected = np.mean(np.array(chosen_reward) > np.array(rejected_reward))
+
+    outputs = method_outputs(model, build("simpo", beta=beta), tokens, None, tokenizer.pad_token_id)
+    np.testing.assert_allclose(outputs["chosen_reward"], chosen_reward, rtol=1e-5)
+    assert preference_accuracy(outputs["chosen_reward"], outputs["rejected_reward"]) == expected
+    assert 0 < expected < 1
+
+    # DPO's implicit reward of the reference policy itself is 0 for every response: all ties, accuracy ½.
+    reference = reference_logps(
+        model, tokens, model_identity="m", cache_dir=None, pad_token_id=tokenizer.pad_token_id
+    )
+    dpo = method_outputs(model, build("dpo", beta=0.1), tokens, reference, tokenizer.pad_token_id)
+    assert preference_accuracy(dpo["chosen_reward"], dpo["rejected_reward"]) == 0.5
+
+
+def test_kl_estimate_matches_the_exact_kl_of_an_enumerable_model() -> None:
+    # No bos, eos doubles as padding: every sampled token sequence decodes and re-tokenises exactly.
+    vocabulary = {"<eos>": 0, "topic_0": 1, "w0": 2, "w1": 3}
+    word_level = Tokenizer(models.WordLevel(vocabulary, unk_token="<eos>"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, eos_token="<eos>", pad_token="<eos>")
+    policy = tiny_llama(4, seed=1, bos=None, eos=0, pad=0, sharpness=6.0)
+    reference = tiny_llama(4, seed=2, bos=None, eos=0, pad=0, sharpness=6.0)
+    max_new_tokens = 3
+
+    # Every response the sampler can produce: k < 3 tokens then eos, or 3 tokens cut off without eos.
+    responses = [
+        list(tokens) + [0] for k in range(max_new_tokens) for tokens in itertools.product([1, 2, 3], repeat=k)
+    ]
+    responses += [list(tokens) for tokens in itertools.product([1, 2, 3], repeat=max_new_tokens)]
+    prompt = [vocabulary["topic_0"]]
+    policy_logps = np.array([plain_logp(policy, prompt + response, 1) for response in responses])
+    reference_logps_ = np.array([plain_logp(reference, prompt + response, 1) for response in responses])
+    probabilities = np.exp(policy_logps)
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    log_ratio = policy_logps - reference_logps_
+    exact_kl = float(np.sum(probabilities * log_ratio))
+    standard_deviation = math.sqrt(float(np.sum(probabilities * (log_ratio - exact_kl) ** 2)))
+
+    samples = 3000
+    estimate = kl_estimate(
+        policy,
+        reference,
+        tokenizer,
+        ["topic_0"] * samples,
+        num_samples=1,
+        max_new_tokens=max_new_tokens,
+        seed=0,
+    )
+    assert exact_kl > 0.05
+    assert estimate == pytest.approx(exact_kl, abs=4 * standard_deviation / math.sqrt(samples))
