@@ -1,0 +1,196 @@
+"""A study's output folder, its run folders, and the lock that claims a run.
+
+DIR/study.yaml              the resolved study (every default filled in)
+DIR/runs/<run_id>/          one folder per run
+    .lock                   flock-ed by the process computing the run (released by the OS if it dies)
+    config.json, metrics.jsonl, flips.csv, ...      written by the engine
+    run.log                 the run's log messages
+    result.json             written last, atomically: the run is complete only when it exists
+    failure.json            reason and traceback, when the run failed
+DIR/results.parquet         one row per run (`noisypref collect`)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from noisypref.benchmark.study.grid import PlannedRun
+from noisypref.benchmark.study.schema import Study, load_study, read_yaml
+
+STUDY_FILE = "study.yaml"
+RUNS_FOLDER = "runs"
+RESULT_FILE = "result.json"
+FAILURE_FILE = "failure.json"
+LOCK_FILE = ".lock"
+LOG_FILE = "run.log"
+RESULTS_TABLE = "results.parquet"
+
+FILE_MODE = 0o644
+
+DONE, RUNNING, FAILED, PENDING = "done", "running", "failed", "pending"
+STATES = (DONE, RUNNING, FAILED, PENDING)
+
+
+class StudyFolderError(ValueError):
+    """The output folder cannot be used for this study (it holds another one)."""
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run: PlannedRun
+    state: str  # one of STATES
+    reason: str | None = None  # why it failed, for FAILED
+
+
+@dataclass(frozen=True)
+class StudyFolder:
+    root: Path
+
+    @property
+    def study_file(self) -> Path:
+        return self.root / STUDY_FILE
+
+    @property
+    def results_table(self) -> Path:
+        return self.root / RESULTS_TABLE
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / RUNS_FOLDER / run_id
+
+    def prepare(self, study: Study, *, force: bool = False) -> None:
+        """Create the folder and write study.yaml; refuse a folder holding a different study unless `force`."""
+        resolved = study.to_dict()
+        if self.study_file.is_file():
+            existing = read_yaml(self.study_file)
+            if existing == resolved:
+                return
+            if not force:
+                differing = _differing_sections(existing, resolved)
+                raise StudyFolderError(
+                    f"{self.root} already holds a different study ({self.study_file}: name "
+                    f"{existing.get('name') if isinstance(existing, dict) else None!r}; differing: "
+                    f"{', '.join(differing)}). Choose another --out folder, or pass --force to replace "
+                    "its study.yaml (finished runs whose config is unchanged are kept and reused)."
+                )
+        (self.root / RUNS_FOLDER).mkdir(parents=True, exist_ok=True)
+        write_text_atomically(self.study_file, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+
+    def load_study(self) -> Study:
+        if not self.study_file.is_file():
+            raise FileNotFoundError(f"{self.root} is not a study folder: it has no {STUDY_FILE}")
+        return load_study(self.study_file, check_files=False)  # data files matter only when running
+
+    def read_result(self, run_id: str) -> dict[str, Any] | None:
+        return read_json(self.run_dir(run_id) / RESULT_FILE)
+
+    def read_failure(self, run_id: str) -> dict[str, Any] | None:
+        return read_json(self.run_dir(run_id) / FAILURE_FILE)
+
+    def is_done(self, run_id: str) -> bool:
+        return (self.run_dir(run_id) / RESULT_FILE).is_file()
+
+    def status(self, run: PlannedRun) -> RunStatus:
+        run_dir = self.run_dir(run.run_id)
+        if (run_dir / RESULT_FILE).is_file():
+            return RunStatus(run, DONE)
+        if lock_is_held(run_dir):
+            return RunStatus(run, RUNNING)
+        failure = self.read_failure(run.run_id)
+        if failure is not None:
+            return RunStatus(run, FAILED, str(failure.get("reason", "")))
+        return RunStatus(run, PENDING)
+
+
+def _differing_sections(existing: Any, resolved: dict[str, Any]) -> list[str]:
+    if not isinstance(existing, dict):
+        return ["(the whole file)"]
+    keys = list(resolved) + [key for key in existing if key not in resolved]
+    return [key for key in keys if existing.get(key) != resolved.get(key)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Claiming a run
+
+
+@contextmanager
+def claim_run(run_dir: Path, *, wait: bool) -> Iterator[bool]:
+    """Hold the run's exclusive lock for the block; yields False, holding nothing, when another
+    process holds it and `wait` is False. The OS releases the lock when its holder dies."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def lock_is_held(run_dir: Path) -> bool:
+    """Whether some process is computing the run now."""
+    try:
+        lock = open(run_dir / LOCK_FILE)  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        return False
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove what an earlier, unfinished or failed attempt left (everything but the lock)."""
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a temporary file beside `path`, fsync it and rename it over `path`."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, FILE_MODE)  # mkstemp creates it readable by its owner only
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    write_text_atomically(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None

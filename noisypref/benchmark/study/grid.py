@@ -1,0 +1,112 @@
+"""Expanding a study into runs: datasets x noise entries x rates x methods x seeds x models.
+
+Each run is a fully resolved run config (the run-config contract, every default filled in) named by
+its run id, the first 12 hex digits of the sha256 of its canonical JSON without "study". Runs whose
+configs are identical are merged: every rate-0 run means "no flips", whatever the noise model, so
+its noise section is written one way (`NO_NOISE`) and it runs once for all noise models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from noisypref.benchmark.study.schema import Study
+from noisypref.noise_injection import NOISE_MODELS
+
+RUN_ID_HEX_DIGITS = 12
+NO_NOISE_LABEL = "none"  # the noise model shown for rate-0 runs
+# A rate of 0 flips nothing under every noise model; written as the symmetric model with its defaults.
+NO_NOISE_MODEL = "symmetric"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a study: its config and where it sits in the grid."""
+
+    run_id: str
+    config: dict[str, Any]
+    dataset: str  # dataset label
+    noise_model: str  # NO_NOISE_LABEL for rate 0
+    noise_rate: float
+    method: str  # method label
+    seed: int
+    model: str
+    grid_points: int  # how many grid points this run stands for (several for merged rate-0 runs)
+
+    def describe(self) -> str:
+        noise = (
+            "no noise" if self.noise_model == NO_NOISE_LABEL else f"{self.noise_model} {self.noise_rate:g}"
+        )
+        return f"{self.method} | {self.dataset} | {noise} | seed {self.seed} | {self.model}"
+
+
+def run_id(config: dict[str, Any]) -> str:
+    """The contract's run id: sha256 of json.dumps(config without "study", sort_keys=True), 12 hex digits."""
+    identity = {key: value for key, value in config.items() if key != "study"}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:RUN_ID_HEX_DIGITS]
+
+
+def grid_point_count(study: Study) -> int:
+    """Grid points before identical runs are merged."""
+    noise_points = sum(len(noise.rates) for noise in study.noise)
+    return (
+        len(study.datasets)
+        * noise_points
+        * len(study.method_variants())
+        * len(study.seeds)
+        * len(study.models)
+    )
+
+
+def plan_runs(study: Study) -> list[PlannedRun]:
+    """Every distinct run of the study, in grid order (first occurrence of merged runs)."""
+    runs: dict[str, PlannedRun] = {}
+    noise_points = [(noise, rate) for noise in study.noise for rate in noise.rates]
+    grid = itertools.product(study.datasets, noise_points, study.method_variants(), study.seeds, study.models)
+    for dataset, (noise, rate), variant, seed, model in grid:
+        config = _plain(
+            {
+                "study": study.name,
+                "dataset": dataset.run_dict(),
+                "noise": _noise_section(noise.model, rate, noise.options),
+                "method": variant.run_dict(),
+                "model": dataclasses.asdict(model),
+                "training": dataclasses.asdict(variant.training),
+                "evaluation": dataclasses.asdict(variant.evaluation),
+                "seed": seed,
+            }
+        )
+        identifier = run_id(config)
+        if identifier in runs:
+            merged = runs[identifier]
+            runs[identifier] = dataclasses.replace(merged, grid_points=merged.grid_points + 1)
+            continue
+        runs[identifier] = PlannedRun(
+            run_id=identifier,
+            config=config,
+            dataset=dataset.label,
+            noise_model=noise.model if rate > 0 else NO_NOISE_LABEL,
+            noise_rate=rate,
+            method=variant.label,
+            seed=seed,
+            model=model.name,
+            grid_points=1,
+        )
+    return list(runs.values())
+
+
+def _noise_section(model: str, rate: float, options: dict[str, Any]) -> dict[str, Any]:
+    if rate > 0:
+        return {"model": model, "rate": rate, "options": options}
+    default_options = NOISE_MODELS[NO_NOISE_MODEL].make_options({})
+    return {"model": NO_NOISE_MODEL, "rate": 0.0, "options": dataclasses.asdict(default_options)}
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    """JSON-normalised (tuples become lists), so the config hashes the same after a JSON round trip."""
+    return json.loads(json.dumps(config))

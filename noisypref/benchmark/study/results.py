@@ -1,0 +1,140 @@
+"""The results store: one row per run of a study in DIR/results.parquet.
+
+Columns: study, run_id, dataset, noise_model ("none" for rate-0 runs, which stand for every noise
+model), noise_options (JSON), target_flip_rate, realised_flip_rate, method_label, method_name,
+hyperparameters (JSON) and one hp_<name> column per hyperparameter, seed, model, one column per
+metric of the engine's result, wall_time_s, status (succeeded / failed / pending) and failure_reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import numbers
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from noisypref.benchmark.study.folder import StudyFolder
+from noisypref.benchmark.study.grid import PlannedRun, plan_runs
+from noisypref.benchmark.study.schema import Study
+
+logger = logging.getLogger(__name__)
+
+SUCCEEDED, FAILED, PENDING = "succeeded", "failed", "pending"
+LEADING_COLUMNS = (
+    "study",
+    "run_id",
+    "dataset",
+    "noise_model",
+    "noise_options",
+    "target_flip_rate",
+    "realised_flip_rate",
+    "method_label",
+    "method_name",
+    "hyperparameters",
+    "seed",
+    "model",
+)
+TRAILING_COLUMNS = ("wall_time_s", "status", "failure_reason")
+
+
+def results_frame(folder: StudyFolder, study: Study | None = None) -> pd.DataFrame:
+    """One row per run of the study in `folder` (its study.yaml unless `study` is given)."""
+    study = study or folder.load_study()
+    rows = [_row(study.name, run, folder) for run in plan_runs(study)]
+    hyperparameter_columns = sorted({key for row in rows for key in row["hp"]})
+    metric_columns = list(dict.fromkeys(key for row in rows for key in row["metrics"]))
+    records = []
+    for row in rows:
+        record = {column: row[column] for column in LEADING_COLUMNS}
+        record.update({f"hp_{name}": row["hp"].get(name) for name in hyperparameter_columns})
+        for name in metric_columns:
+            column = name if name not in record and name not in TRAILING_COLUMNS else f"metric_{name}"
+            record[column] = row["metrics"].get(name)
+        record.update({column: row[column] for column in TRAILING_COLUMNS})
+        records.append(record)
+    frame = pd.DataFrame.from_records(records)
+    for column in frame.columns:
+        frame[column] = _storable(frame[column])
+    return frame
+
+
+def collect_results(folder: StudyFolder, study: Study | None = None) -> Path:
+    """Write folder/results.parquet (atomically) and return its path."""
+    frame = results_frame(folder, study)
+    handle, temporary = tempfile.mkstemp(dir=folder.root, prefix=".results.", suffix=".parquet.tmp")
+    os.close(handle)
+    try:
+        frame.to_parquet(temporary, index=False)
+        os.replace(temporary, folder.results_table)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    counts = frame["status"].value_counts().to_dict()
+    logger.info("wrote %s: %d runs (%s)", folder.results_table, len(frame), _count_text(counts))
+    return folder.results_table
+
+
+def _row(study_name: str, run: PlannedRun, folder: StudyFolder) -> dict[str, Any]:
+    config = run.config
+    result = folder.read_result(run.run_id)
+    failure = None if result is not None else folder.read_failure(run.run_id)
+    metrics = dict((result or {}).get("metrics") or {})
+    realised_in_metrics = metrics.pop("realised_flip_rate", None)  # a column of its own
+    realised = (result or {}).get("realised_flip_rate", realised_in_metrics)
+    if result is not None:
+        status, reason, wall_time_s = SUCCEEDED, None, result.get("wall_time_s")
+    elif failure is not None:
+        status, reason, wall_time_s = FAILED, failure.get("reason"), failure.get("wall_time_s")
+    else:
+        status, reason, wall_time_s = PENDING, None, None
+    hyperparameters = config["method"]["hyperparameters"]
+    return {
+        "study": study_name,
+        "run_id": run.run_id,
+        "dataset": run.dataset,
+        "noise_model": run.noise_model,
+        "noise_options": json.dumps(config["noise"]["options"], sort_keys=True),
+        "target_flip_rate": run.noise_rate,
+        "realised_flip_rate": realised,
+        "method_label": run.method,
+        "method_name": config["method"]["name"],
+        "hyperparameters": json.dumps(hyperparameters, sort_keys=True),
+        "seed": run.seed,
+        "model": run.model,
+        "hp": hyperparameters,
+        "metrics": metrics,
+        "wall_time_s": wall_time_s,
+        "status": status,
+        "failure_reason": reason,
+    }
+
+
+def _storable(column: pd.Series) -> pd.Series:
+    """Leave a column of numbers, of booleans or of strings as it is; write anything else
+    (lists, mixtures of types) as JSON text, so every column has one parquet type."""
+    values = [
+        value for value in column if value is not None and not (isinstance(value, float) and pd.isna(value))
+    ]
+    kinds = {_kind(value) for value in values}
+    if len(kinds) <= 1 and "other" not in kinds:
+        return column
+    return column.map(lambda value: None if value is None else json.dumps(value, sort_keys=True))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, numbers.Real):
+        return "number"
+    if isinstance(value, str):
+        return "str"
+    return "other"
+
+
+def _count_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
