@@ -17,6 +17,12 @@ from noisypref import __version__
 COMMAND_MODULES = [
     "noisypref.cli.methods",
     "noisypref.cli.noise",
+    "noisypref.cli.alpacaeval",
+    "noisypref.cli.report",
+    "noisypref.cli.validate",
+    "noisypref.cli.run",
+    "noisypref.cli.status",
+    "noisypref.cli.collect",
 ]
 
 USER_ERROR_STATUS = 2

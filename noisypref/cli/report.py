@@ -1,0 +1,46 @@
+"""`noisypref report`: robustness curves, tables, paired tests and diagnostics of a finished study."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write the report of a study folder (curves, tables, tests) into DIR/report/",
+        description=(
+            "Read DIR/results.parquet (plus DIR/study.yaml and DIR/runs/<run_id>/ where present) and write "
+            "DIR/report/: report.html (one self-contained file), report.md, figures/ (PNG and SVG), "
+            "tables/ (Markdown and LaTeX), summary.csv and paired_tests.csv. Only result files are read; "
+            "sections whose inputs are missing are replaced by a note."
+        ),
+    )
+    parser.add_argument("dir", type=Path, metavar="DIR", help="study folder (the one `noisypref run` wrote)")
+    parser.add_argument(
+        "--baseline",
+        metavar="LABEL",
+        help="method label the paired tests compare against (default: the label 'dpo' where present)",
+    )
+    parser.add_argument(
+        "--metric",
+        action="append",
+        metavar="NAME",
+        help="metric column to report (repeatable; default: every metric with a value)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        metavar="R",
+        help="target flip rate of the training curves and γ diagnostics (default: the highest)",
+    )
+    parser.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from noisypref.reports import write_report
+
+    html_path = write_report(args.dir, baseline=args.baseline, metrics=args.metric, curve_rate=args.rate)
+    print(f"report written to {html_path} (and {html_path.with_name('report.md')})")
+    return 0
