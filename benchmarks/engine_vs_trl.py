@@ -108,6 +108,8 @@ def trl_throughput(testbed, args, *, precompute_reference: bool) -> dict[str, fl
             dataloader_num_workers=0,
             disable_tqdm=True,
             precompute_ref_log_probs=precompute_reference,
+            # TRL 1.16 turns gradient checkpointing on by default; the engine runs without it.
+            gradient_checkpointing=False,
         )
         trainer = DPOTrainer(
             model=testbed.load_reference_model(),
