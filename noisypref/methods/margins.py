@@ -1,0 +1,511 @@
+"""γ-PO dynamic target margins: Sun et al., "Robust Preference Optimization via Dynamic Target Margins", 2025.
+
+DESIGN §3.1. For a candidate set of N reward gaps ``g``, the per-pair margins are
+``γ_i = γ0·N·p_i`` with
+
+    p* = argmin over the simplex   (1/N) Σ_i −log σ(g_i − γ0·N·p_i)  +  τ Σ_i p_i log(N·p_i),
+
+so the mean margin is exactly γ0. The problem is strictly convex; stationarity is
+``γ0·σ(γ_i − g_i) + τ·(1 + log(N·p_i)) = μ`` for every i, with μ fixed by Σ p = 1.
+
+Two solvers:
+
+* ``"mirror_descent"``: the published iteration, ``iterations`` steps of exponentiated gradient
+  from the uniform distribution with step ``min(0.5/τ, 1)``. It reaches the optimum for τ ≳ 3 and
+  stops short of it for small τ and widely spread gaps.
+* ``"exact"`` (default): solves the stationarity conditions to round-off. Write ``x_i = log γ_i``,
+  ``κ = γ0/τ`` and the level ``a = μ/τ − 1 + log γ0``; stationarity becomes
+
+      y_i(x_i) := x_i + κ·σ(e^{x_i} − g_i) = a,        mean_i e^{x_i} = γ0.
+
+  Each ``y_i`` is increasing with ``y_i' ≥ 1``, so ``x_i(a)`` is increasing and 1-Lipschitz and
+  ``L(a) = log mean_i e^{x_i(a)}`` is increasing with ``L' ≤ 1``. For large κ the curve of a pair
+  has two flat stretches (σ ≈ 0 and σ ≈ 1) joined by a step of height κ in ``t = e^x − g`` (the
+  water-filling limit ``γ_i → clip(g_i, e^{a−κ}, e^a)``); Newton's method alone cycles there.
+  The solver therefore
+
+  1. puts a fixed set of knots on every pair's curve (fixed logits ``t``, which resolve the step,
+     and fixed log-margins ``x``, which resolve the bend of pairs with small gaps); for any level
+     the two knots around it bracket ``x_i(a)`` tightly in ``x`` on the flat stretches and in ``t``
+     on the step (``_knot_bracket``);
+  2. scans a few levels spread over ``[log γ0, log γ0 + κ]`` plus the water-filling level, each
+     solved per pair by two safeguarded Newton steps, and keeps the one whose budget is closest
+     to γ0; bounds on ``L`` from the scan bracket the level;
+  3. runs joint Newton steps on ``(x, a)`` — the Jacobian is an arrow (diagonal plus the
+     budget row), so a step costs O(N) — with every pair's step kept inside the knot bracket at
+     the new level. The per-pair Newton step is taken in ``x`` on the flat stretches and in ``t``
+     on ``t = logit((a − x)/κ)`` on the step, where that form is nearly linear;
+  4. normalises ``log p = x − logsumexp(x)``, so Σ p = 1 to round-off.
+
+  Every loop has a fixed length and the iteration reads no tensor value on the host, so the
+  solver runs on any device without synchronising. The iteration counts are set from the stress
+  grid of ``tests/test_margins.py`` (τ 1e-3…1e3, γ0 0.1…100, gaps up to ±4e4, N 256 and 4096),
+  where the largest stationarity residual is below 1e-11 with a margin of at least two Newton
+  steps (see the constants below).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+SOLVERS = ("exact", "mirror_descent")
+
+# Knots of the exact solver (step 1): logits t = γ − g, dense where the sigmoid bends, coarse in
+# its tails; and log-margins x = log γ for the bend of pairs whose curve starts at σ(−g) > 0.
+_LOGIT_KNOTS = torch.cat(
+    [
+        torch.arange(-40.0, -24.0, 4.0),
+        torch.arange(-24.0, -12.0, 2.0),
+        torch.arange(-12.0, 12.5, 1.0),
+        torch.arange(14.0, 25.0, 2.0),
+        torch.arange(28.0, 41.0, 4.0),
+    ]
+).double()
+_LOG_MARGIN_KNOTS = torch.arange(-30.0, 12.5, 2.0).double()
+# Step 2: scanned levels (logit-spaced over [log γ0, log γ0 + κ]) and Newton steps per level.
+_SCAN_LEVELS = 8
+_SCAN_NEWTON_STEPS = 2
+# Step 3: joint Newton steps. On the stress grid every case is converged to round-off after 6.
+_JOINT_NEWTON_STEPS = 8
+
+
+def solve_margins(
+    gaps: torch.Tensor,
+    gamma0: float,
+    tau: float,
+    solver: str = "exact",
+    iterations: int = 20,
+    *,
+    return_log_weights: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair γ-PO margins for one candidate set of reward gaps (DESIGN §3.1).
+
+    ``gaps`` is a 1-D tensor of N finite reward gaps; the result has its dtype and device, carries
+    no gradient and has mean ``gamma0``. The solve runs in float64. ``iterations`` is used by
+    ``solver="mirror_descent"`` only. With ``return_log_weights=True`` the result is
+    ``(margins, log_weights)`` where ``log_weights = log p``: margins of pairs with a tiny weight
+    underflow to 0, their log-weights stay exact (use them to check stationarity).
+    """
+    _check_gamma0(gamma0)
+    _check_tau(tau)
+    _check_solver(solver)
+    _check_iterations(iterations)
+    _check_gaps(gaps)
+    reward_gap = gaps.detach().to(torch.float64)
+    count = reward_gap.numel()
+    if gamma0 == 0:
+        log_weights = torch.full_like(reward_gap, -math.log(count))
+    elif solver == "mirror_descent":
+        log_weights = _mirror_descent_log_weights(reward_gap, float(gamma0), float(tau), iterations)
+    else:
+        log_weights = _exact_log_weights(reward_gap, float(gamma0), float(tau))
+    margins = (gamma0 * count * torch.exp(log_weights)).to(gaps.dtype)
+    if return_log_weights:
+        return margins, log_weights.to(gaps.dtype)
+    return margins
+
+
+def margin_objective(
+    gaps: torch.Tensor, log_weights: torch.Tensor, gamma0: float, tau: float
+) -> torch.Tensor:
+    """The γ-PO objective (1/N) Σ −log σ(g_i − γ0·N·p_i) + τ Σ p_i log(N·p_i), in float64."""
+    reward_gap = gaps.detach().to(torch.float64)
+    log_weights = log_weights.detach().to(torch.float64)
+    count = reward_gap.numel()
+    weights = torch.exp(log_weights)
+    margins = gamma0 * count * weights
+    # −log σ(g − γ) = softplus(γ − g); the entropy term uses log p, exact where p underflows.
+    loss = torch.nn.functional.softplus(margins - reward_gap).mean()
+    return loss + tau * (weights * (math.log(count) + log_weights)).sum()
+
+
+def _mirror_descent_log_weights(
+    reward_gap: torch.Tensor, gamma0: float, tau: float, iterations: int
+) -> torch.Tensor:
+    """The published solver: exponentiated gradient from uniform, in log space (DESIGN §3.1)."""
+    count = reward_gap.numel()
+    step = min(0.5 / tau, 1.0)
+    log_weights = torch.full_like(reward_gap, -math.log(count))
+    for _ in range(iterations):
+        margins = gamma0 * count * torch.exp(log_weights)
+        gradient = tau * (1 + math.log(count) + log_weights) + gamma0 * torch.sigmoid(margins - reward_gap)
+        log_weights = log_weights - step * gradient
+        log_weights = log_weights - torch.logsumexp(log_weights, 0)
+    return log_weights
+
+
+def _exact_log_weights(reward_gap: torch.Tensor, gamma0: float, tau: float) -> torch.Tensor:
+    """log p* to round-off; the algorithm is described in the module docstring."""
+    count = reward_gap.numel()
+    kappa = gamma0 / tau
+    log_budget = math.log(gamma0)  # the level a lies in [log γ0, log γ0 + κ]
+    log_total_budget = math.log(count * gamma0)
+    gap = reward_gap[:, None]
+    knots = _curve_knots(reward_gap, kappa)
+    level_low = reward_gap.new_tensor(log_budget)
+    level_high = reward_gap.new_tensor(log_budget + kappa)
+
+    # Step 2: scan levels, first logit-spaced over the whole range (within e^-2 of both ends) plus
+    # the water-filling level, then evenly inside the bracket the first pass left.
+    spread = torch.linspace(-1.0, 1.0, _SCAN_LEVELS, dtype=torch.float64, device=reward_gap.device)
+    coarse = log_budget + kappa * torch.sigmoid(spread * (math.log1p(kappa) + 2))
+    coarse = torch.cat([coarse, _water_filling_level(reward_gap, gamma0, kappa).clamp(level_low, level_high)])
+    first = _scan(coarse, gap, kappa, knots, log_total_budget)
+    level_low, level_high = _shrink_level_bracket(coarse, first, level_low, level_high)
+    fractions = torch.arange(1, _SCAN_LEVELS + 1, dtype=torch.float64, device=reward_gap.device) / (
+        _SCAN_LEVELS + 1
+    )
+    fine = level_low + (level_high - level_low) * fractions
+    second = _scan(fine, gap, kappa, knots, log_total_budget)
+    level_low, level_high = _shrink_level_bracket(fine, second, level_low, level_high)
+    levels = torch.cat([coarse, fine])
+    log_margin, lower, upper, budget_gap = (torch.cat(pair, -1) for pair in zip(first[:4], second[:4]))
+    best = budget_gap.abs().argmin().reshape(1)
+    level = levels.index_select(0, best)
+    log_margin, lower, upper = (v.index_select(1, best) for v in (log_margin, lower, upper))
+
+    # Step 3: joint Newton on (x, a). [lower, upper] brackets x(a) at the current level.
+    level_tolerance = 1e-12 * (1 + abs(log_budget) + kappa)
+    for _ in range(_JOINT_NEWTON_STEPS):
+        curve = _curve_at(log_margin, gap, kappa)
+        residual = curve[0] - level
+        # Keep the level bracket shrinking: bounds on x(a) bound L(a) (as in the scan).
+        lower = torch.maximum(lower, torch.minimum(log_margin, log_margin - residual))
+        upper = torch.minimum(upper, torch.maximum(log_margin, log_margin - residual))
+        budget_low = torch.logsumexp(lower, 0) - log_total_budget
+        budget_high = torch.logsumexp(upper, 0) - log_total_budget
+        level_low = torch.where(budget_high < 0, torch.maximum(level_low, level - budget_high), level_low)
+        level_high = torch.where(budget_low > 0, torch.minimum(level_high, level - budget_low), level_high)
+        budget_gap = torch.logsumexp(log_margin, 0) - log_total_budget
+        # Arrow Jacobian: per pair dx_i = (da − r_i)/y_i', and Σ softmax(x)_i dx_i = −budget_gap.
+        weight = torch.softmax(log_margin, 0) / (1 + curve[4])
+        new_level = level + ((weight * residual).sum(0) - budget_gap) / weight.sum(0)
+        inside = (new_level >= level_low - level_tolerance) & (new_level <= level_high + level_tolerance)
+        new_level = torch.where(inside, new_level, 0.5 * (level_low + level_high))
+        new_level_grid = new_level.expand(count, 1).contiguous()
+        lower, upper = _knot_bracket(new_level_grid, knots, kappa)
+        log_margin, lower, upper = _safeguarded_step(
+            log_margin, curve, residual - (new_level - level), new_level_grid, kappa, lower, upper
+        )
+        level = new_level
+
+    # Step 4.
+    log_margin = log_margin[:, 0]
+    return log_margin - torch.logsumexp(log_margin, 0)
+
+
+def _scan(
+    levels: torch.Tensor,
+    gap: torch.Tensor,
+    kappa: float,
+    knots: tuple[torch.Tensor, ...],
+    log_total_budget: float,
+) -> tuple[torch.Tensor, ...]:
+    """Solve every pair at each level (K,) by safeguarded Newton from the knot bracket.
+
+    Returns x (N, K), its bracket (lower, upper), and per level the budget gap L(a) − log γ0 and
+    certified bounds on it. The root of pair i lies between x and x − residual (y' ≥ 1); with the
+    bracket this bounds x_i(a), hence L(a).
+    """
+    level_grid = levels.expand(gap.shape[0], -1).contiguous()
+    lower, upper = _knot_bracket(level_grid, knots, kappa)
+    log_margin = 0.5 * (lower + upper)
+    for _ in range(_SCAN_NEWTON_STEPS):
+        curve = _curve_at(log_margin, gap, kappa)
+        log_margin, lower, upper = _safeguarded_step(
+            log_margin, curve, curve[0] - level_grid, level_grid, kappa, lower, upper
+        )
+    residual = _curve_at(log_margin, gap, kappa)[0] - level_grid
+    lower = torch.maximum(lower, torch.minimum(log_margin, log_margin - residual))
+    upper = torch.minimum(upper, torch.maximum(log_margin, log_margin - residual))
+    budget_gap = torch.logsumexp(log_margin, 0) - log_total_budget
+    budget_low = torch.logsumexp(lower, 0) - log_total_budget
+    budget_high = torch.logsumexp(upper, 0) - log_total_budget
+    return log_margin, lower, upper, budget_gap, budget_low, budget_high
+
+
+def _shrink_level_bracket(
+    levels: torch.Tensor, scan: tuple[torch.Tensor, ...], level_low: torch.Tensor, level_high: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L' ≤ 1: L(a) ≤ −δ < 0 gives a* ≥ a + δ, and L(a) ≥ δ > 0 gives a* ≤ a − δ."""
+    budget_low, budget_high = scan[4], scan[5]
+    level_low = torch.maximum(level_low, torch.where(budget_high < 0, levels - budget_high, level_low).amax())
+    level_high = torch.minimum(
+        level_high, torch.where(budget_low > 0, levels - budget_low, level_high).amin()
+    )
+    return level_low, level_high
+
+
+def _curve_knots(reward_gap: torch.Tensor, kappa: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Knots (x, s, y) on every pair's curve s = σ(e^x − g), y = x + κ·s, sorted along it.
+
+    Sentinels x = −∞ (s = σ(−g)) and x = +∞ (s = 1) close both ends, so every finite level has a
+    knot on each side. Logit knots with g + t ≤ 0 fall onto the lower sentinel.
+    """
+    device = reward_gap.device
+    count = reward_gap.numel()
+    gap = reward_gap[:, None]
+    logit_knots = _LOGIT_KNOTS.to(device)
+    log_margin_knots = _LOG_MARGIN_KNOTS.to(device)
+    ends = torch.tensor([-math.inf, math.inf], dtype=torch.float64, device=device).expand(count, 2)
+    log_margin = torch.cat(
+        [ends, torch.log((gap + logit_knots).clamp_min(0)), log_margin_knots.expand(count, -1)], 1
+    )
+    log_margin = torch.sort(log_margin, 1).values
+    sig = torch.sigmoid(torch.exp(log_margin) - gap)
+    return log_margin, sig, log_margin + kappa * sig
+
+
+def _knot_bracket(
+    level: torch.Tensor, knots: tuple[torch.Tensor, torch.Tensor, torch.Tensor], kappa: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds on x_i(a) for every pair and level (``level`` is (N, K), contiguous).
+
+    Between consecutive knots k, k+1 with y_k ≤ a < y_{k+1}: x_k ≤ x ≤ x_{k+1} and s_k ≤ σ ≤ s_{k+1};
+    with x = a − κ·σ the second pair gives a − κ·s_{k+1} ≤ x ≤ a − κ·s_k.
+    """
+    knot_log_margin, knot_sig, knot_level = knots
+    above = torch.searchsorted(knot_level, level, right=True)
+    below = above - 1
+    lower = torch.maximum(knot_log_margin.gather(1, below), level - kappa * knot_sig.gather(1, above))
+    upper = torch.minimum(knot_log_margin.gather(1, above), level - kappa * knot_sig.gather(1, below))
+    return lower, upper
+
+
+def _curve_at(log_margin: torch.Tensor, gap: torch.Tensor, kappa: float) -> tuple[torch.Tensor, ...]:
+    """(y, margin, logit, σ, y' − 1) at x = log_margin: y = x + κ·σ(e^x − g)."""
+    margin = torch.exp(log_margin)
+    logit = margin - gap
+    sig = torch.sigmoid(logit)
+    steepness = kappa * margin * (sig - sig * sig)
+    return log_margin + kappa * sig, margin, logit, sig, steepness
+
+
+def _safeguarded_step(
+    log_margin: torch.Tensor,
+    curve: tuple[torch.Tensor, ...],
+    residual: torch.Tensor,
+    level: torch.Tensor,
+    kappa: float,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Newton step per pair towards y(x) = level, kept inside a bracket of the root.
+
+    ``residual`` is y(x) − level. Since y' ≥ 1 the root lies between x and x − residual; that
+    interval tightens the bracket. Where the curve is flat (y' < 2) the step is Newton in x on
+    y(x) = a; on the step it is Newton in t = e^x − g on t = logit((a − x)/κ), which is nearly
+    linear there. A step that leaves the bracket is replaced by its midpoint. Returns the new
+    x and the bracket, tightened by what x told.
+    """
+    _, margin, logit, _, steepness = curve
+    lower = torch.maximum(lower, torch.minimum(log_margin, log_margin - residual))
+    upper = torch.minimum(upper, torch.maximum(log_margin, log_margin - residual))
+    newton_in_x = log_margin - residual / (1 + steepness)
+    # Logit form: φ(t) = t − log(r/(κ − r)), r = a − x = κ·s; φ'(t) = 1 + 1/(γ·r·(κ − r)/κ).
+    room = level - log_margin
+    curvature = margin * room * (kappa - room) / kappa
+    phi = logit - torch.log(room / (kappa - room))
+    newton_in_logit = torch.log((margin - phi * curvature / (curvature + 1)).clamp_min(0))
+    proposal = torch.where(steepness >= 1, newton_in_logit, newton_in_x)
+    kept = torch.clamp(proposal, lower, upper)
+    # A converged step may land a rounding error outside the bracket: accept it, clamped.
+    tolerance = 1e-15 * (level.abs() + kappa + 1)
+    return torch.where((kept - proposal).abs() <= tolerance, kept, 0.5 * (lower + upper)), lower, upper
+
+
+def _water_filling_level(reward_gap: torch.Tensor, gamma0: float, kappa: float) -> torch.Tensor:
+    """The level of the κ → ∞ limit, as a (1,) tensor: mean_i clip(g_i, e^{a−κ}, e^a) = γ0.
+
+    The mean is piecewise linear in e^a with kinks at a = log g_i and log g_i + κ; sorting the
+    gaps gives it at every kink, and the crossing segment is solved in closed form.
+    """
+    count = reward_gap.numel()
+    log_budget = math.log(gamma0)
+    sorted_gap = torch.sort(reward_gap).values
+    prefix_sum = torch.cat([sorted_gap.new_zeros(1), torch.cumsum(sorted_gap, 0)])
+    log_gap = torch.log(sorted_gap.clamp_min(0))
+    edges = sorted_gap.new_tensor([log_budget - 1, log_budget + kappa + 1])
+    kinks = torch.cat([edges, log_gap.clamp_min(log_budget - 1), (log_gap + kappa).clamp_min(log_budget - 1)])
+    kinks = torch.sort(kinks).values
+
+    def counts(level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # gaps below the cap e^a and below the floor e^{a−κ} (a ≤ 709 keeps e^a finite; above it no gap is capped)
+        below_cap = torch.searchsorted(sorted_gap, torch.exp(level.clamp(max=709.0)))
+        below_floor = torch.searchsorted(sorted_gap, torch.exp(level - kappa))
+        return below_cap, below_floor
+
+    below_cap, below_floor = counts(kinks)
+    capped = torch.exp(kinks.clamp(max=709.0)) * (count - below_cap)
+    mean_margin = (
+        capped + prefix_sum[below_cap] - prefix_sum[below_floor] + torch.exp(kinks - kappa) * below_floor
+    ) / count
+    segment = ((mean_margin <= gamma0).sum() - 1).clamp(0, kinks.numel() - 2).reshape(1)
+    inside = 0.5 * (kinks.index_select(0, segment) + kinks.index_select(0, segment + 1))
+    below_cap, below_floor = counts(inside)
+    uncapped_sum = prefix_sum[below_cap] - prefix_sum[below_floor]
+    # e^a·(n_capped + e^{−κ}·n_floored) = N·γ0 − Σ uncapped gaps, solved in log space.
+    log_slope = torch.logaddexp(
+        torch.log((count - below_cap).double()), torch.log(below_floor.double()) - kappa
+    )
+    level = torch.log(count * gamma0 - uncapped_sum) - log_slope
+    return torch.nan_to_num(level, nan=log_budget, posinf=log_budget + kappa, neginf=log_budget)
+
+
+class MarginEstimator:
+    """γ-PO margins for a training loop: a candidate set from the batch plus a queue of past gaps.
+
+    Calling it with a batch's detached reward gaps returns their margins γ_i (mean γ0 over the
+    candidate set, no gradient, the batch's dtype and device). The candidate set is the batch —
+    all-gathered across data-parallel ranks when ``torch.distributed`` runs with more than one
+    process, so every rank solves the same problem — plus up to ``candidates − batch`` gaps drawn
+    without replacement from a FIFO queue of the last ``queue_size`` training gaps. The draw uses a
+    CPU generator seeded with ``seed``, identical on every rank, and happens before the batch is
+    queued. A batch of ``candidates`` or more gaps is the candidate set on its own. Only training
+    batches enter the queue, which starts empty.
+    """
+
+    def __init__(
+        self,
+        gamma0: float = 1.0,
+        tau: float = 10.0,
+        queue_size: int = 2048,
+        candidates: int = 256,
+        solver: str = "exact",
+        iterations: int = 20,
+        seed: int = 0,
+    ) -> None:
+        _check_gamma0(gamma0)
+        _check_tau(tau)
+        _check_count("queue_size", queue_size, minimum=0)
+        _check_count("candidates", candidates, minimum=1)
+        _check_solver(solver)
+        _check_iterations(iterations)
+        _check_count("seed", seed, minimum=0)
+        self.gamma0 = float(gamma0)
+        self.tau = float(tau)
+        self.queue_size = queue_size
+        self.candidates = candidates
+        self.solver = solver
+        self.iterations = iterations
+        self.seed = seed
+        self.training = True
+        self.last_candidate_count = 0
+        self._queue = torch.zeros(0, dtype=torch.float64)
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def train(self, mode: bool = True) -> MarginEstimator:
+        """Training mode: the gaps of each call enter the queue."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> MarginEstimator:
+        return self.train(False)
+
+    def __call__(self, batch_gaps: torch.Tensor) -> torch.Tensor:
+        if batch_gaps.dim() != 1:
+            raise ValueError(
+                f"batch_gaps must be 1-D (one gap per pair); got shape {tuple(batch_gaps.shape)}"
+            )
+        local_gaps = batch_gaps.detach().to(torch.float64)
+        batch, offset = _all_gather_gaps(local_gaps)
+        queue = self._queue.to(local_gaps.device)
+        sample_size = min(queue.numel(), max(0, self.candidates - batch.numel()))
+        if sample_size > 0:
+            drawn = torch.randperm(queue.numel(), generator=self._generator)[:sample_size]
+            candidate_gaps = torch.cat([batch, queue[drawn.to(queue.device)]])
+        else:
+            candidate_gaps = batch
+        self.last_candidate_count = candidate_gaps.numel()
+        margins = solve_margins(candidate_gaps, self.gamma0, self.tau, self.solver, self.iterations)
+        if self.training:
+            self._queue = torch.cat([queue, batch])[-self.queue_size :] if self.queue_size > 0 else queue
+        return margins[offset : offset + local_gaps.numel()].to(batch_gaps.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The queue (oldest first, CPU float64) and the sampling generator's state."""
+        return {"queue": self._queue.detach().cpu().clone(), "generator_state": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        queue = torch.as_tensor(state["queue"], dtype=torch.float64).detach().cpu()
+        if queue.dim() != 1 or queue.numel() > self.queue_size:
+            raise ValueError(
+                f"state queue has shape {tuple(queue.shape)}; expected a 1-D tensor of at most "
+                f"queue_size = {self.queue_size} gaps"
+            )
+        self._queue = queue.clone()
+        self._generator.set_state(state["generator_state"])
+
+    def __repr__(self) -> str:
+        return (
+            f"MarginEstimator(gamma0={self.gamma0}, tau={self.tau}, queue_size={self.queue_size}, "
+            f"candidates={self.candidates}, solver={self.solver!r}, iterations={self.iterations}, seed={self.seed})"
+        )
+
+
+def _all_gather_gaps(local_gaps: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The gaps of every data-parallel rank in rank order, and where this rank's gaps start.
+
+    Ranks may hold different batch sizes: the sizes are gathered first, every rank pads to the
+    largest, and the padding is dropped after the gather.
+    """
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() == 1:
+        return local_gaps, 0
+    world_size = distributed.get_world_size()
+    rank = distributed.get_rank()
+    size = torch.tensor([local_gaps.numel()], device=local_gaps.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size)]
+    distributed.all_gather(sizes, size)
+    sizes = [int(s.item()) for s in sizes]
+    padded = local_gaps.new_zeros(max(sizes))
+    padded[: local_gaps.numel()] = local_gaps
+    gathered = [torch.zeros_like(padded) for _ in range(world_size)]
+    distributed.all_gather(gathered, padded)
+    batch = torch.cat([part[:n] for part, n in zip(gathered, sizes)])
+    return batch, sum(sizes[:rank])
+
+
+def _check_gamma0(gamma0: float) -> None:
+    if (
+        isinstance(gamma0, bool)
+        or not isinstance(gamma0, (int, float))
+        or not (math.isfinite(gamma0) and gamma0 >= 0)
+    ):
+        raise ValueError(f"gamma0 = {gamma0!r} is invalid: expected a finite number >= 0")
+
+
+def _check_tau(tau: float) -> None:
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau = {tau!r} is invalid: expected a finite number > 0")
+
+
+def _check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver = {solver!r} is invalid: expected one of {', '.join(map(repr, SOLVERS))}")
+
+
+def _check_iterations(iterations: int) -> None:
+    _check_count("iterations", iterations, minimum=1)
+
+
+def _check_count(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} = {value!r} is invalid: expected an integer >= {minimum}")
+
+
+def _check_gaps(gaps: torch.Tensor) -> None:
+    if not isinstance(gaps, torch.Tensor) or gaps.dim() != 1 or gaps.numel() == 0:
+        shape = tuple(gaps.shape) if isinstance(gaps, torch.Tensor) else type(gaps).__name__
+        raise ValueError(f"gaps = tensor of shape {shape} is invalid: expected a non-empty 1-D tensor")
+    if not gaps.is_floating_point():
+        raise ValueError(f"gaps has dtype {gaps.dtype}; expected a floating-point tensor")
+    # One device-to-host check, outside every solver loop.
+    if not bool(torch.isfinite(gaps).all()):
+        bad = gaps[~torch.isfinite(gaps)][0].item()
+        raise ValueError(
+            f"gaps contains the non-finite value {bad}; expected finite reward gaps (-inf < gap < inf)"
+        )
