@@ -37,17 +37,17 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # The run-config contract's keys (scratch/contract.md), written out here rather than taken from the code.
 CONTRACT_KEYS = {
     "": {"study", "dataset", "noise", "method", "model", "training", "evaluation", "seed"},
-    "dataset": {"kind", "testbed", "source", "split", "heldout_fraction", "max_pairs"},
+    "dataset": {"kind", "testbed", "source", "split", "heldout_fraction", "max_pairs", "hub_options"},
     "noise": {"model", "rate", "options"},
     "method": {"label", "name", "hyperparameters"},
-    "model": {"name", "dtype", "attn_implementation", "gradient_checkpointing"},
+    "model": {"name", "dtype", "attn_implementation", "gradient_checkpointing", "lora", "reference"},
     "training": {
         "steps", "batch_size", "gradient_accumulation", "learning_rate", "weight_decay", "warmup_ratio",
         "max_grad_norm", "max_length", "max_prompt_length", "log_every", "nan_policy",
     },
     "evaluation": {
         "heldout_accuracy", "noise_detection", "gold_reward", "num_eval_prompts", "samples_per_prompt",
-        "temperature", "max_new_tokens", "kl_samples",
+        "temperature", "max_new_tokens", "kl_samples", "benchmarks",
     },
 }  # fmt: skip
 RESULT_COLUMNS = [
@@ -285,7 +285,7 @@ def test_file_datasets_are_checked_where_the_study_runs(tmp_path, monkeypatch):
     assert run.dataset == "pairs.jsonl" and run.model == "org/model"
     assert run.config["dataset"] == {
         "kind": "file", "testbed": None, "source": "pairs.jsonl", "split": None, "heldout_fraction": 0.1,
-        "max_pairs": None,
+        "max_pairs": None, "hub_options": {},
     }  # fmt: skip
     missing = {**raw, "datasets": [{"kind": "file", "source": "absent.jsonl"}]}
     with pytest.raises(StudyError, match=r"datasets\[0\]\.source = 'absent.jsonl': expected an existing"):

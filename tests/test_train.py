@@ -391,6 +391,12 @@ class NaNAtCall:
     def eval(self):
         return self.method.eval()
 
+    def state_dict(self):
+        return self.method.state_dict()
+
+    def load_state_dict(self, state):
+        self.method.load_state_dict(state)
+
 
 def test_a_non_finite_loss_raises_at_its_step(tokenizer, tmp_path) -> None:
     with pytest.raises(NonFiniteLossError) as raised:

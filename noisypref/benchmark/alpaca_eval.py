@@ -337,7 +337,7 @@ class AlpacaEvalScore:
     n_wins_base: int
     n_draws: int
     n_total: int
-    length_controlled_winrate: float
+    length_controlled_winrate: float | None  # None when the GLM cannot be fitted (too few annotations)
     lc_standard_error: float | None  # None for offline-glm (see the module docstring)
     lc_variant: str  # "official" | "offline-glm"
     lc_note: str
@@ -453,13 +453,18 @@ def score_annotations(
             )
             logger.warning("%s", note.strip())
     if length_controlled is None:
-        length_controlled = offline_length_controlled_winrate(pair)
         used_variant = "offline-glm"
-        note += (
-            "offline-glm: the package's length_controlled_minimal GLM fitted on these annotations alone "
-            "(no instruction difficulty, no gamed-baseline regularisation); not comparable with the "
-            "leaderboard's LC win rate"
-        )
+        try:
+            length_controlled = offline_length_controlled_winrate(pair)
+            note += (
+                "offline-glm: the package's length_controlled_minimal GLM fitted on these annotations alone "
+                "(no instruction difficulty, no gamed-baseline regularisation); not comparable with the "
+                "leaderboard's LC win rate"
+            )
+        except ValueError as error:  # e.g. fewer annotations than the GLM's 5 cross-validation folds
+            length_controlled = {"length_controlled_winrate": None, "lc_standard_error": None}
+            note += f"offline-glm: the GLM could not be fitted on {len(pair)} annotations ({error})"
+            logger.warning("no length-controlled win rate: %s", note)
 
     annotator = str(pair["annotator"].iloc[0]) if "annotator" in pair.columns else None
     return AlpacaEvalScore(

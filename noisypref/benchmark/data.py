@@ -43,6 +43,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from noisypref.noise_injection.sampling import flip_count, keyed_uniforms, top_k_mask
@@ -118,11 +119,14 @@ def load_preferences(
         records = read_records(path)
         columns = sorted({key for record in records if isinstance(record, Mapping) for key in record})
     elif str(source).endswith(LOCAL_SUFFIXES):
-        raise FileNotFoundError(f"no such file: {source}")
+        raise FileNotFoundError(f"no such file: {source}" + (" (it is a folder)" if path.is_dir() else ""))
     else:
         hub_dataset = _load_hub_dataset(str(source), split, hub_options)
         records, columns = hub_dataset, hub_dataset.column_names
-    parsed = parse_preference_records(records, columns, layout=layout)
+    try:
+        parsed = parse_preference_records(records, columns, layout=layout)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
     _report_skipped(parsed, str(source))
     if not parsed.rows:
         raise ValueError(
@@ -138,15 +142,26 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a local json (an array of objects, or JSON lines), jsonl, jsonl.gz or parquet file."""
     path = Path(path)
     name = path.name.lower()
-    if name.endswith(".parquet"):
-        return pq.read_table(path).to_pylist()
     if not name.endswith(LOCAL_SUFFIXES):
         raise ValueError(
             f"cannot read {path}: the file name must end with one of {', '.join(LOCAL_SUFFIXES)}"
         )
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as file:
-        text = file.read()
+    try:
+        if name.endswith(".parquet"):
+            return pq.read_table(path).to_pylist()
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rb") as file:
+            content = file.read()
+    except (OSError, EOFError, pa.ArrowException) as error:  # unreadable, a folder, corrupt gzip or parquet
+        raise ValueError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = content[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}, line {line}: not UTF-8 text (byte {error.start} is {content[error.start : error.end]!r}); "
+            "json and jsonl data files must be UTF-8"
+        ) from None
     if name.endswith((".json", ".json.gz")):
         try:
             document = json.loads(text)
@@ -159,7 +174,9 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                 f"{path} holds a JSON {type(document).__name__}; expected an array of row objects"
             )
     records = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    # Split at newlines only: str.splitlines also splits at characters such as U+2028 that JSON
+    # strings may hold unescaped.
+    for line_number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))
@@ -369,7 +386,7 @@ def _split_shared_messages(chosen: list[dict[str, str]], rejected: list[dict[str
 def _required(record: Mapping[str, Any], name: str) -> Any:
     value = record.get(name)
     if value is None:
-        raise RowError(f"the field {name!r} is missing")
+        raise RowError(f"the field {name!r} is {'null' if name in record else 'missing'}")
     return value
 
 
@@ -473,7 +490,13 @@ def _schema_features(rows: Sequence[dict[str, Any]]) -> datasets.Features:
 
 
 def _load_hub_dataset(hub_id: str, split: str | None, hub_options: dict[str, Any]) -> datasets.Dataset:
-    loaded = datasets.load_dataset(hub_id, split=split, **hub_options)
+    try:
+        loaded = datasets.load_dataset(hub_id, split=split, **hub_options)
+    except (OSError, ValueError, TypeError, datasets.exceptions.DatasetsError) as error:
+        raise ValueError(
+            f"cannot load {hub_id!r}: it is not a local {' / '.join(LOCAL_SUFFIXES)} file, and loading it "
+            f"as a hub dataset failed ({type(error).__name__}: {error})"
+        ) from None
     if isinstance(loaded, datasets.DatasetDict):
         if len(loaded) != 1:
             raise ValueError(f"{hub_id} has the splits {', '.join(loaded)}; choose one with split=...")

@@ -5,20 +5,26 @@ pair's two responses in canonical order, ``(logp_a, logp_b)`` (see ``noisypref.b
 ``key`` hashes the model identity and the dataset's ``content_key``, which ignores the labels: every
 method, noise model, flip rate and seed on the same data reads the same file, and a flipped pair
 just takes the two values the other way round.
+
+``LiveReference`` is the alternative for ``model.reference: live``: the reference model is kept in
+memory and scores each batch when it is used (a second copy of the model, or, for a LoRA policy, the
+policy with its adapters switched off). Same interface, no cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
 
-from noisypref.benchmark.logps import sequence_logps
+from noisypref.benchmark.logps import SequenceLogps, autocast_for, pair_batch, sequence_logps
 from noisypref.benchmark.storage import cached_torch_file
 from noisypref.benchmark.tokenization import TokenizedPairs
 
@@ -92,3 +98,39 @@ def reference_logps(
     position = {pair_id: row for row, pair_id in enumerate(stored["pair_ids"])}
     rows = torch.tensor([position[pair_id] for pair_id in pairs.pair_ids])
     return ReferenceLogps(stored["logp_a"][rows], stored["logp_b"][rows])
+
+
+class LiveReference:
+    """Reference log-probs computed on demand by a frozen reference model (``model.reference: live``).
+
+    ``context`` wraps each reference forward pass; for a LoRA policy that serves as its own reference
+    it switches the adapters off (``noisypref.benchmark.models.adapters_disabled``).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        pad_token_id: int,
+        context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.context = context
+        self.logps_model = SequenceLogps(model)
+
+    @torch.no_grad()
+    def chosen_and_rejected(
+        self, pairs: TokenizedPairs, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference log-probs of the chosen and the rejected response of the pairs ``indices``."""
+        batch = pair_batch(
+            pairs, indices.tolist(), self.pad_token_id, pack=self.logps_model.supports_packing
+        ).to(self.model.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.context(), autocast_for(self.model.device):
+                logps = self.logps_model(batch).float()
+        finally:
+            self.model.train(was_training)
+        return logps.chunk(2)

@@ -6,13 +6,18 @@ see ``default_run_config``), and writes into ``run_dir``:
     config.json     the run config as given
     flips.csv       which training pairs were flipped (pair_id, is_flipped, flip_probability)
     metrics.jsonl   training metrics, one line per logged step
+    pairs.parquet   per training pair after training: pair_id, is_flipped, reward_gap (eval mode),
+                    gamma (γ methods only); the reports' γ diagnostics read it
+    alpaca_eval/, arena_hard/   generations, annotations and answer files of evaluation.benchmarks
     result.json     every metric, the config, seed, library versions and wall time; written last and
                     atomically, so a run is complete exactly when result.json exists
 
 Steps: resolve the dataset (the testbed via ``build_testbed``, or a file / hub id via
 ``load_preferences`` + ``split_heldout`` with a fixed split seed, so every run on a dataset shares
 its held-out pairs and caches), inject noise into the training pairs only, tokenise (cached), compute
-or load the reference log-probs (cached), train the policy from the reference model, evaluate.
+or load the reference log-probs (cached; or ``model.reference: live``, a reference model kept in
+memory), optionally add LoRA adapters (``model.lora``, needs peft), train the policy from the
+reference model, evaluate, run the configured benchmarks.
 Invalid configs raise ``ValueError`` naming the field path; anything failing later raises
 ``RunFailed`` and no result.json is written.
 
@@ -39,11 +44,13 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pandas as pd
 import torch
 import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import noisypref
+from noisypref.benchmark.benchmarks import Benchmarks, check_runnable, parse_benchmarks, run_benchmarks
 from noisypref.benchmark.data import load_preferences, split_heldout
 from noisypref.benchmark.evaluate import (
     EvaluationConfig,
@@ -52,8 +59,14 @@ from noisypref.benchmark.evaluate import (
     noise_detection,
     preference_accuracy,
 )
-from noisypref.benchmark.models import load_causal_lm, resolve_model
-from noisypref.benchmark.reference import ReferenceLogps, reference_logps
+from noisypref.benchmark.models import (
+    LoraSettings,
+    adapters_disabled,
+    apply_lora,
+    load_causal_lm,
+    resolve_model,
+)
+from noisypref.benchmark.reference import LiveReference, ReferenceLogps, reference_logps
 from noisypref.benchmark.storage import atomic_path, write_json_atomic
 from noisypref.benchmark.testbed import Testbed, TestbedConfig, build_testbed
 from noisypref.benchmark.tokenization import TokenizedPairs, tokenize_pairs
@@ -68,6 +81,9 @@ DATASET_KINDS = ("testbed", "file", "hub")
 TESTBED = "testbed"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+REFERENCE_MODES = ("cached", "live")
+DATASET_KEYS = ("kind", "testbed", "source", "split", "heldout_fraction", "max_pairs", "hub_options")
+MODEL_KEYS = ("name", "dtype", "attn_implementation", "gradient_checkpointing", "lora", "reference")
 HELDOUT_SPLIT_SEED = 0
 RUN_ID_HEX_DIGITS = 12
 
@@ -78,6 +94,44 @@ class RunFailed(RuntimeError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def out_of_memory_reason(config: RunConfig, error: BaseException) -> str:
+    """Why a run ran out of GPU memory, and the settings that lower the memory a step needs."""
+    training = config.training
+    micro_batch = training.batch_size // training.gradient_accumulation
+    suggestions = []
+    # More micro-batches of the same optimiser step: same batch_size, same updates, less activation memory.
+    accumulation = next(
+        (
+            steps
+            for steps in range(training.gradient_accumulation + 1, training.batch_size + 1)
+            if training.batch_size % steps == 0 and training.batch_size // steps <= micro_batch // 2
+        ),
+        None,
+    )
+    if accumulation is not None:
+        suggestions.append(
+            f"training.gradient_accumulation: {accumulation} ({training.batch_size // accumulation} pairs per "
+            f"micro-batch instead of {micro_batch}; batch_size {training.batch_size} and the updates stay the same)"
+        )
+    if not config.model.gradient_checkpointing:
+        suggestions.append("model.gradient_checkpointing: true (activations recomputed in the backward pass)")
+    if config.model.dtype == "float32":
+        suggestions.append("model.dtype: bfloat16 (half the memory of float32 weights)")
+    if training.max_length >= 128:
+        shorter = training.max_length // 2
+        prompt = min(training.max_prompt_length, shorter // 2)
+        suggestions.append(
+            f"training.max_length: {shorter}, max_prompt_length: {prompt} (now {training.max_length}, "
+            f"{training.max_prompt_length}; longer pairs are cut)"
+        )
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    advice = "; ".join(suggestions) if suggestions else "a smaller model, or a GPU with more memory"
+    return (
+        f"out of GPU memory with {micro_batch} pairs per micro-batch of up to {training.max_length} tokens "
+        f"({first_line}). Settings that need less memory: {advice}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,6 +146,7 @@ class DatasetSection:
     split: str | None
     heldout_fraction: float
     max_pairs: int | None
+    hub_options: dict[str, Any]  # keyword options of datasets.load_dataset (kind hub)
 
 
 @dataclass(frozen=True)
@@ -100,6 +155,8 @@ class ModelSection:
     dtype: str
     attn_implementation: str
     gradient_checkpointing: bool
+    lora: LoraSettings | None  # None: full fine-tuning
+    reference: str  # "cached": log-probs computed once and cached; "live": the model kept in memory
 
 
 @dataclass(frozen=True)
@@ -116,6 +173,7 @@ class RunConfig:
     model: ModelSection
     training: TrainingConfig
     evaluation: EvaluationConfig
+    benchmarks: Benchmarks  # evaluation.benchmarks
     seed: int
     raw: dict[str, Any]
 
@@ -135,6 +193,7 @@ def default_run_config(**sections: Any) -> dict[str, Any]:
             "split": None,
             "heldout_fraction": 0.1,
             "max_pairs": None,
+            "hub_options": {},
         },
         "noise": {"model": "symmetric", "rate": 0.0, "options": {}},
         "method": {"label": "dpo", "name": "dpo", "hyperparameters": {"beta": 0.1}},
@@ -143,6 +202,8 @@ def default_run_config(**sections: Any) -> dict[str, Any]:
             "dtype": "auto",
             "attn_implementation": "sdpa",
             "gradient_checkpointing": False,
+            "lora": None,
+            "reference": "cached",
         },
         "training": {
             name: getattr(TrainingConfig(), name)
@@ -160,7 +221,7 @@ def default_run_config(**sections: Any) -> dict[str, Any]:
                 "nan_policy",
             )
         },
-        "evaluation": dataclasses.asdict(EvaluationConfig()),
+        "evaluation": {**dataclasses.asdict(EvaluationConfig()), "benchmarks": {}},
         "seed": 0,
     }
     config.update(copy.deepcopy(sections))
@@ -186,16 +247,10 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
     seed = run_config["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed = {seed!r} is invalid: expected an integer >= 0")
-    dataset = _dataset_section(
-        _section(
-            run_config, "dataset", ("kind", "testbed", "source", "split", "heldout_fraction", "max_pairs")
-        )
-    )
+    dataset = _dataset_section(_section(run_config, "dataset", DATASET_KEYS))
     noise = _section(run_config, "noise", ("model", "rate", "options"))
     method = _section(run_config, "method", ("label", "name", "hyperparameters"))
-    model = _model_section(
-        _section(run_config, "model", ("name", "dtype", "attn_implementation", "gradient_checkpointing"))
-    )
+    model = _model_section(_section(run_config, "model", MODEL_KEYS))
     training_values = run_config["training"]
     if not isinstance(training_values, Mapping):
         raise ValueError(f"training = {training_values!r} is invalid: expected a mapping")
@@ -205,7 +260,12 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
     evaluation_values = run_config["evaluation"]
     if not isinstance(evaluation_values, Mapping):
         raise ValueError(f"evaluation = {evaluation_values!r} is invalid: expected a mapping")
-    evaluation = EvaluationConfig.from_dict(evaluation_values)
+    if "benchmarks" not in evaluation_values:
+        raise ValueError("evaluation.benchmarks: missing; give {} for no benchmarks")
+    benchmarks = parse_benchmarks(evaluation_values["benchmarks"])
+    evaluation = EvaluationConfig.from_dict(
+        {key: value for key, value in evaluation_values.items() if key != "benchmarks"}
+    )
 
     rate = noise["rate"]
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
@@ -229,6 +289,11 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
             f"model.name = {TESTBED!r} is invalid with dataset.kind = {dataset.kind!r}: the testbed's "
             "reference policy needs the testbed dataset; give a hub id or a local model folder"
         )
+    if benchmarks and model.name == TESTBED:
+        raise ValueError(
+            "evaluation.benchmarks is invalid with model.name = 'testbed': the benchmarks need a chat "
+            "model (the testbed's word-level tokenizer has no chat template)"
+        )
     return RunConfig(
         dataset=dataset,
         noise_model=noise["model"],
@@ -240,6 +305,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
         model=model,
         training=training,
         evaluation=evaluation,
+        benchmarks=benchmarks,
         seed=seed,
         raw=copy.deepcopy(dict(run_config)),
     )
@@ -287,7 +353,24 @@ def _dataset_section(values: Mapping[str, Any]) -> DatasetSection:
     split = values["split"]
     if split is not None and not isinstance(split, str):
         raise ValueError(f"dataset.split = {split!r} is invalid: expected null or a split name")
-    return DatasetSection(kind, testbed, values["source"], split, float(fraction), max_pairs)
+    hub_options = values["hub_options"]
+    if not isinstance(hub_options, Mapping) or not all(isinstance(key, str) for key in hub_options):
+        raise ValueError(
+            f"dataset.hub_options = {hub_options!r} is invalid: expected a mapping of datasets.load_dataset "
+            "keyword options (e.g. {data_dir: harmless-base})"
+        )
+    if hub_options and kind != "hub":
+        raise ValueError(
+            f"dataset.hub_options = {dict(hub_options)!r} is invalid: it applies to kind 'hub' only"
+        )
+    if "split" in hub_options or "path" in hub_options:
+        raise ValueError(
+            f"dataset.hub_options = {dict(hub_options)!r} is invalid: give the split as dataset.split and "
+            "the dataset as dataset.source"
+        )
+    return DatasetSection(
+        kind, testbed, values["source"], split, float(fraction), max_pairs, dict(hub_options)
+    )
 
 
 def _model_section(values: Mapping[str, Any]) -> ModelSection:
@@ -306,8 +389,28 @@ def _model_section(values: Mapping[str, Any]) -> ModelSection:
         raise ValueError(
             f"model.gradient_checkpointing = {values['gradient_checkpointing']!r} is invalid: expected true or false"
         )
+    lora = values["lora"]
+    if lora is not None:
+        if not isinstance(lora, Mapping):
+            raise ValueError(
+                f"model.lora = {lora!r} is invalid: expected null (full fine-tuning) or a mapping of "
+                "r, alpha, dropout, target_modules"
+            )
+        try:
+            lora = LoraSettings.from_dict(lora)
+        except ValueError as error:
+            raise ValueError(f"model.{error}") from None
+    if values["reference"] not in REFERENCE_MODES:
+        raise ValueError(
+            f"model.reference = {values['reference']!r} is invalid: expected one of {REFERENCE_MODES}"
+        )
     return ModelSection(
-        values["name"], values["dtype"], values["attn_implementation"], values["gradient_checkpointing"]
+        values["name"],
+        values["dtype"],
+        values["attn_implementation"],
+        values["gradient_checkpointing"],
+        lora,
+        values["reference"],
     )
 
 
@@ -350,6 +453,8 @@ def execute_run(
     try:
         with torch_threads(threads):
             metrics, details = _train_and_evaluate(config, run_dir, cache_dir, torch.device(device))
+    except torch.cuda.OutOfMemoryError as error:
+        raise RunFailed(out_of_memory_reason(config, error)) from error
     except Exception as error:
         raise RunFailed(f"{type(error).__name__}: {error}") from error
     result = {
@@ -388,13 +493,15 @@ class PreparedRun:
     method: PreferenceMethod
     train_tokens: TokenizedPairs
     heldout_tokens: TokenizedPairs
-    train_reference: ReferenceLogps | None
-    heldout_reference: ReferenceLogps | None
+    train_reference: ReferenceLogps | LiveReference | None
+    heldout_reference: ReferenceLogps | LiveReference | None
 
 
 def _train_and_evaluate(
     config: RunConfig, run_dir: Path, cache_dir: Path, device: torch.device
 ) -> tuple[dict[str, float], dict[str, Any]]:
+    if _is_main_process():
+        check_runnable(config.benchmarks)  # a missing file or API key fails now, not after training
     prepared = prepare_run(config, run_dir, cache_dir, device)
     metrics_path = run_dir / "metrics.jsonl"
     checkpoint_dir = run_dir / "checkpoint" if config.training.checkpoint_every else None
@@ -414,8 +521,19 @@ def _train_and_evaluate(
     )
     metrics = {
         "final_loss": training.final_metrics["loss"],
-        **evaluate_run(config, prepared, cache_dir, device),
+        **evaluate_run(config, prepared, cache_dir, device, pairs_path=run_dir / "pairs.parquet"),
     }
+    benchmark_details: dict[str, Any] = {}
+    if config.benchmarks and _is_main_process():
+        benchmark_metrics, benchmark_details = run_benchmarks(
+            config.benchmarks,
+            prepared.policy,
+            prepared.tokenizer,
+            run_dir,
+            model_id=f"noisypref-{config.run_id}",
+            seed=config.seed,
+        )
+        metrics.update(benchmark_metrics)
     details = {
         "noise": prepared.flips.summary(),
         "training": {
@@ -428,6 +546,8 @@ def _train_and_evaluate(
         "num_train_pairs": len(prepared.train_tokens),
         "num_heldout_pairs": len(prepared.heldout_tokens),
     }
+    if benchmark_details:
+        details["benchmarks"] = benchmark_details
     return metrics, details
 
 
@@ -447,10 +567,18 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
     heldout_tokens = tokenize_pairs(data.heldout_pairs, tokenizer, cache_dir=cache_dir, **lengths)
     method = build(config.method_name, seed=config.seed, **config.method_hyperparameters)
     train_reference = heldout_reference = None
-    if method.requires_reference:  # computed before training changes the policy; usually a cache hit
+    cached = method.requires_reference and config.model.reference == "cached"
+    if cached:  # computed before training changes the policy; usually a cache hit
         options = dict(model_identity=identity, cache_dir=cache_dir, pad_token_id=pad_token_id)
         train_reference = reference_logps(policy, train_tokens, **options)
         heldout_reference = reference_logps(policy, heldout_tokens, **options)
+    if config.model.lora is not None:
+        torch.manual_seed(config.seed)  # the adapters' initialisation
+        apply_lora(policy, config.model.lora)
+    if method.requires_reference and not cached:
+        train_reference = heldout_reference = live_reference(
+            config, data, policy, pad_token_id, cache_dir, device
+        )
     return PreparedRun(
         data,
         flips,
@@ -465,16 +593,46 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
     )
 
 
+def live_reference(
+    config: RunConfig,
+    data: RunData,
+    policy: PreTrainedModel,
+    pad_token_id: int,
+    cache_dir: Path,
+    device: torch.device,
+) -> LiveReference:
+    """The reference model kept in memory: a LoRA policy with its adapters off, else a second copy."""
+    if config.model.lora is not None:
+        return LiveReference(policy, pad_token_id, context=lambda: adapters_disabled(policy))
+    reference_model, _ = load_causal_lm(
+        reference_model_location(config, data, cache_dir),
+        config.model.dtype,
+        attn_implementation=config.model.attn_implementation,
+        device=device,
+    )
+    reference_model.requires_grad_(False)
+    return LiveReference(reference_model, pad_token_id)
+
+
 def evaluate_run(
-    config: RunConfig, run: PreparedRun, cache_dir: Path, device: torch.device
+    config: RunConfig,
+    run: PreparedRun,
+    cache_dir: Path,
+    device: torch.device,
+    pairs_path: Path | None = None,
 ) -> dict[str, float]:
-    """The metrics of DESIGN §5 that the config asks for (gold-reward metrics on the testbed only)."""
+    """The metrics of DESIGN §5 that the config asks for (gold-reward metrics on the testbed only).
+
+    ``pairs_path``: where to write the per-pair diagnostics of the training pairs (pairs.parquet).
+    """
     metrics = {"realised_flip_rate": run.flips.realised_rate}
     # Batches of the training micro-batch size: a γ method's candidate set is then as in training.
     batch_size = config.training.batch_size // config.training.gradient_accumulation
     train_outputs = method_outputs(
         run.policy, run.method, run.train_tokens, run.train_reference, run.pad_token_id, batch_size
     )
+    if pairs_path is not None and _is_main_process():
+        write_pair_diagnostics(pairs_path, run.train_tokens.pair_ids, run.flips, train_outputs)
     metrics["train_accuracy"] = float(np.mean(train_outputs["reward_gap"] > 0))
     if config.evaluation.noise_detection:
         metrics.update(noise_detection(train_outputs, run.flips.table["is_flipped"].to_numpy()))
@@ -522,6 +680,22 @@ def evaluate_run(
     return metrics
 
 
+def write_pair_diagnostics(
+    path: Path, pair_ids: list[str], flips: FlipRecord, outputs: Mapping[str, np.ndarray]
+) -> None:
+    """pairs.parquet: pair_id, is_flipped, the final reward gap (eval mode) and, for γ methods, γ."""
+    flipped = dict(zip(flips.table["pair_id"], flips.table["is_flipped"].astype(bool), strict=True))
+    columns = {
+        "pair_id": pair_ids,
+        "is_flipped": [flipped[pair_id] for pair_id in pair_ids],
+        "reward_gap": outputs["reward_gap"],
+    }
+    if "gamma" in outputs:
+        columns["gamma"] = outputs["gamma"]
+    with atomic_path(path) as temporary:
+        pd.DataFrame(columns).to_parquet(temporary, index=False)
+
+
 def resolve_dataset(config: RunConfig, cache_dir: Path) -> RunData:
     """Training and clean held-out pairs of the run's dataset (training pairs capped at max_pairs)."""
     section = config.dataset
@@ -530,7 +704,7 @@ def resolve_dataset(config: RunConfig, cache_dir: Path) -> RunData:
         testbed = build_testbed(section.testbed, cache_dir)
         train_pairs, heldout_pairs = testbed.train_pairs, testbed.heldout_pairs
     else:
-        dataset = load_preferences(section.source, section.split)
+        dataset = load_preferences(section.source, section.split, **section.hub_options)
         train_pairs, heldout_pairs = split_heldout(dataset, section.heldout_fraction, seed=HELDOUT_SPLIT_SEED)
     if section.max_pairs is not None and section.max_pairs < len(train_pairs):
         train_pairs = train_pairs.select(range(section.max_pairs))

@@ -16,8 +16,10 @@ arguments (the method object, callbacks), not subclasses.
 - Data parallelism through ``accelerate`` when the script is launched with ``accelerate launch``;
   a plain single process otherwise. The γ margin estimator all-gathers its gaps itself.
 - Metrics: every ``log_every`` steps (and the last), one JSON line per step in ``metrics_path``.
-- Non-finite objective: under ``nan_policy="fail"`` the step raises ``NonFiniteLossError`` naming the
-  step, the method and the last finite metrics; under ``"skip"`` the step's update is dropped.
+- Non-finite objective or gradient: under ``nan_policy="fail"`` the step raises ``NonFiniteLossError``
+  naming the step, the method, which of the two, and the last finite metrics; under ``"skip"`` the
+  step's update is dropped, the method's state (batch statistics, margin queue) restored, and the
+  step counted in ``TrainingResult.skipped_steps``.
 - Checkpoints (``checkpoint_every``): model, optimizer and the method's state (margin queue, β-DPO
   statistics), written atomically to ``checkpoint_dir/checkpoint.pt``; ``train`` resumes from it.
 """
@@ -25,6 +27,7 @@ arguments (the method object, callbacks), not subclasses.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -122,14 +125,18 @@ class TrainingResult:
 
 
 class NonFiniteLossError(RuntimeError):
-    """The objective became NaN or infinite; the message names the step, method and last finite metrics."""
+    """The objective or its gradient became NaN or infinite; the message names the step, the method,
+    which of the two, and the last finite metrics."""
 
-    def __init__(self, step: int, method: str, last_finite_metrics: dict[str, float] | None) -> None:
+    def __init__(
+        self, step: int, method: str, last_finite_metrics: dict[str, float] | None, quantity: str = "loss"
+    ) -> None:
         self.step = step
         self.method = method
         self.last_finite_metrics = last_finite_metrics
+        self.quantity = quantity  # "loss" or "gradient"
         super().__init__(
-            f"non-finite loss at step {step} of method {method!r}; "
+            f"non-finite {quantity} at step {step} of method {method!r}; "
             f"last finite metrics: {json.dumps(last_finite_metrics)}"
         )
 
@@ -271,16 +278,20 @@ def train(
 
         step_pairs = order.step_pairs(step)
         process_pairs = step_pairs.chunk(accelerator.num_processes)[accelerator.process_index]
+        # A skipped step must leave no trace, in the method's batch statistics or margin queue either.
+        method_state = copy.deepcopy(method.state_dict()) if config.nan_policy == "skip" else None
         outputs = accumulate_gradients(
             accelerator, logps_model, method, pairs, process_pairs, reference, pad_token_id, config
         )
         grad_norm = _clip_gradients(policy, config.max_grad_norm) if outputs is not None else None
         if outputs is None or not torch.isfinite(grad_norm):
+            quantity = "loss" if outputs is None else "gradient"
             if config.nan_policy == "fail":
-                raise NonFiniteLossError(step, method.name, last_record)
-            logger.warning("step %d: non-finite loss or gradient, update skipped (nan_policy=skip)", step)
+                raise NonFiniteLossError(step, method.name, last_record, quantity)
+            logger.warning("step %d: non-finite %s, update skipped (nan_policy=skip)", step, quantity)
             skipped_steps += 1
             optimizer.zero_grad(set_to_none=True)
+            method.load_state_dict(method_state)
             continue
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -8,9 +8,12 @@ Adding a command is adding a module and one line to ``COMMAND_MODULES``.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
+import tempfile
+from pathlib import Path
 
 from noisypref import __version__
 
@@ -28,8 +31,36 @@ COMMAND_MODULES = [
 USER_ERROR_STATUS = 2
 
 
+# Errors of the file system the user's paths point into (a folder given for a file, no permission,
+# a read-only or full disk): shown as one message naming the path, exit status 2.
+FILE_SYSTEM_ERRORS = {
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR, errno.ENOTDIR,
+    errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP,
+}  # fmt: skip
+
+
 class UserError(Exception):
     """A mistake in what the user asked for: shown as one message, exit status 2, no traceback."""
+
+
+def describe_os_error(error: OSError) -> str:
+    """The message of a file-system error: the path, the reason, and what to do about a full disk."""
+    text = f"{error.filename}: {error.strerror or error}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += "; free some space and run the same command again (finished work is kept)"
+    return text
+
+
+def make_output_folder(path: Path, what: str) -> None:
+    """Create the folder `path` if needed and check a file can be written in it; UserError naming
+    the folder otherwise, before any work is done."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        reason = "it is a file, not a folder" if path.is_file() else error.strerror or str(error)
+        raise UserError(f"{what} {path} cannot be written: {reason}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (UserError, ValueError, FileNotFoundError) as error:
         print(f"noisypref {args.command}: error: {error}", file=sys.stderr)
+        return USER_ERROR_STATUS
+    except OSError as error:
+        if error.errno not in FILE_SYSTEM_ERRORS or error.filename is None:
+            raise  # not about a path the user gave or a disk: an internal error, shown with its traceback
+        print(f"noisypref {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
         return USER_ERROR_STATUS
     except KeyboardInterrupt:
         print(f"noisypref {args.command}: interrupted", file=sys.stderr)

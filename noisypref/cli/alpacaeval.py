@@ -48,9 +48,12 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"  win rate                     {score.win_rate:.2f} ± {score.standard_error:.2f} (standard error)"
     )
-    print(
-        f"  length-controlled win rate   {score.length_controlled_winrate:.2f}{lc_error} [{score.lc_variant}]"
+    lc_value = (
+        "not available"
+        if score.length_controlled_winrate is None
+        else f"{score.length_controlled_winrate:.2f}{lc_error}"
     )
+    print(f"  length-controlled win rate   {lc_value} [{score.lc_variant}]")
     print(f"  wins / losses / draws        {score.n_wins} / {score.n_wins_base} / {score.n_draws}")
     if score.lc_note:
         print(f"  note: {score.lc_note}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from noisypref.benchmark.data import load_preferences, write_preferences
+from noisypref.cli import UserError, make_output_folder
 from noisypref.noise_injection import NOISE_MODELS, get_noise_model, inject
 
 NOISY_DATA_STEM = "noisy"
@@ -65,13 +66,25 @@ def run_noise(args: argparse.Namespace) -> int:
     missing = [f"--{name}" for name in ("data", "model", "rate", "out") if getattr(args, name) is None]
     if missing:
         raise ValueError(f"missing {', '.join(missing)} (or use --list to see the noise models)")
-    # Check the model and its options before the (possibly slow) load.
-    get_noise_model(args.model).make_options(parse_key_values(args.option, "--option"))
+    # Check the flags before the (possibly slow) load: what fails after it is about the data.
+    try:
+        noise_model = get_noise_model(args.model)
+    except ValueError as error:
+        raise UserError(f"--model {args.model!r}: {error}") from None
+    try:
+        noise_model.make_options(parse_key_values(args.option, "--option"))
+    except ValueError as error:
+        raise UserError(f"--option: {error}") from None
+    if not 0.0 <= args.rate <= 1.0:
+        raise UserError(f"--rate: flip rate {args.rate} is not allowed; it must be a number in [0, 1]")
+    make_output_folder(args.out, "the output folder (--out)")
     dataset = load_preferences(args.data, args.split, **parse_key_values(args.data_option, "--data-option"))
-    noisy, record = inject(
-        dataset, args.model, args.rate, args.seed, **parse_key_values(args.option, "--option")
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        noisy, record = inject(
+            dataset, args.model, args.rate, args.seed, **parse_key_values(args.option, "--option")
+        )
+    except ValueError as error:
+        raise UserError(f"{args.data}: {error}") from None
     data_path = args.out / f"{NOISY_DATA_STEM}.{args.format}"
     write_preferences(noisy, data_path)
     record.to_csv(args.out / FLIP_TABLE_NAME)

@@ -1,16 +1,21 @@
-"""`noisypref run`: run a study (by default the embedded one) into a folder, resumably."""
+"""`noisypref run`: run a study (by default the embedded one) into a folder, resumably, then report."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
-from noisypref.cli import UserError
+from noisypref.cli import UserError, make_output_folder
 
 EXECUTOR_VARIABLE = "NOISYPREF_EXECUTOR"  # "module:function" replacing the engine's execute_run
+INTERRUPTED_STATUS = 128 + signal.SIGINT
+
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run",
         help="run a study (default: the embedded default study)",
         description=(
-            "Run every run of a study into OUT/runs/<run_id>/ and write OUT/results.parquet. Without a "
+            "Run every run of a study into OUT/runs/<run_id>/, write OUT/results.parquet and the report "
+            "OUT/report/report.html (and report.md). Without a "
             "study file, runs the embedded default study (configs/default.yaml) into runs/default/. "
             "Running the same command again resumes: finished runs (those with result.json) are "
             "skipped, failed ones retried. Several processes may work on one folder at once: each run "
@@ -42,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--force", action="store_true", help="reuse an output folder that holds a different study"
+    )
+    parser.add_argument(
+        "--no-report", action="store_true", help="do not write OUT/report/ (`noisypref report OUT` writes it)"
     )
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument(
@@ -70,11 +79,14 @@ def run_run(args: argparse.Namespace) -> int:
     from noisypref.benchmark.study.scheduler import default_cache_dir
 
     study = load_study(args.study or default_study_path())
+    check_data_files(study, args.study)
     out = args.out or Path("runs") / study.name
     devices = parse_devices(args.devices)
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: give a number of processes >= 1")
     cache_dir = args.cache_dir or default_cache_dir(out)
+    make_output_folder(out, "the output folder (--out)")
+    make_output_folder(cache_dir, "the cache folder (--cache-dir)")
     if args.emit_jobs:
         folder = StudyFolder(out)
         folder.prepare(study, force=args.force)
@@ -83,19 +95,78 @@ def run_run(args: argparse.Namespace) -> int:
             print(job_command(folder.study_file, out, cache_dir, run.run_id))
         print(f"{len(pending)} unfinished run(s) of study {study.name!r}", file=sys.stderr)
         return 0
-    summary = run_study(
-        study,
-        out,
-        cache_dir=cache_dir,
-        workers=args.workers,
-        devices=devices,
-        executor=os.environ.get(EXECUTOR_VARIABLE, DEFAULT_EXECUTOR),
-        force=args.force,
-        run_ids=args.run_id,
-        collect=args.run_id is None,
-    )
+    try:
+        summary = run_study(
+            study,
+            out,
+            cache_dir=cache_dir,
+            workers=args.workers,
+            devices=devices,
+            executor=os.environ.get(EXECUTOR_VARIABLE, DEFAULT_EXECUTOR),
+            force=args.force,
+            run_ids=args.run_id,
+            collect=args.run_id is None,
+        )
+    except KeyboardInterrupt:
+        print(describe_interruption(study, out, args), file=sys.stderr)
+        return INTERRUPTED_STATUS
     print(summary.report())
-    return 0 if summary.all_succeeded else 1
+    status = 0 if summary.all_succeeded else 1
+    if args.run_id is None and not args.no_report:
+        write_study_report(out)
+    return status
+
+
+def write_study_report(out: Path) -> Path | None:
+    """Write OUT/report/ and print the path of report.html; a failure is logged, never raised, so the
+    exit status stays the study's."""
+    from noisypref.reports import write_report
+
+    try:
+        html_path = write_report(out)
+    except Exception as error:  # the runs and results.parquet are written; the report is extra
+        logger.error("the report of %s could not be written (%s: %s)", out, type(error).__name__, error)
+        print(f"report: not written ({type(error).__name__}: {error}); try `noisypref report {out}`")
+        return None
+    print(f"report: {html_path}")
+    return html_path
+
+
+def check_data_files(study, study_file: Path | None) -> None:
+    """Read every local data file of the study once, so that a malformed one stops the command with
+    a message (exit status 2) before any run starts, instead of failing every run on it."""
+    from noisypref.benchmark.data import load_preferences
+
+    for index, dataset in enumerate(study.datasets):
+        if dataset.kind != "file":
+            continue
+        try:
+            load_preferences(dataset.source, dataset.split)
+        except (ValueError, FileNotFoundError) as error:
+            raise UserError(f"{study_file}: datasets[{index}] (label {dataset.label!r}): {error}") from None
+
+
+def describe_interruption(study, out: Path, args: argparse.Namespace) -> str:
+    """After Ctrl-C: what is kept (results.parquet rewritten with it) and the command that resumes."""
+    from noisypref.benchmark.study import StudyFolder, collect_results, plan_runs
+
+    folder = StudyFolder(out)
+    runs = plan_runs(study)
+    if args.run_id is not None:
+        runs = [run for run in runs if run.run_id in args.run_id]
+    done = sum(folder.is_done(run.run_id) for run in runs)
+    if args.run_id is None and folder.study_file.is_file():
+        collect_results(folder, study)
+    resume = ["noisypref", "run", *([str(args.study)] if args.study else []), "--out", str(out)]
+    resume += ["--workers", str(args.workers)] if args.workers != 1 else []
+    resume += ["--devices", args.devices] if args.devices else []
+    resume += ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
+    resume += [part for run_id in args.run_id or () for part in ("--run-id", run_id)]
+    return (
+        f"noisypref run: interrupted. {done} of {len(runs)} runs are done and kept in {out}; the runs "
+        "that were computing are discarded and start afresh when resumed. To resume, run the same "
+        f"command again: {shlex.join(resume)}"
+    )
 
 
 def parse_devices(text: str | None) -> list[str]:

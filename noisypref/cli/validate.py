@@ -11,8 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate",
         help="check a study file and print its grid of runs",
         description=(
-            "Load and validate a study file (every problem is reported at once, with its field path), "
-            "then print the expanded grid: how many runs and a table of them (run id, dataset, noise, "
+            "Load and validate a study file (every problem is reported at once, with its field path) "
+            "and read its local data files, then print the expanded grid: how many runs and a table of them (run id, dataset, noise, "
             "rate, method, seed, model). Nothing is run."
         ),
     )
@@ -25,9 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_validate(args: argparse.Namespace) -> int:
     from noisypref.benchmark.study import default_study_path, grid_point_count, load_study, plan_runs
+    from noisypref.cli.run import check_data_files
 
     path = args.study or default_study_path()
     study = load_study(path)
+    check_data_files(study, path)
     runs = plan_runs(study)
     print(f"{path}: study {study.name!r} is valid")
     print(describe_grid(study, grid_point_count(study), len(runs)))

@@ -69,7 +69,8 @@ class BetaDPO(PreferenceMethod):
         beta0 = self.config.beta
         log_ratio_gap = (logps.policy_chosen - logps.reference_chosen) - (logps.policy_rejected - logps.reference_rejected)
         discrepancy = beta0 * log_ratio_gap.detach().double().cpu()
-        if not self.training:
+        if not self.training or not torch.isfinite(discrepancy).all():
+            # Evaluation, or a non-finite batch (which the engine drops or fails): no statistics update.
             self._batch_beta, self._kept = beta0, None
             return super().__call__(logps)
         batch_std = discrepancy.std().item() if discrepancy.numel() > 1 else 0.0

@@ -8,6 +8,7 @@ into an `ErrorList` with its field path, so a study file's mistakes are all repo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -73,13 +74,15 @@ def show(value: Any) -> str:
 # Checks
 
 
-def integer(*, minimum: int | None = None) -> Check:
-    expected = "an integer" + ("" if minimum is None else f" >= {minimum}")
+def integer(*, minimum: int | None = None, maximum: int | None = None) -> Check:
+    bounds = [f">= {minimum}"] if minimum is not None else []
+    bounds += [f"<= {maximum}"] if maximum is not None else []
+    expected = "an integer" + (f" {' and '.join(bounds)}" if bounds else "")
 
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise Invalid(expected)
-        if minimum is not None and value < minimum:
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             raise Invalid(expected)
         return int(value)
 
@@ -176,6 +179,8 @@ def optional(inner: Check) -> Check:
 
 def setting(default: Any, check: Check) -> Any:
     """A settings-dataclass field: its default and the check a YAML value must pass."""
+    if isinstance(default, (dict, list)):  # a fresh copy per instance
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"check": check})
     return field(default=default, metadata={"check": check})
 
 

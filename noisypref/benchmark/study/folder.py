@@ -43,7 +43,11 @@ STATES = (DONE, RUNNING, FAILED, PENDING)
 
 
 class StudyFolderError(ValueError):
-    """The output folder cannot be used for this study (it holds another one)."""
+    """The output folder cannot be used for this study (it holds another one, or cannot be written)."""
+
+
+class OutputNotWritable(StudyFolderError):
+    """A run's files could not be written (a full disk, a read-only folder): the study stops."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,15 @@ class StudyFolder:
                     f"{', '.join(differing)}). Choose another --out folder, or pass --force to replace "
                     "its study.yaml (finished runs whose config is unchanged are kept and reused)."
                 )
-        (self.root / RUNS_FOLDER).mkdir(parents=True, exist_ok=True)
-        write_text_atomically(self.study_file, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+        try:
+            (self.root / RUNS_FOLDER).mkdir(parents=True, exist_ok=True)
+            write_text_atomically(
+                self.study_file, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
+            )
+        except OSError as error:
+            raise StudyFolderError(
+                f"the output folder {self.root} cannot be written ({error.filename}: {error.strerror})"
+            ) from None
 
     def load_study(self) -> Study:
         if not self.study_file.is_file():

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from noisypref.benchmark.study.folder import StudyFolder
+from noisypref.benchmark.study.folder import OutputNotWritable, StudyFolder
 from noisypref.benchmark.study.grid import PlannedRun, plan_runs
 from noisypref.benchmark.study.schema import Study
 
@@ -71,8 +71,13 @@ def collect_results(folder: StudyFolder, study: Study | None = None) -> Path:
     try:
         frame.to_parquet(temporary, index=False)
         os.replace(temporary, folder.results_table)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a full or read-only disk: the runs are kept, only the table is not
+            raise OutputNotWritable(
+                f"cannot write {folder.results_table} ({error}); every finished run is kept: free some "
+                f"space and run `noisypref collect {folder.root}`"
+            ) from error
         raise
     counts = frame["status"].value_counts().to_dict()
     logger.info("wrote %s: %d runs (%s)", folder.results_table, len(frame), _count_text(counts))

@@ -17,11 +17,14 @@ engine under its own file locks in the cache folder: workers that need one being
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib
 import logging
 import multiprocessing
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +42,7 @@ from noisypref.benchmark.study.folder import (
     FAILURE_FILE,
     LOG_FILE,
     RESULT_FILE,
+    OutputNotWritable,
     StudyFolder,
     claim_run,
     clear_run_dir,
@@ -56,6 +60,7 @@ CACHE_FOLDER = ".cache"
 KEY_METRIC = "heldout_accuracy"
 STDERR_FILE = "stderr.log"  # a worker's stderr while it computes the run
 WORKER_DEATHS_ALLOWED = 1  # a run in flight when a worker process dies is retried this many times
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # errors that stop the study, not just one run
 
 SUCCEEDED, FAILED, DONE_ELSEWHERE, HELD = "succeeded", "failed", "done elsewhere", "held elsewhere"
 
@@ -288,14 +293,32 @@ def _execute(task: RunTask, run_dir: Path) -> RunOutcome:
             raise RuntimeError(f"the executor returned without writing {RESULT_FILE}")
     except Exception as error:  # noqa: BLE001 (any failure of one run is recorded; the study goes on)
         wall_time_s = time.perf_counter() - start
+        _stop_if_output_not_writable(task.run_id, error)
         reason = str(error) if type(error).__name__ == "RunFailed" else f"{type(error).__name__}: {error}"
-        write_failure(run_dir, task.run_id, reason, traceback.format_exc(), wall_time_s)
+        try:
+            write_failure(run_dir, task.run_id, reason, traceback.format_exc(), wall_time_s)
+        except OSError as write_error:
+            _stop_if_output_not_writable(task.run_id, write_error)
+            raise
         return RunOutcome(task.run_id, FAILED, reason=reason, wall_time_s=wall_time_s)
     if not isinstance(result, dict):
         result = _read_result(run_dir) or {}
     return RunOutcome(
         task.run_id, SUCCEEDED, metrics=result.get("metrics") or {}, wall_time_s=time.perf_counter() - start
     )
+
+
+def _stop_if_output_not_writable(run_id: str, error: BaseException) -> None:
+    """Raise OutputNotWritable when `error` (or an error it was raised from) is a full or read-only
+    disk: every later run would fail the same way, so the study stops, recording nothing for the run."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in DISK_ERRORS:
+            raise OutputNotWritable(
+                f"run {run_id} stopped: cannot write {error.filename or 'its files'}: {error.strerror}. "
+                "The study stopped; finished runs are kept and this run is not taken as finished. "
+                "Free some space (or make the folder writable) and run the same command again to resume."
+            )
+        error = error.__cause__ or error.__context__
 
 
 def write_failure(run_dir: Path, run_id: str, reason: str, details: str, wall_time_s: float | None) -> None:
@@ -384,6 +407,12 @@ def _environment(variables: dict[str, str]) -> Iterator[None]:
 def _initialise_worker(threads: int, device_queue: Any) -> None:
     global _in_worker, _worker_device
     _in_worker = True
+    # Ctrl-C reaches every process of the terminal's group: the main process handles it and stops
+    # the workers (an idle worker would otherwise die with a traceback).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing semaphore, which a stopped worker would leave behind
+    # (and Python warn about); a worker's bars go to its run's stderr.log, a thread lock is enough.
+    tqdm.set_lock(threading.RLock())
     if device_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device_queue.get()
         _worker_device = "cuda"  # the one device this process sees
@@ -429,7 +458,11 @@ class _WorkerPool:
     def __exit__(self, *exc_info: Any) -> None:
         try:
             if self._pool is not None:
-                self._pool.shutdown(wait=exc_info[0] is None, cancel_futures=True)
+                if exc_info[0] is not None:  # the study stops (Ctrl-C, a full disk): so do the runs in flight
+                    # The pool's worker processes (no public accessor before Python 3.14's terminate_workers).
+                    for process in list((self._pool._processes or {}).values()):
+                        process.terminate()
+                self._pool.shutdown(wait=True, cancel_futures=True)
         finally:
             self._worker_environment.__exit__(*exc_info)
 

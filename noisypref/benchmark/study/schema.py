@@ -6,6 +6,8 @@
       - {label: testbed, kind: testbed, testbed: {num_train_pairs: 1024}, max_pairs: null}
       - {label: uf, kind: hub, source: HuggingFaceH4/ultrafeedback_binarized, split: train_prefs,
          heldout_fraction: 0.1, max_pairs: 4096}
+      - {label: hh, kind: hub, source: Anthropic/hh-rlhf, split: test,
+         hub_options: {data_dir: harmless-base}}        # options of datasets.load_dataset
     noise:
       - {model: symmetric, rates: [0, 0.2, 0.4], options: {mode: exact}}
     methods:                             # any hyperparameter given as a list is swept
@@ -13,9 +15,11 @@
       - {name: gamma_dpo, hyperparameters: {tau: [1, 3, 10]}}      # labels gamma_dpo(tau=1), ...
       - {label: dpo_long, name: dpo, training: {steps: 400}}       # per-method overrides
     seeds: [0, 1]                        # default: [0]
-    models: [{name: testbed}]            # default: [{name: testbed}]
+    models: [{name: testbed}]            # default: [{name: testbed}]; a plain name stands for {name: ...}
+      # also: {name: smollm2-135m-instruct, lora: {r: 16}, reference: cached | live}   (ModelSettings)
     training: {steps: 200, ...}          # defaults: TrainingSettings
     evaluation: {num_eval_prompts: 256, ...}   # defaults: EvaluationSettings
+      # also: {benchmarks: {alpaca_eval: {...}, arena_hard: {...}}}  (noisypref.benchmark.benchmarks)
 
 `load_study` reads a file, `parse_study` a mapping; both raise `StudyError` (a ValueError) listing
 every problem, each with its field path, the bad value and what is allowed.
@@ -24,10 +28,11 @@ every problem, each with its field path, the bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,9 @@ from typing import Any
 import yaml
 
 from noisypref import methods as method_registry
+from noisypref.benchmark.alpaca_eval import HUB_DATASET as ALPACA_EVAL_HUB_ID
+from noisypref.benchmark.benchmarks import normalised_benchmarks, parse_benchmarks
+from noisypref.benchmark.models import LoraSettings
 from noisypref.benchmark.study.checks import (
     ErrorList,
     Invalid,
@@ -65,7 +73,7 @@ STUDY_KEYS = (
     "training",
     "evaluation",
 )
-DATASET_KEYS = ("label", "kind", "testbed", "source", "split", "heldout_fraction", "max_pairs")
+DATASET_KEYS = ("label", "kind", "testbed", "source", "split", "heldout_fraction", "max_pairs", "hub_options")
 NOISE_KEYS = ("model", "rates", "options")
 METHOD_KEYS = ("label", "name", "hyperparameters", "training", "evaluation")
 DATASET_KINDS = ("testbed", "file", "hub")
@@ -74,8 +82,10 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 NAN_POLICIES = ("fail", "skip")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+REFERENCE_MODES = ("cached", "live")
 DEFAULT_HELDOUT_FRACTION = 0.1
 COMBINATION_PROBLEMS_SHOWN = 3
+MAX_SEED = 2**32 - 1  # seeds reach torch.manual_seed after arithmetic (generation), which must not overflow
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +131,7 @@ class EvaluationSettings:
     temperature: float = setting(1.0, number(minimum=0))  # 0: greedy
     max_new_tokens: int = setting(16, integer(minimum=1))
     kl_samples: int = setting(1, integer(minimum=0))
+    benchmarks: dict[str, Any] = setting({}, lambda value: _component_check(normalised_benchmarks, value))
 
     def problems(self) -> list[tuple[str, Any, str]]:
         return []
@@ -135,6 +146,27 @@ class ModelSettings:
     dtype: str = setting("auto", choice(DTYPES))
     attn_implementation: str = setting("sdpa", choice(ATTENTION_IMPLEMENTATIONS))
     gradient_checkpointing: bool = setting(False, boolean())
+    lora: dict[str, Any] | None = setting(None, lambda value: _check_lora(value))
+    reference: str = setting("cached", choice(REFERENCE_MODES))
+
+
+def _component_check(normalise: Any, value: Any) -> Any:
+    """A check from a component's own validation (a function raising ValueError with the field path)."""
+    try:
+        return normalise(value)
+    except ValueError as error:
+        raise Invalid(f"a valid value ({error})") from None
+
+
+def _check_lora(value: Any) -> dict[str, Any] | None:
+    """null (full fine-tuning) or LoRA settings, every default filled in."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise Invalid(
+            "null (full fine-tuning) or a mapping of LoRA settings r, alpha, dropout, target_modules"
+        )
+    return _component_check(lambda given: LoraSettings.from_dict(given).to_dict(), value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,6 +182,7 @@ class DatasetSpec:
     split: str | None
     heldout_fraction: float
     max_pairs: int | None
+    hub_options: dict[str, Any]  # keyword options of datasets.load_dataset, kind hub only
 
     def run_dict(self) -> dict[str, Any]:
         """The run config's "dataset" section."""
@@ -160,6 +193,7 @@ class DatasetSpec:
             "split": self.split,
             "heldout_fraction": self.heldout_fraction,
             "max_pairs": self.max_pairs,
+            "hub_options": self.hub_options,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +212,7 @@ class DatasetSpec:
             "split": self.split,
             "heldout_fraction": self.heldout_fraction,
             "max_pairs": self.max_pairs,
+            "hub_options": self.hub_options,
         }
 
 
@@ -310,6 +345,13 @@ def _construct_mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.Ma
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if not isinstance(key, Hashable):
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                "found a list or mapping as a key; a key must be a name",
+                key_node.start_mark,
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 "while reading a mapping",
@@ -332,8 +374,17 @@ def read_yaml(path: str | Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"no such study file: {path}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not a text file in UTF-8 (byte {error.start} is {error.object[error.start : error.end]!r}); "
+            "a study file is YAML text"
+        ) from None
+    except OSError as error:  # a folder, a file we may not read, ...
+        raise ValueError(f"cannot read the study file {path}: {error.strerror}") from None
     try:
-        return yaml.load(text, Loader=_StudyLoader)  # noqa: S506 (a SafeLoader subclass)
+        stream = io.StringIO(text)
+        stream.name = str(path)  # YAML's messages then name the file, not "<unicode string>"
+        return yaml.load(stream, Loader=_StudyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as error:
         raise ValueError(f"{path} is not valid YAML: {error}") from None
 
@@ -370,6 +421,7 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
     seeds = _load_seeds(raw.get("seeds", [0]), errors)
     models = _load_models(raw.get("models", [{"name": TESTBED}]), errors)
     _check_testbed_model_pairing(datasets, models, errors)
+    _check_benchmarks(evaluation, methods, models, check_files, errors)
     _check_unique_labels(methods, errors)
     errors.raise_if_any(source)
     return Study(
@@ -454,6 +506,9 @@ def _load_dataset(
     max_pairs = _checked(entry, "max_pairs", f"{path}.max_pairs", optional(integer(minimum=1)), errors)
     testbed = source = split = None
     heldout_fraction = DEFAULT_HELDOUT_FRACTION
+    hub_options = _checked(entry, "hub_options", f"{path}.hub_options", _hub_options_check, errors) or {}
+    if hub_options and kind != "hub":
+        errors.message(f"{path}.hub_options", "applies to kind 'hub' only (options of datasets.load_dataset)")
     if kind == TESTBED:
         for key in ("source", "split", "heldout_fraction"):
             if key in entry:
@@ -483,7 +538,16 @@ def _load_dataset(
     label = _checked(entry, "label", f"{path}.label", text(), errors) or default_label
     if len(errors) > problems_before:
         return None
-    return DatasetSpec(label, kind, testbed, source, split, heldout_fraction, max_pairs)
+    return DatasetSpec(label, kind, testbed, source, split, heldout_fraction, max_pairs, hub_options)
+
+
+def _hub_options_check(value: Any) -> dict[str, Any]:
+    expected = "a mapping of datasets.load_dataset keyword options, e.g. {data_dir: harmless-base}"
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise Invalid(expected)
+    if "split" in value or "path" in value:
+        raise Invalid(f"{expected} (the split is the entry's 'split', the dataset its 'source')")
+    return json.loads(json.dumps(dict(value)))
 
 
 def _load_testbed(raw: Any, path: str, errors: ErrorList) -> dict[str, Any] | None:
@@ -708,7 +772,7 @@ def _load_seeds(raw: Any, errors: ErrorList) -> list[int] | None:
     seeds = []
     for index, value in enumerate(values):
         try:
-            seeds.append(integer(minimum=0)(value))
+            seeds.append(integer(minimum=0, maximum=MAX_SEED)(value))
         except Invalid as error:
             errors.invalid(f"seeds[{index}]", value, error.expected)
     if len(seeds) < len(values):
@@ -722,6 +786,8 @@ def _load_seeds(raw: Any, errors: ErrorList) -> list[int] | None:
 def _load_models(raw: Any, errors: ErrorList) -> dict[str, ModelSettings]:
     """The valid entries by path ("models[0]", ...); problems reported."""
     models = {}
+    if isinstance(raw, list):  # a plain name stands for {name: ...}
+        raw = [{"name": entry} if isinstance(entry, str) else entry for entry in raw]
     for path, entry in _entries(raw, "models", errors, "model entries"):
         model = load_settings(ModelSettings, entry, path, errors)
         if model is not None:
@@ -750,6 +816,42 @@ def _check_testbed_model_pairing(
                 f"model is trained on every dataset ({dataset_path} is a {dataset.kind} dataset); "
                 "put testbed and real-data grids in separate studies",
             )
+
+
+def _check_benchmarks(
+    evaluation: EvaluationSettings | None,
+    methods: Mapping[str, MethodSpec],
+    models: Mapping[str, ModelSettings],
+    check_files: bool,
+    errors: ErrorList,
+) -> None:
+    """Benchmarks need a chat model, and their local files must exist where the study runs."""
+    sections = [("evaluation.benchmarks", evaluation)] + [
+        (f"{path}.evaluation.benchmarks", method.evaluation) for path, method in methods.items()
+    ]
+    for path, settings in sections:
+        if settings is None or not settings.benchmarks:
+            continue
+        if path != "evaluation.benchmarks" and settings.benchmarks == getattr(evaluation, "benchmarks", None):
+            continue  # inherited from the study's evaluation section: reported there
+        testbed_models = [model_path for model_path, model in models.items() if model.name == TESTBED]
+        if testbed_models:
+            errors.message(
+                path,
+                f"needs chat models, but {testbed_models[0]} is the testbed policy (no chat template); "
+                "put benchmarks in a study of real models",
+            )
+        benchmarks = parse_benchmarks(settings.benchmarks)
+        files = []
+        if benchmarks.alpaca_eval is not None and benchmarks.alpaca_eval.source != ALPACA_EVAL_HUB_ID:
+            files.append(("alpaca_eval.source", benchmarks.alpaca_eval.source))
+        if benchmarks.arena_hard is not None:
+            files.append(("arena_hard.source", benchmarks.arena_hard.source))
+        for key, source in files:
+            if check_files and not Path(source).is_file():
+                errors.invalid(
+                    f"{path}.{key}", source, "an existing file (paths are read from the current folder)"
+                )
 
 
 # --- shared ---------------------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""Checks that need a CUDA device (``pytest -m gpu``; scripts/gpu_check.sh runs them): the engine's bf16
+autocast step, packed against padded log-probs, and a whole run with LoRA and a live reference on the GPU.
+Skipped on a machine without CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from noisypref.benchmark.logps import SequenceLogps, autocast_for, sequence_batch
+from noisypref.benchmark.models import load_causal_lm
+from noisypref.benchmark.reference import reference_logps
+from noisypref.benchmark.run import default_run_config, execute_run
+from noisypref.benchmark.testbed import TestbedConfig, build_testbed
+from noisypref.benchmark.tokenization import tokenize_pairs
+from noisypref.benchmark.train import TrainingConfig, train
+from noisypref.methods import build
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)"),
+]
+
+SMALL_TESTBED = {"num_train_pairs": 256, "num_heldout_pairs": 64, "num_eval_prompts": 32, "sft_steps": 50}
+
+
+def small_qwen2(vocab_size: int = 512, seed: int = 0) -> Qwen2ForCausalLM:
+    """A random Qwen2-shaped model big enough for real attention kernels (4 layers, width 256, GQA)."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        attn_implementation="sdpa",
+    )
+    return Qwen2ForCausalLM(config).cuda().eval()
+
+
+def random_sequences(count: int, seed: int = 0, vocab_size: int = 512) -> tuple[list, list]:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 60, (count, 2), generator=generator)
+    prompts = [torch.randint(1, vocab_size, (int(n),), generator=generator).tolist() for n in lengths[:, 0]]
+    responses = [torch.randint(1, vocab_size, (int(n),), generator=generator).tolist() for n in lengths[:, 1]]
+    return prompts, responses
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+def test_packed_and_padded_log_probs_agree_on_cuda(autocast):
+    model = small_qwen2()
+    logps_model = SequenceLogps(model)
+    assert logps_model.supports_packing  # SDPA on CUDA keeps packed sequences apart
+    prompts, responses = random_sequences(24)
+    precision = autocast_for(torch.device("cuda")) if autocast else contextlib.nullcontext()
+    with torch.no_grad(), precision:
+        packed = logps_model(sequence_batch(prompts, responses, 0, pack=True).to("cuda"))
+        padded = logps_model(sequence_batch(prompts, responses, 0, pack=False).to("cuda"))
+    # Summed log-probs of 3-60 tokens of a random model: about -6 per token.
+    tolerance = 0.02 * padded.abs().max().item() if autocast else 1e-3 * padded.abs().max().item()
+    assert torch.isfinite(packed).all()
+    torch.testing.assert_close(packed, padded, atol=tolerance, rtol=0)
+
+
+def test_a_bf16_autocast_training_step_is_finite_and_updates_float32_weights(tmp_path):
+    testbed = build_testbed(TestbedConfig.from_dict(SMALL_TESTBED), tmp_path)
+    policy, tokenizer = load_causal_lm(testbed.reference_model_dir, dtype="float32", device="cuda")
+    pairs = tokenize_pairs(testbed.train_pairs, tokenizer, max_length=32, max_prompt_length=8)
+    reference = reference_logps(
+        policy, pairs, model_identity="gpu-test", cache_dir=None, pad_token_id=tokenizer.pad_token_id
+    )
+    autocast_dtypes = []
+    policy.get_output_embeddings().register_forward_hook(
+        lambda module, inputs, output: autocast_dtypes.append(output.dtype)
+    )
+    before = [parameter.detach().clone() for parameter in policy.parameters()]
+    result = train(
+        policy,
+        build("gamma_dpo", tau=1.0),
+        pairs,
+        TrainingConfig(steps=3, batch_size=32, max_length=32, max_prompt_length=8, log_every=1),
+        reference=reference,
+        pad_token_id=tokenizer.pad_token_id,
+        seed=0,
+        device="cuda",
+    )
+    assert result.skipped_steps == 0 and torch.isfinite(torch.tensor(result.final_metrics["loss"]))
+    assert autocast_dtypes and set(autocast_dtypes) == {torch.bfloat16}
+    assert all(parameter.dtype == torch.float32 for parameter in policy.parameters())
+    assert any(not torch.equal(old, new) for old, new in zip(before, policy.parameters(), strict=True))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="LoRA needs peft")
+def test_a_run_with_lora_and_a_live_reference_on_cuda_matches_the_cached_reference(tmp_path):
+    base = default_run_config()
+    sections = dict(
+        dataset={**base["dataset"], "testbed": TestbedConfig.from_dict(SMALL_TESTBED).to_dict()},
+        noise={"model": "symmetric", "rate": 0.2, "options": {"mode": "exact"}},
+        method={
+            "label": "gamma_dpo",
+            "name": "gamma_dpo",
+            "hyperparameters": {"beta": 0.1, "gamma0": 1.0, "tau": 1.0},
+        },
+        training={**base["training"], "steps": 5, "batch_size": 32, "max_length": 32, "max_prompt_length": 8},
+        evaluation={**base["evaluation"], "gold_reward": False},  # sampling would amplify bf16 noise
+    )
+    lora = {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "all-linear"}
+    results = {
+        reference: execute_run(
+            default_run_config(**sections, model={**base["model"], "lora": lora, "reference": reference}),
+            tmp_path / reference,
+            tmp_path / "cache",
+            device="cuda",
+        )
+        for reference in ("cached", "live")
+    }
+    for name, value in results["cached"]["metrics"].items():
+        # bf16 autocast: the live reference runs in other batches than the cached one.
+        assert results["live"]["metrics"][name] == pytest.approx(value, abs=0.05), name
