@@ -37,7 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, help="output folder (default: runs/<study name>)")
     parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes on the CPU (default 1: run in this process)"
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes on the CPU, each with its share of the cores (default: one per CPU core; "
+        "1 runs everything in this process)",
     )
     parser.add_argument(
         "--devices",
@@ -82,6 +86,8 @@ def run_run(args: argparse.Namespace) -> int:
     check_data_files(study, args.study)
     out = args.out or Path("runs") / study.name
     devices = parse_devices(args.devices)
+    if args.workers is None:
+        args.workers = os.cpu_count() or 1
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: give a number of processes >= 1")
     cache_dir = args.cache_dir or default_cache_dir(out)
