@@ -296,7 +296,7 @@ def start(
         FAULT_VARIABLE: fault,
     }
     command = [sys.executable, "-m", "noisypref", "run", str(study_file), "--out", str(round_.out)]
-    command += ["--cache-dir", str(round_.cache)] + (["--workers", str(workers)] if workers > 1 else [])
+    command += ["--cache-dir", str(round_.cache), "--workers", str(workers)]
     log = round_.out.parent / f"trial-{trial}-{time.monotonic_ns()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as log_file:

@@ -18,6 +18,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from tqdm import tqdm
 
 from noisypref.benchmark.reference import reference_logps
 from noisypref.benchmark.storage import cached_torch_file, write_json_atomic
@@ -103,7 +105,19 @@ def read_journal(path: Path) -> list[tuple[str, str, int, float]]:
 # Running `noisypref` in a forked process
 
 
+def own_tqdm_lock() -> None:
+    """In a forked process: tqdm's default lock is a semaphore shared with every process forked from
+    this one, and a process killed while holding it would block all the others (and this one).
+    Every tqdm class (datasets' and huggingface_hub's have their own) gets a lock of this process."""
+    classes = [tqdm]
+    while classes:
+        progress_class = classes.pop()
+        progress_class.set_lock(threading.RLock())
+        classes.extend(progress_class.__subclasses__())
+
+
 def _cli_child(argv: list[str], log: str, environment: dict[str, str]) -> None:
+    own_tqdm_lock()
     os.environ.update(environment)
     log_file = open(log, "a", buffering=1)  # noqa: SIM115 (the process ends with it open)
     sys.stdout = sys.stderr = log_file
@@ -169,9 +183,18 @@ def test_sigkill_at_random_moments_loses_and_duplicates_no_run(tmp_path):
     study_file.write_text(yaml.safe_dump(STUDY))
     journal_path, log = tmp_path / "journal.txt", tmp_path / "log.txt"
     reference, out = tmp_path / "reference", tmp_path / "out"
-    command = ["run", study_file, "--out", out, "--cache-dir", tmp_path / "cache"]
+    command = ["run", study_file, "--out", out, "--cache-dir", tmp_path / "cache", "--workers", "1"]
     uninterrupted = fork_cli(
-        ["run", study_file, "--out", reference, "--cache-dir", tmp_path / "reference-cache"],
+        [
+            "run",
+            study_file,
+            "--out",
+            reference,
+            "--cache-dir",
+            tmp_path / "reference-cache",
+            "--workers",
+            "1",
+        ],
         log,
         **environment(tmp_path / "reference-journal.txt", 0.0),
     )
@@ -216,7 +239,9 @@ def test_two_processes_share_a_study_without_computing_a_run_twice(tmp_path):
     journal_path, out = tmp_path / "journal.txt", tmp_path / "out"
     processes = [
         fork_cli(
-            ["run", study_file, "--out", out], tmp_path / f"log{index}.txt", **environment(journal_path, 0.1)
+            ["run", study_file, "--out", out, "--workers", "1"],
+            tmp_path / f"log{index}.txt",
+            **environment(journal_path, 0.1),
         )
         for index in range(2)
     ]
@@ -240,7 +265,9 @@ def test_a_lock_left_by_a_killed_process_is_recovered(tmp_path, capsys):
     study_file = tmp_path / "study.yaml"
     study_file.write_text(yaml.safe_dump({**STUDY, "seeds": [0]}))
     journal_path, out, log = tmp_path / "journal.txt", tmp_path / "out", tmp_path / "log.txt"
-    first = fork_cli(["run", study_file, "--out", out], log, **environment(journal_path, 60.0))
+    first = fork_cli(
+        ["run", study_file, "--out", out, "--workers", "1"], log, **environment(journal_path, 60.0)
+    )
     wait_until(lambda: read_journal(journal_path), "the first run to start")
     run_id = read_journal(journal_path)[0][1]
     run_dir = out / "runs" / run_id
@@ -253,7 +280,9 @@ def test_a_lock_left_by_a_killed_process_is_recovered(tmp_path, capsys):
     first.join()
     assert not lock_is_held(run_dir)  # released by the OS with the process
     assert not (run_dir / "result.json").exists()  # its partial files are not a finished run
-    second = fork_cli(["run", study_file, "--out", out], log, **environment(journal_path, 0.05))
+    second = fork_cli(
+        ["run", study_file, "--out", out, "--workers", "1"], log, **environment(journal_path, 0.05)
+    )
     second.join(WAIT_LIMIT_S)
     assert second.exitcode == 0, log.read_text()
     assert json.loads((run_dir / "result.json").read_text())["run_id"] == run_id
@@ -270,7 +299,7 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_a_rerun_completes(tmp_path)
     python_path = os.pathsep.join(filter(None, [str(REPO), str(TESTS), os.environ.get("PYTHONPATH")]))
     with open(tmp_path / "stderr.txt", "w") as stderr_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "noisypref", "run", str(study_file), "--out", str(out)],
+            [sys.executable, "-m", "noisypref", "run", str(study_file), "--out", str(out), "--workers", "1"],
             env={**os.environ, **variables, "PYTHONPATH": python_path},
             stdout=subprocess.DEVNULL,
             stderr=stderr_file,
@@ -287,12 +316,14 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_a_rerun_completes(tmp_path)
     assert message.startswith(f"noisypref run: interrupted. {len(done_before)} of {RUNS} runs are done"), (
         message
     )
-    assert message.endswith(f"To resume, run the same command again: noisypref run {study_file} --out {out}")
+    assert message.endswith(
+        f"To resume, run the same command again: noisypref run {study_file} --out {out} --workers 1"
+    )
     table = pd.read_parquet(out / "results.parquet")  # written with what is done
     assert (table["status"] == "succeeded").sum() == len(done_before)
     assert set(table["status"]) == {"succeeded", "pending"}
 
-    rerun = fork_cli(["run", study_file, "--out", out], tmp_path / "log.txt", **variables)
+    rerun = fork_cli(["run", study_file, "--out", out, "--workers", "1"], tmp_path / "log.txt", **variables)
     rerun.join(WAIT_LIMIT_S)
     assert rerun.exitcode == 0, (tmp_path / "log.txt").read_text()
     done_after = finished(out)
@@ -308,6 +339,7 @@ def _reference_in_child(model, tokens, cache_dir: str, marker: str) -> None:
     import noisypref.benchmark.reference as reference_module
 
     torch.set_num_threads(1)  # first, in a forked process: torch's thread pool is not fork-safe
+    own_tqdm_lock()
     compute = reference_module.sequence_logps
 
     def slow_sequence_logps(*args, **kwargs):

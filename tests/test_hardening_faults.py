@@ -369,7 +369,7 @@ def test_a_full_disk_stops_the_study_and_leaves_no_half_written_result(tmp_path,
         return len(results_written) == 3
 
     monkeypatch.setattr(Path, "write_text", failing_after_half(third_result))
-    status, _, err = run_cli(capsys, "run", study_file, "--out", out)
+    status, _, err = run_cli(capsys, "run", study_file, "--out", out, "--workers", "1")
     full_run = results_written[2].parent
     assert status == 2
     assert f"run {full_run.name} stopped: cannot write {results_written[2]}: No space left on device." in err
@@ -384,7 +384,7 @@ def test_a_full_disk_stops_the_study_and_leaves_no_half_written_result(tmp_path,
     monkeypatch.undo()  # space freed
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NOISYPREF_EXECUTOR", f"{Path(__file__).stem}:fake_execute")
-    status, out_text, err = run_cli(capsys, "run", study_file, "--out", out)
+    status, out_text, err = run_cli(capsys, "run", study_file, "--out", out, "--workers", "1")
     assert status == 0, err
     assert "2 succeeded, 0 failed, 2 skipped as already done" in out_text
     assert {run_id: finished(out)[run_id] for run_id in kept} == kept and len(finished(out)) == RUNS
@@ -400,7 +400,7 @@ def test_a_full_disk_when_writing_results_parquet_keeps_the_runs(tmp_path, monke
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
-    status, _, err = run_cli(capsys, "run", study_file, "--out", out)
+    status, _, err = run_cli(capsys, "run", study_file, "--out", out, "--workers", "1")
     assert status == 2
     assert f"cannot write {out / 'results.parquet'}" in err and f"noisypref collect {out}" in err
     assert len(finished(out)) == RUNS and not (out / "results.parquet").exists()
@@ -416,7 +416,7 @@ def test_an_output_folder_that_cannot_be_written_fails_before_any_run(tmp_path, 
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(out))
 
     monkeypatch.setattr("noisypref.cli.tempfile.TemporaryFile", read_only)
-    status, _, err = run_cli(capsys, "run", study_file, "--out", out)
+    status, _, err = run_cli(capsys, "run", study_file, "--out", out, "--workers", "1")
     assert status == 2
     assert f"the output folder (--out) {out} cannot be written: Read-only file system" in err
     assert not (out / "runs").exists()

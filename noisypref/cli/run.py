@@ -164,7 +164,7 @@ def describe_interruption(study, out: Path, args: argparse.Namespace) -> str:
     if args.run_id is None and folder.study_file.is_file():
         collect_results(folder, study)
     resume = ["noisypref", "run", *([str(args.study)] if args.study else []), "--out", str(out)]
-    resume += ["--workers", str(args.workers)] if args.workers != 1 else []
+    resume += ["--workers", str(args.workers)] if not args.devices else []
     resume += ["--devices", args.devices] if args.devices else []
     resume += ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
     resume += [part for run_id in args.run_id or () for part in ("--run-id", run_id)]

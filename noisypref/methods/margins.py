@@ -47,7 +47,7 @@ Two solvers:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -69,7 +69,7 @@ _LOG_MARGIN_KNOTS = torch.arange(-30.0, 12.5, 2.0).double()
 _SCAN_LEVELS = 8
 _SCAN_NEWTON_STEPS = 2
 # Step 3: joint Newton steps. On the stress grid every case is converged to round-off after 6.
-_JOINT_NEWTON_STEPS = 8
+_JOINT_NEWTON_STEPS = 7
 
 
 def solve_margins(
@@ -141,54 +141,63 @@ def _exact_log_weights(reward_gap: torch.Tensor, gamma0: float, tau: float) -> t
     """log p* to round-off; the algorithm is described in the module docstring."""
     count = reward_gap.numel()
     kappa = gamma0 / tau
-    log_budget = math.log(gamma0)  # the level a lies in [log γ0, log γ0 + κ]
-    log_total_budget = math.log(count * gamma0)
-    gap = reward_gap[:, None]
-    knots = _curve_knots(reward_gap, kappa)
+    log_budget = math.log(gamma0)  # the level a* lies in [log γ0, log γ0 + κ]
+    problem = _Problem(
+        gap=reward_gap[:, None],
+        kappa=kappa,
+        knots=_curve_knots(reward_gap, kappa),
+        log_total_budget=math.log(count * gamma0),
+        # rounding errors of x and of the level, which reach |a| ≤ |log γ0| + κ
+        step_tolerance=1e-15 * (1 + abs(log_budget) + 2 * kappa),
+        level_tolerance=1e-12 * (1 + abs(log_budget) + kappa),
+    )
     level_low = reward_gap.new_tensor(log_budget)
     level_high = reward_gap.new_tensor(log_budget + kappa)
 
-    # Step 2: scan levels, first logit-spaced over the whole range (within e^-2 of both ends) plus
-    # the water-filling level, then evenly inside the bracket the first pass left.
+    # Step 2: logit-spaced levels over the whole range (within e^-2 of both ends) plus the
+    # water-filling level, then evenly spaced levels inside the bracket that pass leaves.
     spread = torch.linspace(-1.0, 1.0, _SCAN_LEVELS, dtype=torch.float64, device=reward_gap.device)
     coarse = log_budget + kappa * torch.sigmoid(spread * (math.log1p(kappa) + 2))
     coarse = torch.cat([coarse, _water_filling_level(reward_gap, gamma0, kappa).clamp(level_low, level_high)])
-    first = _scan(coarse, gap, kappa, knots, log_total_budget)
+    first = _scan(problem, coarse)
     level_low, level_high = _shrink_level_bracket(coarse, first, level_low, level_high)
-    fractions = torch.arange(1, _SCAN_LEVELS + 1, dtype=torch.float64, device=reward_gap.device) / (
-        _SCAN_LEVELS + 1
-    )
-    fine = level_low + (level_high - level_low) * fractions
-    second = _scan(fine, gap, kappa, knots, log_total_budget)
+    fractions = torch.arange(1, _SCAN_LEVELS + 1, dtype=torch.float64, device=reward_gap.device)
+    fine = level_low + (level_high - level_low) * fractions / (_SCAN_LEVELS + 1)
+    second = _scan(problem, fine)
     level_low, level_high = _shrink_level_bracket(fine, second, level_low, level_high)
-    levels = torch.cat([coarse, fine])
-    log_margin, lower, upper, budget_gap = (torch.cat(pair, -1) for pair in zip(first[:4], second[:4]))
-    best = budget_gap.abs().argmin().reshape(1)
-    level = levels.index_select(0, best)
-    log_margin, lower, upper = (v.index_select(1, best) for v in (log_margin, lower, upper))
+    best = torch.cat([first.budget_gap, second.budget_gap]).abs().argmin().reshape(1)
+    level = torch.cat([coarse, fine]).index_select(0, best)
+    log_margin, lower, upper = (
+        torch.cat([a, b], 1).index_select(1, best)
+        for a, b in (
+            (first.log_margin, second.log_margin),
+            (first.lower, second.lower),
+            (first.upper, second.upper),
+        )
+    )
 
-    # Step 3: joint Newton on (x, a). [lower, upper] brackets x(a) at the current level.
-    level_tolerance = 1e-12 * (1 + abs(log_budget) + kappa)
+    # Step 3: joint Newton on (x, a); [lower, upper] brackets x(a) at the current level.
     for _ in range(_JOINT_NEWTON_STEPS):
-        curve = _curve_at(log_margin, gap, kappa)
-        residual = curve[0] - level
-        # Keep the level bracket shrinking: bounds on x(a) bound L(a) (as in the scan).
-        lower = torch.maximum(lower, torch.minimum(log_margin, log_margin - residual))
-        upper = torch.minimum(upper, torch.maximum(log_margin, log_margin - residual))
-        budget_low = torch.logsumexp(lower, 0) - log_total_budget
-        budget_high = torch.logsumexp(upper, 0) - log_total_budget
+        point = _curve_at(log_margin, problem)
+        residual = point.level - level
+        # The scan's bracket on a* keeps shrinking with what each step learns.
+        lower, upper = _root_bounds(log_margin, residual, lower, upper)
+        budget_low = torch.logsumexp(lower, 0) - problem.log_total_budget
+        budget_high = torch.logsumexp(upper, 0) - problem.log_total_budget
         level_low = torch.where(budget_high < 0, torch.maximum(level_low, level - budget_high), level_low)
         level_high = torch.where(budget_low > 0, torch.minimum(level_high, level - budget_low), level_high)
-        budget_gap = torch.logsumexp(log_margin, 0) - log_total_budget
-        # Arrow Jacobian: per pair dx_i = (da − r_i)/y_i', and Σ softmax(x)_i dx_i = −budget_gap.
-        weight = torch.softmax(log_margin, 0) / (1 + curve[4])
+        budget_gap = torch.logsumexp(log_margin, 0) - problem.log_total_budget
+        # Arrow Jacobian: per pair dx_i = (da − r_i)/y_i' and Σ softmax(x)_i·dx_i = −budget_gap.
+        weight = torch.softmax(log_margin, 0) / point.slope
         new_level = level + ((weight * residual).sum(0) - budget_gap) / weight.sum(0)
-        inside = (new_level >= level_low - level_tolerance) & (new_level <= level_high + level_tolerance)
+        inside = (new_level >= level_low - problem.level_tolerance) & (
+            new_level <= level_high + problem.level_tolerance
+        )
         new_level = torch.where(inside, new_level, 0.5 * (level_low + level_high))
         new_level_grid = new_level.expand(count, 1).contiguous()
-        lower, upper = _knot_bracket(new_level_grid, knots, kappa)
+        lower, upper = _knot_bracket(new_level_grid, problem)
         log_margin, lower, upper = _safeguarded_step(
-            log_margin, curve, residual - (new_level - level), new_level_grid, kappa, lower, upper
+            log_margin, point, residual - (new_level - level), new_level_grid, lower, upper, problem
         )
         level = new_level
 
@@ -197,46 +206,67 @@ def _exact_log_weights(reward_gap: torch.Tensor, gamma0: float, tau: float) -> t
     return log_margin - torch.logsumexp(log_margin, 0)
 
 
-def _scan(
-    levels: torch.Tensor,
-    gap: torch.Tensor,
-    kappa: float,
-    knots: tuple[torch.Tensor, ...],
-    log_total_budget: float,
-) -> tuple[torch.Tensor, ...]:
-    """Solve every pair at each level (K,) by safeguarded Newton from the knot bracket.
+class _Problem(NamedTuple):
+    """What every step of one exact solve shares."""
 
-    Returns x (N, K), its bracket (lower, upper), and per level the budget gap L(a) − log γ0 and
-    certified bounds on it. The root of pair i lies between x and x − residual (y' ≥ 1); with the
-    bracket this bounds x_i(a), hence L(a).
-    """
-    level_grid = levels.expand(gap.shape[0], -1).contiguous()
-    lower, upper = _knot_bracket(level_grid, knots, kappa)
+    gap: torch.Tensor  # the reward gaps as a column (N, 1)
+    kappa: float  # γ0/τ
+    knots: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # see _curve_knots
+    log_total_budget: float  # log(N·γ0): the budget is logsumexp(x) = log(N·γ0)
+    step_tolerance: float
+    level_tolerance: float
+
+
+class _Scan(NamedTuple):
+    """Every pair solved at K levels: x (N, K), its bracket, and per level the budget gap
+    L(a) − log γ0 with certified bounds on it."""
+
+    log_margin: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    budget_gap: torch.Tensor
+    budget_low: torch.Tensor
+    budget_high: torch.Tensor
+
+
+def _scan(problem: _Problem, levels: torch.Tensor) -> _Scan:
+    """Solve every pair at each level by safeguarded Newton steps from its knot bracket."""
+    level_grid = levels.expand(problem.gap.shape[0], -1).contiguous()
+    lower, upper = _knot_bracket(level_grid, problem)
     log_margin = 0.5 * (lower + upper)
     for _ in range(_SCAN_NEWTON_STEPS):
-        curve = _curve_at(log_margin, gap, kappa)
+        point = _curve_at(log_margin, problem)
         log_margin, lower, upper = _safeguarded_step(
-            log_margin, curve, curve[0] - level_grid, level_grid, kappa, lower, upper
+            log_margin, point, point.level - level_grid, level_grid, lower, upper, problem
         )
-    residual = _curve_at(log_margin, gap, kappa)[0] - level_grid
-    lower = torch.maximum(lower, torch.minimum(log_margin, log_margin - residual))
-    upper = torch.minimum(upper, torch.maximum(log_margin, log_margin - residual))
-    budget_gap = torch.logsumexp(log_margin, 0) - log_total_budget
-    budget_low = torch.logsumexp(lower, 0) - log_total_budget
-    budget_high = torch.logsumexp(upper, 0) - log_total_budget
-    return log_margin, lower, upper, budget_gap, budget_low, budget_high
+    residual = _curve_at(log_margin, problem).level - level_grid
+    lower, upper = _root_bounds(log_margin, residual, lower, upper)
+    return _Scan(
+        log_margin,
+        lower,
+        upper,
+        torch.logsumexp(log_margin, 0) - problem.log_total_budget,
+        torch.logsumexp(lower, 0) - problem.log_total_budget,
+        torch.logsumexp(upper, 0) - problem.log_total_budget,
+    )
 
 
 def _shrink_level_bracket(
-    levels: torch.Tensor, scan: tuple[torch.Tensor, ...], level_low: torch.Tensor, level_high: torch.Tensor
+    levels: torch.Tensor, scan: _Scan, level_low: torch.Tensor, level_high: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L' ≤ 1: L(a) ≤ −δ < 0 gives a* ≥ a + δ, and L(a) ≥ δ > 0 gives a* ≤ a − δ."""
-    budget_low, budget_high = scan[4], scan[5]
-    level_low = torch.maximum(level_low, torch.where(budget_high < 0, levels - budget_high, level_low).amax())
-    level_high = torch.minimum(
-        level_high, torch.where(budget_low > 0, levels - budget_low, level_high).amin()
-    )
-    return level_low, level_high
+    """Since L' ≤ 1, L(a) ≤ −δ < 0 gives a* ≥ a + δ and L(a) ≥ δ > 0 gives a* ≤ a − δ."""
+    raised = torch.where(scan.budget_high < 0, levels - scan.budget_high, level_low).amax()
+    lowered = torch.where(scan.budget_low > 0, levels - scan.budget_low, level_high).amin()
+    return torch.maximum(level_low, raised), torch.minimum(level_high, lowered)
+
+
+def _root_bounds(
+    log_margin: torch.Tensor, residual: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Since y' ≥ 1 the root lies between x and x − residual: tighten the bracket with that."""
+    lower = torch.maximum(lower, torch.minimum(log_margin, log_margin - residual))
+    upper = torch.minimum(upper, torch.maximum(log_margin, log_margin - residual))
+    return lower, upper
 
 
 def _curve_knots(reward_gap: torch.Tensor, kappa: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -259,62 +289,69 @@ def _curve_knots(reward_gap: torch.Tensor, kappa: float) -> tuple[torch.Tensor, 
     return log_margin, sig, log_margin + kappa * sig
 
 
-def _knot_bracket(
-    level: torch.Tensor, knots: tuple[torch.Tensor, torch.Tensor, torch.Tensor], kappa: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _knot_bracket(level: torch.Tensor, problem: _Problem) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds on x_i(a) for every pair and level (``level`` is (N, K), contiguous).
 
     Between consecutive knots k, k+1 with y_k ≤ a < y_{k+1}: x_k ≤ x ≤ x_{k+1} and s_k ≤ σ ≤ s_{k+1};
     with x = a − κ·σ the second pair gives a − κ·s_{k+1} ≤ x ≤ a − κ·s_k.
     """
-    knot_log_margin, knot_sig, knot_level = knots
+    knot_log_margin, knot_sig, knot_level = problem.knots
     above = torch.searchsorted(knot_level, level, right=True)
     below = above - 1
-    lower = torch.maximum(knot_log_margin.gather(1, below), level - kappa * knot_sig.gather(1, above))
-    upper = torch.minimum(knot_log_margin.gather(1, above), level - kappa * knot_sig.gather(1, below))
+    lower = torch.maximum(knot_log_margin.gather(1, below), level - problem.kappa * knot_sig.gather(1, above))
+    upper = torch.minimum(knot_log_margin.gather(1, above), level - problem.kappa * knot_sig.gather(1, below))
     return lower, upper
 
 
-def _curve_at(log_margin: torch.Tensor, gap: torch.Tensor, kappa: float) -> tuple[torch.Tensor, ...]:
-    """(y, margin, logit, σ, y' − 1) at x = log_margin: y = x + κ·σ(e^x − g)."""
+class _CurvePoint(NamedTuple):
+    """A point x = log γ on a pair's curve y(x) = x + κ·σ(e^x − g)."""
+
+    level: torch.Tensor  # y(x)
+    margin: torch.Tensor  # γ = e^x
+    logit: torch.Tensor  # t = γ − g
+    slope: torch.Tensor  # y'(x) = 1 + κ·γ·σ(t)·(1 − σ(t)) ≥ 1
+
+
+def _curve_at(log_margin: torch.Tensor, problem: _Problem) -> _CurvePoint:
     margin = torch.exp(log_margin)
-    logit = margin - gap
+    logit = margin - problem.gap
     sig = torch.sigmoid(logit)
-    steepness = kappa * margin * (sig - sig * sig)
-    return log_margin + kappa * sig, margin, logit, sig, steepness
+    slope = 1 + problem.kappa * margin * (sig - sig * sig)
+    return _CurvePoint(log_margin + problem.kappa * sig, margin, logit, slope)
 
 
 def _safeguarded_step(
     log_margin: torch.Tensor,
-    curve: tuple[torch.Tensor, ...],
+    point: _CurvePoint,
     residual: torch.Tensor,
     level: torch.Tensor,
-    kappa: float,
     lower: torch.Tensor,
     upper: torch.Tensor,
+    problem: _Problem,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Newton step per pair towards y(x) = level, kept inside a bracket of the root.
 
     ``residual`` is y(x) − level. Since y' ≥ 1 the root lies between x and x − residual; that
     interval tightens the bracket. Where the curve is flat (y' < 2) the step is Newton in x on
     y(x) = a; on the step it is Newton in t = e^x − g on t = logit((a − x)/κ), which is nearly
-    linear there. A step that leaves the bracket is replaced by its midpoint. Returns the new
-    x and the bracket, tightened by what x told.
+    linear there. A step that leaves the bracket is replaced by the bracket's midpoint; one that
+    leaves it by less than the step tolerance (a rounding error of a converged step) is clamped.
+    Returns the new x and the tightened bracket.
     """
-    _, margin, logit, _, steepness = curve
-    lower = torch.maximum(lower, torch.minimum(log_margin, log_margin - residual))
-    upper = torch.minimum(upper, torch.maximum(log_margin, log_margin - residual))
-    newton_in_x = log_margin - residual / (1 + steepness)
-    # Logit form: φ(t) = t − log(r/(κ − r)), r = a − x = κ·s; φ'(t) = 1 + 1/(γ·r·(κ − r)/κ).
+    lower, upper = _root_bounds(log_margin, residual, lower, upper)
+    newton_in_x = log_margin - residual / point.slope
+    # Logit form: f(t) = t − logit(s), s = (a − x)/κ = room/κ; f'(t) = 1 + 1/line_steepness with
+    # line_steepness = γ·κ·s·(1 − s) = γ·room·headroom/κ.
     room = level - log_margin
-    curvature = margin * room * (kappa - room) / kappa
-    phi = logit - torch.log(room / (kappa - room))
-    newton_in_logit = torch.log((margin - phi * curvature / (curvature + 1)).clamp_min(0))
-    proposal = torch.where(steepness >= 1, newton_in_logit, newton_in_x)
+    headroom = problem.kappa - room
+    line_steepness = point.margin * room * headroom / problem.kappa
+    logit_gap = point.logit - torch.log(room / headroom)
+    newton_margin = point.margin - logit_gap * line_steepness / (line_steepness + 1)
+    newton_in_logit = torch.log(newton_margin.clamp_min(0))
+    proposal = torch.where(point.slope >= 2, newton_in_logit, newton_in_x)
     kept = torch.clamp(proposal, lower, upper)
-    # A converged step may land a rounding error outside the bracket: accept it, clamped.
-    tolerance = 1e-15 * (level.abs() + kappa + 1)
-    return torch.where((kept - proposal).abs() <= tolerance, kept, 0.5 * (lower + upper)), lower, upper
+    step = torch.where((kept - proposal).abs() <= problem.step_tolerance, kept, 0.5 * (lower + upper))
+    return step, lower, upper
 
 
 def _water_filling_level(reward_gap: torch.Tensor, gamma0: float, kappa: float) -> torch.Tensor:
