@@ -159,6 +159,44 @@ def test_exact_solver_is_stationary_on_the_stress_grid(count, spread, shift):
     assert worst < 1e-6
 
 
+def awkward_gap_sets() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+
+    def normal(count: int) -> torch.Tensor:
+        return torch.randn(count, generator=generator, dtype=torch.float64)
+
+    ladder = torch.logspace(-6, 4, 256, dtype=torch.float64)
+    return {
+        "one pair": torch.tensor([3.0], dtype=torch.float64),
+        "two pairs far apart": torch.tensor([-1.0, 1e4], dtype=torch.float64),
+        "all equal": torch.full((256,), 5.0, dtype=torch.float64),
+        "all zero": torch.zeros(256, dtype=torch.float64),
+        "spread 1e-8": 1e-8 * normal(256),
+        "one outlier": torch.cat([normal(255), torch.tensor([1e4], dtype=torch.float64)]),
+        "two clusters": torch.cat([normal(128) - 50, normal(128) + 50]),
+        "integers with ties": torch.randint(-3, 4, (256,), generator=generator).double(),
+        "Cauchy tails": (
+            10 * torch.tan(math.pi * (torch.rand(1024, generator=generator, dtype=torch.float64) - 0.5))
+        ).clamp(-1e4, 1e4),
+        "log ladder": ladder,
+        "negative log ladder": -ladder,
+        "around 1e6": 1e6 + 1e5 * normal(256),
+    }
+
+
+@pytest.mark.parametrize("name", list(awkward_gap_sets()))
+def test_exact_solver_is_stationary_on_awkward_gap_sets(name):
+    gaps = awkward_gap_sets()[name]
+    worst = 0.0
+    for tau in (1e-4, 1e-3, 0.03, 1.0, 30.0, 1e3):
+        for gamma0 in (0.1, 1.0, 4.0, 100.0, 1000.0):
+            margins, log_weights = solve_margins(gaps, gamma0, tau, return_log_weights=True)
+            assert torch.isfinite(margins).all() and torch.isfinite(log_weights).all()
+            assert margins.mean().item() == pytest.approx(gamma0, rel=1e-12)
+            worst = max(worst, stationarity_residual(gaps, log_weights, gamma0, tau))
+    assert worst < 1e-6
+
+
 @pytest.mark.parametrize("gamma0", [0.1, 4.0, 100.0])
 @pytest.mark.parametrize("tau", [1e-3, 1e3])
 def test_extreme_gaps_and_temperatures_stay_finite(gamma0, tau):
@@ -186,6 +224,24 @@ def test_margins_are_finite_nonnegative_with_mean_gamma0(gaps, gamma0, log10_tau
     assert margins.mean().item() == pytest.approx(gamma0, rel=1e-12, abs=1e-300)
     if gamma0 > 0:
         assert stationarity_residual(gaps, log_weights, gamma0, tau) < 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_exact_solver_runs_on_cuda_without_host_synchronisation():
+    from noisypref.methods.margins import _exact_log_weights  # the solver without the input check
+
+    gaps = normal_gaps(256, 10.0)
+    cuda_gaps = gaps.cuda()
+    _exact_log_weights(cuda_gaps, 4.0, 0.1)  # warm-up: allocator and kernels
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        log_weights = _exact_log_weights(cuda_gaps, 4.0, 0.1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert log_weights.device.type == "cuda"
+    assert stationarity_residual(gaps, log_weights.cpu(), 4.0, 0.1) < 1e-6
+    cpu_margins = solve_margins(gaps, 4.0, 0.1)
+    torch.testing.assert_close(solve_margins(cuda_gaps, 4.0, 0.1).cpu(), cpu_margins, rtol=1e-8, atol=1e-9)
 
 
 def test_zero_budget_gives_zero_margins():
@@ -250,6 +306,20 @@ def test_evaluation_does_not_enqueue():
     estimator.train()
     estimator(torch.tensor([5.0]))
     assert queue_of(estimator) == [1.0, 2.0, 5.0]
+
+
+def test_evaluation_changes_no_state():
+    with_eval = MarginEstimator(queue_size=10, candidates=6, seed=2)
+    without_eval = MarginEstimator(queue_size=10, candidates=6, seed=2)
+    for estimator in (with_eval, without_eval):
+        estimator(normal_gaps(5, 2.0, seed=0))
+    state = with_eval.state_dict()
+    with_eval.eval()(normal_gaps(3, 2.0, seed=1))
+    assert torch.equal(with_eval.state_dict()["queue"], state["queue"])
+    assert torch.equal(with_eval.state_dict()["generator_state"], state["generator_state"])
+    with_eval.train()
+    batch = normal_gaps(3, 2.0, seed=2)
+    assert torch.equal(with_eval(batch), without_eval(batch))
 
 
 def test_candidate_count_never_exceeds_candidates():
