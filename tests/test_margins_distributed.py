@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ import torch.multiprocessing as mp
 from noisypref.methods.margins import MarginEstimator, solve_margins
 
 SETTINGS = {"gamma0": 2.0, "tau": 0.5, "queue_size": 6, "candidates": 9, "seed": 5}
+EVALUATION_GAPS = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
 
 
 def rank_batches(rank: int) -> list[torch.Tensor]:
@@ -21,11 +23,21 @@ def rank_batches(rank: int) -> list[torch.Tensor]:
 
 
 def run_rank(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    # A short timeout: an evaluation call that waited for the other rank would fail, not hang.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )  # fmt: skip
     try:
         estimator = MarginEstimator(**SETTINGS)
         margins = [estimator(batch) for batch in rank_batches(rank)]
-        torch.save({"margins": margins, "state": estimator.state_dict()}, Path(out_dir) / f"rank{rank}.pt")
+        state = estimator.state_dict()
+        # Evaluation runs on rank 0 alone (the run's evaluation): no gather, no wait for rank 1.
+        evaluation = estimator.eval()(EVALUATION_GAPS) if rank == 0 else None
+        dist.barrier()
+        torch.save(
+            {"margins": margins, "state": state, "evaluation": evaluation}, Path(out_dir) / f"rank{rank}.pt"
+        )
     finally:
         dist.destroy_process_group()
 
@@ -57,3 +69,8 @@ def test_ranks_share_candidate_sets_and_queues(tmp_path):
     assert torch.equal(results[0]["state"]["queue"], results[1]["state"]["queue"])
     assert torch.equal(results[0]["state"]["queue"], single.state_dict()["queue"])
     assert torch.equal(results[0]["state"]["generator_state"], results[1]["state"]["generator_state"])
+
+    # Rank 0's evaluation call: its own gaps plus queue draws, as one process would compute them.
+    evaluated = MarginEstimator(**SETTINGS)
+    evaluated.load_state_dict(results[0]["state"])
+    torch.testing.assert_close(results[0]["evaluation"], evaluated.eval()(EVALUATION_GAPS), rtol=0, atol=0)

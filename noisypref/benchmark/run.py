@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import time
 from collections.abc import Iterator, Mapping
@@ -50,6 +49,7 @@ import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import noisypref
+from noisypref.benchmark import distributed
 from noisypref.benchmark.benchmarks import Benchmarks, check_runnable, parse_benchmarks, run_benchmarks
 from noisypref.benchmark.data import load_preferences, split_heldout
 from noisypref.benchmark.evaluate import (
@@ -437,9 +437,11 @@ def execute_run(
     config = parse_run_config(run_config)
     run_dir, cache_dir = Path(run_dir), Path(cache_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    distributed.init_from_environment()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "result.json").unlink(missing_ok=True)
-    write_json_atomic(run_dir / "config.json", config.raw)
+    if _is_main_process():
+        (run_dir / "result.json").unlink(missing_ok=True)
+        write_json_atomic(run_dir / "config.json", config.raw)
     logger.info(
         "run %s: %s on %s, noise %s %.2f, seed %d",
         config.run_id,
@@ -502,7 +504,10 @@ def _train_and_evaluate(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     if _is_main_process():
         check_runnable(config.benchmarks)  # a missing file or API key fails now, not after training
-    prepared = prepare_run(config, run_dir, cache_dir, device)
+    # Rank 0 builds what the run caches (testbed, converted model, tokens, reference log-probs); the
+    # other processes of a launch then read it.
+    with distributed.main_process_first():
+        prepared = prepare_run(config, run_dir, cache_dir, device)
     metrics_path = run_dir / "metrics.jsonl"
     checkpoint_dir = run_dir / "checkpoint" if config.training.checkpoint_every else None
     if checkpoint_dir is None or not checkpoint_dir.exists():
@@ -519,6 +524,13 @@ def _train_and_evaluate(
         checkpoint_dir=checkpoint_dir,
         device=device.type,
     )
+    if not _is_main_process():  # rank 0 evaluates the trained model and writes the run's files
+        return {
+            "final_loss": training.final_metrics.get("loss", math.nan),
+            "realised_flip_rate": prepared.flips.realised_rate,
+        }, {}
+    if training.full_state_dict is not None:  # trained sharded: rank 0 evaluates an unsharded copy
+        prepared.policy = unsharded_policy(config, prepared.data, training.full_state_dict, cache_dir, device)
     metrics = {
         "final_loss": training.final_metrics["loss"],
         **evaluate_run(config, prepared, cache_dir, device, pairs_path=run_dir / "pairs.parquet"),
@@ -541,6 +553,8 @@ def _train_and_evaluate(
             "skipped_steps": training.skipped_steps,
             "pairs_per_second": training.pairs_per_second,
             "wall_time_s": training.wall_time_s,
+            "processes": training.processes,
+            "sharding": training.sharding,
             "final_step_metrics": training.final_metrics,
         },
         "num_train_pairs": len(prepared.train_tokens),
@@ -591,6 +605,23 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
         train_reference,
         heldout_reference,
     )
+
+
+def unsharded_policy(
+    config: RunConfig, data: RunData, state: dict[str, torch.Tensor], cache_dir: Path, device: torch.device
+) -> PreTrainedModel:
+    """A fresh policy (with adapters under LoRA) holding the trained weights ``state``, for evaluation."""
+    policy, _ = load_causal_lm(
+        reference_model_location(config, data, cache_dir),
+        config.model.dtype,
+        attn_implementation=config.model.attn_implementation,
+        device=device,
+    )
+    if config.model.lora is not None:
+        apply_lora(policy, config.model.lora)
+    policy.load_state_dict(state)
+    policy.eval()
+    return policy
 
 
 def live_reference(
@@ -772,4 +803,4 @@ def torch_threads(count: int) -> Iterator[None]:
 
 
 def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return distributed.is_main_process()

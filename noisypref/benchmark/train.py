@@ -13,8 +13,10 @@ arguments (the method object, callbacks), not subclasses.
 - Learning rate (``learning_rate_at``): linear warm-up over ``ceil(warmup_ratio · steps)`` steps to
   the peak, then a cosine decay towards zero over the remaining steps.
 - Numerics: float32 on a CPU (deterministic for a seed and thread count), bf16 autocast on CUDA.
-- Data parallelism through ``accelerate`` when the script is launched with ``accelerate launch``;
-  a plain single process otherwise. The γ margin estimator all-gathers its gaps itself.
+- Several processes (``torchrun`` or ``accelerate launch``; see ``noisypref.benchmark.distributed``):
+  each step's pairs are split across them; ``sharding: none`` averages gradients with
+  ``DistributedDataParallel``, ``sharding: fsdp`` shards parameters, gradients and optimizer state
+  (FSDP2). A single process otherwise. The γ margin estimator all-gathers its gaps itself.
 - Metrics: every ``log_every`` steps (and the last), one JSON line per step in ``metrics_path``.
 - Non-finite objective or gradient: under ``nan_policy="fail"`` the step raises ``NonFiniteLossError``
   naming the step, the method, which of the two, and the last finite metrics; under ``"skip"`` the
@@ -40,10 +42,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from noisypref.benchmark import distributed
 from noisypref.benchmark.logps import SequenceLogps, autocast_for, pair_batch
 from noisypref.benchmark.reference import ReferenceLogps
 from noisypref.benchmark.storage import torch_save_atomic
@@ -75,6 +77,7 @@ class TrainingConfig:
     nan_policy: str = "fail"
     checkpoint_every: int = 0  # 0: no checkpoints
     gradient_checkpointing: bool = False
+    sharding: str = "none"  # "fsdp": parameters, gradients and optimizer state split across processes
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "gradient_accumulation", "log_every"):
@@ -96,6 +99,11 @@ class TrainingConfig:
         if self.nan_policy not in NAN_POLICIES:
             raise ValueError(
                 f"training.nan_policy = {self.nan_policy!r} is invalid: expected one of {NAN_POLICIES}"
+            )
+        if self.sharding not in distributed.SHARDING_MODES:
+            raise ValueError(
+                f"training.sharding = {self.sharding!r} is invalid: expected one of {distributed.SHARDING_MODES} "
+                "(fsdp: fully sharded data parallelism across the processes of a torchrun/accelerate launch)"
             )
         if not isinstance(self.gradient_checkpointing, bool):
             raise ValueError(
@@ -122,6 +130,10 @@ class TrainingResult:
     final_metrics: dict[str, float]
     wall_time_s: float
     pairs_per_second: float
+    processes: int = 1  # of the launch, each with its share of every step's pairs
+    sharding: str = "none"  # as trained (fsdp asked for in one process trains unsharded)
+    # Sharded training: the trained policy's full weights, on rank 0's CPU ({} on the other ranks).
+    full_state_dict: dict[str, torch.Tensor] | None = None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -235,26 +247,39 @@ def train(
         raise ValueError(f"method {method.name!r} needs reference log-probs; got reference=None")
     if config.checkpoint_every and checkpoint_dir is None:
         raise ValueError("training.checkpoint_every is set but no checkpoint_dir was given")
-    accelerator = Accelerator(cpu=device == "cpu")
+    distributed.init_from_environment()
+    processes, process_index = distributed.world_size(), distributed.rank()
+    run_device = _training_device(device)
     per_process = config.batch_size // config.gradient_accumulation
-    if per_process % accelerator.num_processes:
+    if per_process % processes:
         raise ValueError(
             f"training.batch_size / gradient_accumulation = {per_process} pairs per micro-batch is not "
-            f"divisible by the {accelerator.num_processes} data-parallel processes"
+            f"divisible by the {processes} data-parallel processes"
         )
+    sharding = distributed.sharding_mode(config.sharding)
+    if sharding == "fsdp" and processes == 1:
+        logger.warning("training.sharding = fsdp in a single process: nothing to shard, training unsharded")
+        sharding = "none"
     torch.manual_seed(seed)
     if config.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
+    policy.to(run_device)
     policy.train()
     method.train()
-    logps_model = accelerator.prepare_model(SequenceLogps(policy))
+    logps_model: torch.nn.Module = SequenceLogps(policy)
+    if sharding == "fsdp":
+        distributed.shard_model(logps_model, policy, run_device)
+    elif processes > 1:
+        device_ids = [run_device.index] if run_device.type == "cuda" else None
+        logps_model = torch.nn.parallel.DistributedDataParallel(logps_model, device_ids=device_ids)
+    step_context = _StepContext(logps_model, run_device, sharding, processes)
     optimizer = torch.optim.AdamW(
-        policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        logps_model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     order = PairOrder(len(pairs), config.batch_size, seed)
     start_step = 0
     if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).exists():
-        start_step = load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, policy, optimizer, method)
+        start_step = step_context.load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, optimizer, method)
         logger.info("resuming from the checkpoint of step %d", start_step)
         if metrics_path is not None:
             _drop_metrics_after(metrics_path, start_step)
@@ -268,7 +293,7 @@ def train(
         desc=f"training {method.name}",
         initial=start_step,
         total=config.steps,
-        disable=not accelerator.is_main_process,
+        disable=process_index != 0,
         leave=False,
     )
     for step in progress:
@@ -277,13 +302,10 @@ def train(
             group["lr"] = learning_rate
 
         step_pairs = order.step_pairs(step)
-        process_pairs = step_pairs.chunk(accelerator.num_processes)[accelerator.process_index]
         # A skipped step must leave no trace, in the method's batch statistics or margin queue either.
         method_state = copy.deepcopy(method.state_dict()) if config.nan_policy == "skip" else None
-        outputs = accumulate_gradients(
-            accelerator, logps_model, method, pairs, process_pairs, reference, pad_token_id, config
-        )
-        grad_norm = _clip_gradients(policy, config.max_grad_norm) if outputs is not None else None
+        outputs = accumulate_gradients(step_context, method, pairs, step_pairs, reference, pad_token_id, config)
+        grad_norm = _clip_gradients(logps_model, config.max_grad_norm) if outputs is not None else None
         if outputs is None or not torch.isfinite(grad_norm):
             quantity = "loss" if outputs is None else "gradient"
             if config.nan_policy == "fail":
@@ -299,10 +321,10 @@ def train(
 
         if step % config.log_every == 0 or step == config.steps:
             elapsed = time.perf_counter() - window_start
-            last_record = step_metrics(accelerator, step, outputs, learning_rate, grad_norm)
+            last_record = step_metrics(step, outputs, learning_rate, grad_norm)
             last_record["pairs_per_second"] = window_pairs / max(elapsed, 1e-9)
             window_start, window_pairs = time.perf_counter(), 0
-            if metrics_path is not None and accelerator.is_main_process:
+            if metrics_path is not None and process_index == 0:
                 with open(metrics_path, "a", encoding="utf-8") as metrics_file:
                     metrics_file.write(json.dumps(last_record) + "\n")
             progress.set_postfix(
@@ -310,9 +332,11 @@ def train(
             )
             for callback in callbacks:
                 callback(last_record)
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and accelerator.is_main_process:
-            save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, step, policy, optimizer, method)
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            step_context.save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, step, optimizer, method)
 
+    if sharding == "fsdp":  # every process takes part; rank 0 gets the weights for evaluation
+        full_state = distributed.full_state_dict(logps_model)
     policy.eval()
     method.eval()
     wall_time = time.perf_counter() - started
@@ -323,12 +347,14 @@ def train(
         final_metrics=last_record or {},
         wall_time_s=wall_time,
         pairs_per_second=trained_steps * config.batch_size / max(wall_time, 1e-9),
+        processes=processes,
+        sharding=sharding,
+        full_state_dict=_policy_state(full_state) if sharding == "fsdp" else None,
     )
 
 
 def accumulate_gradients(
-    accelerator: Accelerator,
-    logps_model: torch.nn.Module,
+    step_context: _StepContext,
     method: PreferenceMethod,
     pairs: TokenizedPairs,
     step_pairs: torch.Tensor,
@@ -336,22 +362,33 @@ def accumulate_gradients(
     pad_token_id: int,
     config: TrainingConfig,
 ) -> list[MethodOutput] | None:
-    """Forward and backward over the micro-batches of one step; the gradient is the mean over its pairs.
+    """Forward and backward over the micro-batches of one step (``step_pairs``: all of its pairs,
+    across processes); the gradient is the mean over its pairs.
 
     Returns the method's outputs, or ``None`` as soon as an objective is not finite (on any process).
-    Gradients are synchronised across processes on the last micro-batch only.
+    Under data parallelism gradients are synchronised on the last micro-batch only; sharded
+    gradients are reduced after every micro-batch (their unsharded sum would cost the memory
+    sharding saves).
     """
-    pack = accelerator.unwrap_model(logps_model).supports_packing
     micro_batches = step_pairs.chunk(config.gradient_accumulation)
     outputs = []
     for micro_index, micro_pairs in enumerate(micro_batches):
         is_last = micro_index == len(micro_batches) - 1
-        with contextlib.nullcontext() if is_last else accelerator.no_sync(logps_model):
+        # Micro-batch first, then this process's share: a batch-level method (the γ candidate set,
+        # gathered across processes) sees the same micro-batch whatever the number of processes.
+        process_pairs = micro_pairs.chunk(step_context.processes)[step_context.process_index]
+        with step_context.gradient_sync(is_last):
             logps = forward_pairs(
-                logps_model, pairs, micro_pairs, reference, pad_token_id, accelerator.device, pack=pack
+                step_context.model,
+                pairs,
+                process_pairs,
+                reference,
+                pad_token_id,
+                step_context.device,
+                pack=step_context.pack,
             )
             output = method(logps)
-            if not bool(accelerator.gather(torch.isfinite(output.objective.detach()).reshape(1)).all()):
+            if not distributed.all_true(bool(torch.isfinite(output.objective.detach())), step_context.device):
                 return None
             (output.objective / config.gradient_accumulation).backward()
         outputs.append(output)
@@ -359,16 +396,15 @@ def accumulate_gradients(
 
 
 def step_metrics(
-    accelerator: Accelerator,
     step: int,
     outputs: list[MethodOutput],
     learning_rate: float,
     grad_norm: torch.Tensor,
 ) -> dict[str, float]:
     """Loss, reward gap, training accuracy, target margin (and γ) of the step, across processes."""
-    reward_gap = accelerator.gather(torch.cat([output.reward_gap for output in outputs]).float())
-    target_margin = accelerator.gather(torch.cat([output.target_margin for output in outputs]).float())
-    objective = accelerator.gather(torch.stack([output.objective.detach().float() for output in outputs]))
+    reward_gap = distributed.gather(torch.cat([output.reward_gap for output in outputs]).float())
+    target_margin = distributed.gather(torch.cat([output.target_margin for output in outputs]).float())
+    objective = distributed.gather(torch.stack([output.objective.detach().float() for output in outputs]))
     record = {
         "step": step,
         "loss": objective.mean().item(),
@@ -381,17 +417,103 @@ def step_metrics(
         "grad_norm": float(grad_norm),
     }
     if all("gamma" in output.diagnostics for output in outputs):
-        gamma = accelerator.gather(torch.cat([output.diagnostics["gamma"] for output in outputs]).float())
+        gamma = distributed.gather(torch.cat([output.diagnostics["gamma"] for output in outputs]).float())
         record["gamma_mean"] = gamma.mean().item()
         record["gamma_std"] = gamma.std().item() if gamma.numel() > 1 else 0.0
     return record
 
 
-def _clip_gradients(policy: PreTrainedModel, max_grad_norm: float) -> torch.Tensor:
-    parameters = [parameter for parameter in policy.parameters() if parameter.grad is not None]
+def _clip_gradients(model: torch.nn.Module, max_grad_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_grad_norm`` (0: only measure it); returns the norm
+    before clipping, over every process's shard when the model is sharded."""
+    parameters = [parameter for parameter in model.parameters() if parameter.grad is not None]
     if max_grad_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm).detach().cpu()
-    return torch.nn.utils.get_total_norm([parameter.grad for parameter in parameters]).detach().cpu()
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([parameter.grad for parameter in parameters])
+    return distributed.full_tensor(norm).detach().cpu()
+
+
+def _training_device(device: str | None) -> torch.device:
+    """The device this process trains on: the given type, CUDA when present, on the current GPU."""
+    device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(device_type)
+
+
+def _policy_state(wrapper_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The policy's own keys from the state dict of its ``SequenceLogps`` wrapper."""
+    return {name.removeprefix("model."): value for name, value in wrapper_state.items()}
+
+
+class _StepContext:
+    """How a step runs here: the (wrapped) model, its device, packing, gradient synchronisation, and
+    the checkpoint format (a plain state dict, or full state dicts gathered from the shards)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, sharding: str, processes: int) -> None:
+        self.model = model
+        self.device = device
+        self.sharding = sharding
+        self.processes = processes
+        self.process_index = distributed.rank() if processes > 1 else 0
+        self.data_parallel = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        self.logps = model.module if self.data_parallel else model
+        self.pack = self.logps.supports_packing
+
+    def gradient_sync(self, is_last: bool) -> contextlib.AbstractContextManager:
+        if self.data_parallel and not is_last:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def save_checkpoint(
+        self, path: Path, step: int, optimizer: torch.optim.Optimizer, method: PreferenceMethod
+    ) -> None:
+        """Written by rank 0; under sharding every process takes part in gathering the state."""
+        if self.sharding != "fsdp":
+            if distributed.is_main_process():
+                save_checkpoint(path, step, self.logps.model, optimizer, method)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state, optimizer_state = get_state_dict(self.model, optimizer, options=options)
+        if distributed.is_main_process():
+            torch_save_atomic(
+                path,
+                {
+                    "step": step,
+                    "sharding": "fsdp",
+                    "model": _policy_state(model_state),
+                    "optimizer": optimizer_state,
+                    "method": method.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+            )
+            logger.info("checkpoint of step %d written to %s (full state gathered from the shards)", step, path)
+
+    def load_checkpoint(self, path: Path, optimizer: torch.optim.Optimizer, method: PreferenceMethod) -> int:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        saved_sharding = state.get("sharding", "none")
+        if (saved_sharding == "fsdp") != (self.sharding == "fsdp"):
+            raise ValueError(
+                f"{path} was written with training.sharding = {saved_sharding}; this run trains with "
+                f"{self.sharding}: delete the checkpoint folder to start the run afresh"
+            )
+        if self.sharding != "fsdp":
+            return load_checkpoint(path, self.logps.model, optimizer, method)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(
+            self.model,
+            optimizer,
+            model_state_dict={f"model.{name}": value for name, value in state["model"].items()},
+            optim_state_dict=state["optimizer"],
+            options=StateDictOptions(full_state_dict=True),
+        )
+        method.load_state_dict(state["method"])
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["step"])
 
 
 def save_checkpoint(

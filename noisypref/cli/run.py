@@ -28,8 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "study file, runs the embedded default study (configs/default.yaml) into runs/default/. "
             "Running the same command again resumes: finished runs (those with result.json) are "
             "skipped, failed ones retried. Several processes may work on one folder at once: each run "
-            "is claimed by a lock. Exit status 0 when every run succeeded, 1 when some failed, 2 on a "
-            "mistake in the command or the study file."
+            "is claimed by a lock. Started by a launcher (`torchrun --nproc_per_node N -m noisypref run "
+            "STUDY`), every run spans the N processes, sharded when the study sets training.sharding: "
+            "fsdp; rank 0 schedules and writes. Exit status 0 when every run succeeded, 1 when some "
+            "failed, 2 on a mistake in the command or the study file."
         ),
     )
     parser.add_argument(
@@ -72,6 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    from noisypref.benchmark import distributed
+    from noisypref.benchmark.distributed import launched_world_size
     from noisypref.benchmark.study import (
         DEFAULT_EXECUTOR,
         StudyFolder,
@@ -80,12 +84,17 @@ def run_run(args: argparse.Namespace) -> int:
         plan_runs,
         run_study,
     )
-    from noisypref.benchmark.study.scheduler import default_cache_dir
+    from noisypref.benchmark.study.launch import Leader, control_group, follow
+    from noisypref.benchmark.study.scheduler import default_cache_dir, resolve_executor
 
     study = load_study(args.study or default_study_path())
     check_data_files(study, args.study)
     out = args.out or Path("runs") / study.name
     devices = parse_devices(args.devices)
+    launched = launched_world_size()
+    if launched > 1:
+        check_launch_arguments(args, launched)
+        args.workers = 1
     if args.workers is None:
         args.workers = os.cpu_count() or 1
     if args.workers < 1:
@@ -101,6 +110,14 @@ def run_run(args: argparse.Namespace) -> int:
             print(job_command(folder.study_file, out, cache_dir, run.run_id))
         print(f"{len(pending)} unfinished run(s) of study {study.name!r}", file=sys.stderr)
         return 0
+    executor = os.environ.get(EXECUTOR_VARIABLE, DEFAULT_EXECUTOR)
+    leader = None
+    if launched > 1:  # every run spans all the processes of the launch; rank 0 schedules
+        control = control_group()
+        if distributed.rank() != 0:
+            follow(resolve_executor(executor), control)
+            return 0
+        executor = leader = Leader(resolve_executor(executor), control)
     try:
         summary = run_study(
             study,
@@ -108,7 +125,7 @@ def run_run(args: argparse.Namespace) -> int:
             cache_dir=cache_dir,
             workers=args.workers,
             devices=devices,
-            executor=os.environ.get(EXECUTOR_VARIABLE, DEFAULT_EXECUTOR),
+            executor=executor,
             force=args.force,
             run_ids=args.run_id,
             collect=args.run_id is None,
@@ -116,6 +133,9 @@ def run_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(describe_interruption(study, out, args), file=sys.stderr)
         return INTERRUPTED_STATUS
+    finally:
+        if leader is not None:
+            leader.finish()
     print(summary.report())
     status = 0 if summary.all_succeeded else 1
     if args.run_id is None and not args.no_report:
@@ -173,6 +193,25 @@ def describe_interruption(study, out: Path, args: argparse.Namespace) -> str:
         "that were computing are discarded and start afresh when resumed. To resume, run the same "
         f"command again: {shlex.join(resume)}"
     )
+
+
+def check_launch_arguments(args: argparse.Namespace, processes: int) -> None:
+    """Options that choose processes do not apply when a launcher started them."""
+    clashing = [
+        name
+        for name, given in (
+            ("--workers", args.workers not in (None, 1)),
+            ("--devices", args.devices is not None),
+            ("--emit-jobs", args.emit_jobs),
+        )
+        if given
+    ]
+    if clashing:
+        raise UserError(
+            f"{', '.join(clashing)}: this command was started by a launcher as one of {processes} processes "
+            "(WORLD_SIZE), and every run is spread across all of them; drop the option, or run "
+            "`noisypref run` without torchrun/accelerate launch to use it"
+        )
 
 
 def parse_devices(text: str | None) -> list[str]:

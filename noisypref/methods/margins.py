@@ -408,8 +408,9 @@ class MarginEstimator:
 
     Calling it with a batch's detached reward gaps returns their margins γ_i (mean γ0 over the
     candidate set, no gradient, the batch's dtype and device). The candidate set is the batch —
-    all-gathered across data-parallel ranks when ``torch.distributed`` runs with more than one
-    process, so every rank solves the same problem — plus up to ``candidates − batch`` gaps drawn
+    in training mode all-gathered across data-parallel ranks when ``torch.distributed`` runs with
+    more than one process, so every rank solves the same problem; in evaluation mode this process's
+    batch alone — plus up to ``candidates − batch`` gaps drawn
     without replacement from a FIFO queue of the last ``queue_size`` training gaps. The draw uses a
     CPU generator seeded with ``seed``, identical on every rank, and happens before the batch is
     queued. A batch of ``candidates`` or more gaps is the candidate set on its own. Only training
@@ -460,7 +461,9 @@ class MarginEstimator:
                 f"batch_gaps must be 1-D (one gap per pair); got shape {tuple(batch_gaps.shape)}"
             )
         local_gaps = batch_gaps.detach().to(torch.float64)
-        batch, offset = _all_gather_gaps(local_gaps)
+        # Training steps run on every rank in lockstep; evaluation runs in one process (rank 0) and
+        # never waits for the others.
+        batch, offset = _all_gather_gaps(local_gaps) if self.training else (local_gaps, 0)
         queue = self._queue.to(local_gaps.device)
         sample_size = min(queue.numel(), max(0, self.candidates - batch.numel()))
         if sample_size > 0:

@@ -45,6 +45,15 @@ class PlannedRun:
         return f"{self.method} | {self.dataset} | {noise} | seed {self.seed} | {self.model}"
 
 
+def _training_section(training: Any) -> dict[str, Any]:
+    """The run config's training section; ``sharding`` only when set, so that the ids of runs that do
+    not shard stay those of earlier versions (and finished runs are found again)."""
+    section = dataclasses.asdict(training)
+    if section.get("sharding") == "none":
+        del section["sharding"]
+    return section
+
+
 def run_id(config: dict[str, Any]) -> str:
     """The contract's run id: sha256 of json.dumps(config without "study", sort_keys=True), 12 hex digits."""
     identity = {key: value for key, value in config.items() if key != "study"}
@@ -76,7 +85,7 @@ def plan_runs(study: Study) -> list[PlannedRun]:
                 "noise": _noise_section(noise.model, rate, noise.options),
                 "method": variant.run_dict(),
                 "model": dataclasses.asdict(model),
-                "training": dataclasses.asdict(variant.training),
+                "training": _training_section(variant.training),
                 "evaluation": dataclasses.asdict(variant.evaluation),
                 "seed": seed,
             }

@@ -80,6 +80,7 @@ DATASET_KINDS = ("testbed", "file", "hub")
 TESTBED = "testbed"  # the dataset kind, and the model name meaning "the testbed's reference policy"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 NAN_POLICIES = ("fail", "skip")
+SHARDING_MODES = ("none", "fsdp")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 REFERENCE_MODES = ("cached", "live")
@@ -105,6 +106,9 @@ class TrainingSettings:
     max_prompt_length: int = setting(256, integer(minimum=1))
     log_every: int = setting(10, integer(minimum=1))
     nan_policy: str = setting("fail", choice(NAN_POLICIES))
+    # none: each process of a multi-process launch holds the whole model; fsdp: parameters,
+    # gradients and optimizer state sharded across them (noisypref.benchmark.distributed)
+    sharding: str = setting("none", choice(SHARDING_MODES))
 
     def problems(self) -> list[tuple[str, Any, str]]:
         """(field, value, expected) for combinations of values that cannot work."""

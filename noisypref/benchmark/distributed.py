@@ -1,0 +1,190 @@
+"""One run across several processes: data parallelism or fully sharded data parallelism (FSDP).
+
+A launcher (``torchrun --nproc_per_node N``, or ``accelerate launch`` with a multi-GPU config) starts
+N copies of ``noisypref run`` with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous
+address in their environment. ``init_from_environment`` joins them into one process group (NCCL on
+GPUs, each process on GPU ``LOCAL_RANK``; gloo on CPUs). Every process trains on its share of each
+step's pairs; rank 0 alone evaluates the trained model and writes the run's files.
+
+``training.sharding``:
+
+- ``none``: every process holds the whole model; gradients are averaged by ``DistributedDataParallel``.
+- ``fsdp``: PyTorch's ``fully_shard`` (FSDP2): parameters, gradients and optimizer state are split
+  across the processes, one FSDP unit per transformer layer (the classes the model lists in
+  ``_no_split_modules``) plus the root (embeddings, final norm, LM head). On CUDA, layers compute in
+  bf16 and gradients are reduced in float32. After training the full weights are gathered to rank 0.
+
+A launch through ``accelerate`` with an FSDP config (``ACCELERATE_USE_FSDP=true``) is taken as
+``sharding: fsdp``; DeepSpeed launches are refused (the engine does not drive a DeepSpeed engine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+SHARDING_MODES = ("none", "fsdp")
+# How long a process waits for rank 0 outside training steps (the next run's broadcast, a cache that
+# rank 0 builds): rank 0 may evaluate a large model for hours while the others wait. Collectives of
+# a training step keep torch's default timeout.
+PATIENT_TIMEOUT = datetime.timedelta(days=7)
+_patient: dist.ProcessGroup | None = None
+
+
+def launched_world_size() -> int:
+    """The number of processes of the launch (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def world_size() -> int:
+    """Processes in the joined process group (1 when none is joined)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def init_from_environment() -> None:
+    """Join the launch's process group once (nothing without a launcher or when already joined)."""
+    if launched_world_size() <= 1 or (dist.is_available() and dist.is_initialized()):
+        return
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ValueError(
+            "launched with a DeepSpeed accelerate config: noisypref's engine does not run DeepSpeed. "
+            "Use configs/accelerate/fsdp.yaml (or torchrun) with training.sharding: fsdp, which shards "
+            "parameters, gradients and optimizer state like ZeRO stage 3"
+        )
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend)
+    global _patient
+    _patient = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
+    logger.info("process %d of %d joined the process group (%s)", dist.get_rank(), dist.get_world_size(), backend)
+
+
+def patient_group() -> dist.ProcessGroup | None:
+    """A gloo group whose waits last up to ``PATIENT_TIMEOUT`` (rank 0 may build caches or evaluate
+    for long while the others wait); ``None`` without a launch."""
+    return _patient
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first, the others after it (e.g. building a cache they then read).
+
+    Files that transformers' ``save_pretrained`` writes are written on rank 0 only, so a cache built
+    by another rank would be empty."""
+    if world_size() == 1:
+        yield
+        return
+    if not is_main_process():
+        dist.barrier(group=_patient)
+    try:
+        yield
+    finally:
+        if is_main_process():
+            dist.barrier(group=_patient)
+
+
+def sharding_mode(configured: str) -> str:
+    """``configured``, or ``fsdp`` when accelerate's launcher asked for FSDP."""
+    if configured == "none" and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        logger.info("launched with an accelerate FSDP config: training with training.sharding = fsdp")
+        return "fsdp"
+    return configured
+
+
+def gather(values: torch.Tensor) -> torch.Tensor:
+    """``values`` of every process concatenated along the first dimension, rank order (any sizes)."""
+    if world_size() == 1:
+        return values
+    sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([values.shape[0]], device=values.device))
+    largest = int(max(size.item() for size in sizes))
+    padded = torch.zeros((largest, *values.shape[1:]), dtype=values.dtype, device=values.device)
+    padded[: values.shape[0]] = values
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(size.item())] for part, size in zip(parts, sizes, strict=True)])
+
+
+def all_true(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on every process."""
+    if world_size() == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def layer_classes(model: nn.Module) -> set[str]:
+    """Names of the transformer-layer classes the model (or a model it wraps) declares unsplittable."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    return names
+
+
+def shard_model(wrapper: nn.Module, model: nn.Module, device: torch.device) -> int:
+    """Shard ``model``'s layers and, as the root unit, ``wrapper`` (whose forward calls the model, so
+    the root's parameters are gathered around it). Returns the number of layer units."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = _device_mesh(device)
+    options: dict = {"mesh": mesh}
+    if device.type == "cuda":
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    classes = layer_classes(model)
+    layers = [module for module in model.modules() if type(module).__name__ in classes]
+    for layer in layers:
+        fully_shard(layer, **options)
+    fully_shard(wrapper, **options)
+    logger.info("sharded %d layer units and the root across %d processes", len(layers), world_size())
+    return len(layers)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded parameters and buffers of a sharded ``model`` on rank 0's CPU ({} elsewhere).
+    A collective: every process calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a possibly sharded (DTensor) one."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+def _device_mesh(device: torch.device):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (world_size(),))
+
+
+def broadcast_object(value: object, group: dist.ProcessGroup | None) -> object:
+    """Rank 0's ``value`` on every process of ``group``."""
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0, group=group)
+    return holder[0]

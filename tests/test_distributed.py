@@ -1,0 +1,216 @@
+"""One run across two processes on the CPU (gloo): data parallelism and FSDP sharding give the training
+of one process, sharded checkpoints resume exactly, and `noisypref run` under torchrun spreads each
+run over the launch's processes with rank 0 alone writing files."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from noisypref.benchmark import distributed
+from noisypref.benchmark.study.schema import SHARDING_MODES
+from noisypref.benchmark.testbed import build_word_tokenizer
+from noisypref.benchmark.tokenization import tokenize_pairs
+from noisypref.benchmark.train import TrainingConfig, train
+from noisypref.methods import build
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import random_pairs, tiny_llama  # noqa: E402
+
+SETTINGS = dict(steps=6, batch_size=8, gradient_accumulation=2, learning_rate=5e-2, log_every=1)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_once(tmp: Path, name: str, sharding: str, **options) -> tuple[dict, list[dict]]:
+    """γ-DPO (a batch-level method: its candidate set spans the processes) on a tiny Llama."""
+    from noisypref.benchmark.reference import reference_logps
+
+    tokenizer = build_word_tokenizer(num_topics=3, num_words=10)
+    tokens = tokenize_pairs(random_pairs(48), tokenizer, max_length=64, max_prompt_length=32)
+    model = tiny_llama(tokenizer)
+    reference = reference_logps(model, tokens, model_identity="tiny", cache_dir=None, pad_token_id=0)
+    settings = {**SETTINGS, **options.pop("config", {}), "sharding": sharding}
+    metrics_path = tmp / f"{name}-rank{distributed.rank()}.jsonl"  # a resumed run appends to its file
+    result = train(
+        model,
+        build("gamma_dpo", beta=0.5, tau=1.0, seed=3),
+        tokens,
+        TrainingConfig(**settings),
+        reference=reference,
+        pad_token_id=0,
+        seed=1,
+        metrics_path=metrics_path,
+        device="cpu",
+        **options,
+    )
+    weights = result.full_state_dict if result.full_state_dict is not None else model.state_dict()
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    return {name: value.detach().clone() for name, value in weights.items()}, records
+
+
+def rank_main(rank: int, world_size: int, port: int, out_dir: str, sharding: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    out = Path(out_dir)
+    results = {}
+    results["straight"] = train_once(out, "straight", sharding)
+    if sharding == "fsdp":
+
+        def stop_at_step_5(record: dict) -> None:
+            if record["step"] == 5:
+                raise Interrupted
+
+        checkpoints = out / "checkpoints"
+        options = dict(config=dict(checkpoint_every=3), checkpoint_dir=checkpoints)
+        try:
+            train_once(out, "resumed", sharding, callbacks=[stop_at_step_5], **options)
+        except Interrupted:
+            pass
+        results["resumed"] = train_once(out, "resumed", sharding, **options)
+    torch.save(results, out / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{key: value for key, value in record.items() if key != "pairs_per_second"} for record in records]
+
+
+@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+def test_two_processes_train_like_one(tmp_path, sharding, one_torch_thread) -> None:
+    single_weights, single_records = train_once(tmp_path, "single", "none")
+    assert single_records[0]["loss"] - single_records[-1]["loss"] > 0.05  # it learns: the comparison means something
+
+    mp.spawn(rank_main, args=(2, free_port(), str(tmp_path), sharding), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    weights, records = ranks[0]["straight"]
+    assert records and not ranks[1]["straight"][1]  # rank 0 writes the metrics, rank 1 nothing
+    if sharding == "fsdp":
+        assert ranks[1]["straight"][0] == {}  # the gathered weights land on rank 0 only
+    assert weights.keys() == single_weights.keys()
+    # Float sums in another order, then Adam: an element whose gradient is ~0 moves by up to the learning
+    # rate (5e-2) in either direction, so single elements may differ by ~1e-4. Training on the wrong
+    # pairs or averaging wrongly moves every element by ~1e-2 (relative difference ~0.1 or more).
+    difference = sum(float((weights[name] - value).norm() ** 2) for name, value in single_weights.items())
+    size = sum(float(value.norm() ** 2) for value in single_weights.values())
+    assert (difference / size) ** 0.5 < 1e-4
+    for name, value in single_weights.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-3, msg=name)
+    assert [record["step"] for record in records] == list(range(1, 7))
+    for two, one in zip(records, single_records, strict=True):
+        for key in ("loss", "reward_gap_mean", "target_margin_mean", "gamma_mean", "grad_norm", "learning_rate"):
+            assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), (two["step"], key)
+
+    if sharding == "fsdp":  # interrupted after step 5, resumed from the step-3 checkpoint of full state dicts
+        resumed_weights, resumed_records = ranks[0]["resumed"]
+        for name, value in weights.items():
+            torch.testing.assert_close(resumed_weights[name], value, rtol=0, atol=1e-6, msg=name)
+        assert [record["step"] for record in resumed_records] == list(range(1, 7))
+        for resumed, straight in zip(without_timing(resumed_records), without_timing(records), strict=True):
+            assert resumed == pytest.approx(straight, rel=1e-6, abs=1e-7), resumed["step"]
+
+
+def test_sharding_modes_agree_between_the_study_schema_and_the_engine() -> None:
+    assert SHARDING_MODES == distributed.SHARDING_MODES
+    with pytest.raises(ValueError, match=r"training\.sharding = 'zero3'.*\('none', 'fsdp'\)"):
+        TrainingConfig(sharding="zero3")
+
+
+TINY_TESTBED = {
+    "num_topics": 2, "num_words": 8, "relevant_words_per_topic": 2, "off_topic_words_per_topic": 2,
+    "max_response_words": 4, "hidden_size": 16, "num_attention_heads": 2, "num_layers": 2, "intermediate_size": 32,
+    "sft_steps": 5, "sft_batch_size": 8, "num_train_pairs": 40, "num_heldout_pairs": 16, "num_eval_prompts": 8,
+    "max_new_tokens": 5,
+}  # fmt: skip
+
+
+def write_study(path: Path, sharding: str) -> Path:
+    study = {
+        "name": "tiny_launch",
+        "datasets": [{"kind": "testbed", "testbed": TINY_TESTBED}],
+        "noise": [{"model": "symmetric", "rates": [0.2]}],
+        "methods": [{"name": "dpo"}, {"name": "gamma_dpo", "hyperparameters": {"tau": 1.0}}],
+        "training": {
+            "steps": 4, "batch_size": 8, "learning_rate": 0.05, "max_length": 16, "max_prompt_length": 4,
+            "log_every": 1, "sharding": sharding,
+        },
+        "evaluation": {"num_eval_prompts": 8, "max_new_tokens": 5},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(study), encoding="utf-8")
+    return path
+
+
+def noisypref_command(*arguments: str, processes: int = 1) -> list[str]:
+    if processes == 1:
+        return [sys.executable, "-m", "noisypref", *arguments]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    return [*launcher, "-m", "noisypref", *arguments]
+
+
+def run_command(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
+
+
+def test_noisypref_run_under_torchrun_spreads_each_run_over_the_processes(tmp_path) -> None:
+    study = write_study(tmp_path / "study.yaml", "fsdp")
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    single = run_command(noisypref_command("run", str(study), "--out", "one", "--workers", "1", *cache), tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    launched = run_command(
+        noisypref_command("run", str(study), "--out", "two", "--no-report", *cache, processes=2), tmp_path
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stderr.count("sharded 2 layer units and the root across 2 processes") == 4  # 2 runs x 2 ranks
+    assert "training unsharded" in single.stderr  # fsdp in one process: nothing to shard
+
+    one = pd.read_parquet(tmp_path / "one" / "results.parquet").set_index("run_id").sort_index()
+    two = pd.read_parquet(tmp_path / "two" / "results.parquet").set_index("run_id").sort_index()
+    assert list(two.index) == list(one.index) and set(two["status"]) == {"succeeded"}
+    for column in ("final_loss", "heldout_accuracy", "noise_detection_auroc", "train_accuracy", "gold_win_rate"):
+        assert two[column].to_numpy() == pytest.approx(one[column].to_numpy(), rel=1e-4, abs=1e-6), column
+    for run_id in two.index:
+        run_dir = tmp_path / "two" / "runs" / run_id
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]  # written once, by rank 0
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["training"]["processes"] == 2 and result["training"]["sharding"] == "fsdp"
+
+
+def test_options_that_choose_processes_are_refused_under_a_launch(tmp_path) -> None:
+    study = write_study(tmp_path / "study.yaml", "none")
+    refused = run_command(noisypref_command("run", str(study), "--workers", "2", processes=2), tmp_path)
+    assert refused.returncode != 0
+    assert "--workers: this command was started by a launcher as one of 2 processes" in refused.stderr
+
+
+def test_an_accelerate_fsdp_launch_shards_and_a_deepspeed_launch_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert distributed.sharding_mode("none") == "fsdp"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    assert distributed.sharding_mode("none") == "none" and distributed.sharding_mode("fsdp") == "fsdp"
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ValueError, match=r"does not run DeepSpeed.*configs/accelerate/fsdp\.yaml"):
+        distributed.init_from_environment()
