@@ -68,6 +68,25 @@ def test_packed_and_padded_log_probs_agree_on_cuda(autocast):
     torch.testing.assert_close(packed, padded, atol=tolerance, rtol=0)
 
 
+def test_flex_attention_on_packed_rows_matches_sdpa_on_padded_rows_with_gradients():
+    sdpa = small_qwen2()
+    flex = Qwen2ForCausalLM._from_config(sdpa.config, attn_implementation="flex_attention").cuda()
+    flex.load_state_dict(sdpa.state_dict())
+    prompts, responses = random_sequences(24)
+    results = []
+    for model, pack in ((flex, True), (sdpa, False)):
+        logps_model = SequenceLogps(model)
+        assert logps_model.supports_packing
+        logps = logps_model(sequence_batch(prompts, responses, 0, pack=pack).to("cuda"))
+        logps.sum().backward()
+        results.append((logps.detach(), [parameter.grad.clone() for parameter in model.parameters()]))
+    (flex_logps, flex_gradients), (sdpa_logps, sdpa_gradients) = results
+    torch.testing.assert_close(flex_logps, sdpa_logps, atol=1e-3 * sdpa_logps.abs().max().item(), rtol=0)
+    for flex_gradient, sdpa_gradient in zip(flex_gradients, sdpa_gradients, strict=True):
+        scale = sdpa_gradient.abs().max().item()
+        torch.testing.assert_close(flex_gradient, sdpa_gradient, atol=1e-3 * max(scale, 1e-6), rtol=0)
+
+
 def test_a_bf16_autocast_training_step_is_finite_and_updates_float32_weights(tmp_path):
     testbed = build_testbed(TestbedConfig.from_dict(SMALL_TESTBED), tmp_path)
     policy, tokenizer = load_causal_lm(testbed.reference_model_dir, dtype="float32", device="cuda")

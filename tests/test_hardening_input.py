@@ -421,3 +421,13 @@ def test_bad_study_and_data_files_stop_run_before_any_run(tmp_path, capsys, monk
     assert_user_error(*cli(capsys, "run", valid, "--out", a_file / "out")[::2], a_file / "out", "--out")
     assert_user_error(*cli(capsys, "run", valid, "--cache-dir", a_file)[::2], a_file, "--cache-dir")
     assert not list(tmp_path.glob("runs/*/*"))  # nothing run
+
+
+def test_flex_attention_on_the_cpu_is_refused_before_any_work(tmp_path) -> None:
+    from noisypref.benchmark.run import default_run_config, execute_run
+
+    config = default_run_config()
+    config["model"]["attn_implementation"] = "flex_attention"
+    with pytest.raises(ValueError, match=r"model\.attn_implementation = 'flex_attention' trains on CUDA only"):
+        execute_run(config, tmp_path / "run", tmp_path / "cache", device="cpu")
+    assert not (tmp_path / "run").exists()

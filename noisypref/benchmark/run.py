@@ -80,7 +80,7 @@ RUN_KEYS = ("study", "dataset", "noise", "method", "model", "training", "evaluat
 DATASET_KINDS = ("testbed", "file", "hub")
 TESTBED = "testbed"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
 REFERENCE_MODES = ("cached", "live")
 DATASET_KEYS = ("kind", "testbed", "source", "split", "heldout_fraction", "max_pairs", "hub_options")
 MODEL_KEYS = ("name", "dtype", "attn_implementation", "gradient_checkpointing", "lora", "reference")
@@ -437,6 +437,11 @@ def execute_run(
     config = parse_run_config(run_config)
     run_dir, cache_dir = Path(run_dir), Path(cache_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and config.model.attn_implementation == "flex_attention":
+        raise ValueError(
+            "model.attn_implementation = 'flex_attention' trains on CUDA only (PyTorch has no CPU backward "
+            "for flex attention); use sdpa on the CPU, where packed rows get a block-diagonal mask"
+        )
     distributed.init_from_environment()
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
