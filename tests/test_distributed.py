@@ -131,6 +131,39 @@ def test_two_processes_train_like_one(tmp_path, sharding, one_torch_thread) -> N
             assert resumed == pytest.approx(straight, rel=1e-6, abs=1e-7), resumed["step"]
 
 
+def reference_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    from noisypref.benchmark.reference import reference_logps
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    distributed.init_from_environment()
+    tokenizer = build_word_tokenizer(num_topics=3, num_words=10)
+    tokens = tokenize_pairs(random_pairs(21), tokenizer, max_length=64, max_prompt_length=32)
+    options = dict(model_identity="tiny", cache_dir=Path(out_dir) / "cache", pad_token_id=0, batch_size=4)
+    computed = reference_logps(tiny_llama(tokenizer), tokens, **options)  # each rank its share
+    loaded = reference_logps(tiny_llama(tokenizer), tokens, **options)  # the file rank 0 wrote
+    torch.save({"computed": computed, "loaded": loaded}, Path(out_dir) / f"reference{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_reference_log_probs_are_shared_out_and_cached_once(tmp_path, one_torch_thread) -> None:
+    from noisypref.benchmark.reference import reference_logps
+
+    mp.spawn(reference_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    tokenizer = build_word_tokenizer(num_topics=3, num_words=10)
+    tokens = tokenize_pairs(random_pairs(21), tokenizer, max_length=64, max_prompt_length=32)
+    expected = reference_logps(tiny_llama(tokenizer), tokens, model_identity="tiny", cache_dir=None, pad_token_id=0)
+    assert len(list((tmp_path / "cache" / "reference_logps").glob("*.pt"))) == 1
+    for rank in range(2):
+        result = torch.load(tmp_path / f"reference{rank}.pt", weights_only=False)
+        for name in ("computed", "loaded"):
+            torch.testing.assert_close(result[name].logp_a, expected.logp_a, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(result[name].logp_b, expected.logp_b, atol=1e-5, rtol=1e-5)
+
+
 def test_sharding_modes_agree_between_the_study_schema_and_the_engine() -> None:
     assert SHARDING_MODES == distributed.SHARDING_MODES
     with pytest.raises(ValueError, match=r"training\.sharding = 'zero3'.*\('none', 'fsdp'\)"):
@@ -175,11 +208,14 @@ def run_command(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_noisypref_run_under_torchrun_spreads_each_run_over_the_processes(tmp_path) -> None:
     study = write_study(tmp_path / "study.yaml", "fsdp")
-    cache = ["--cache-dir", str(tmp_path / "cache")]
-    single = run_command(noisypref_command("run", str(study), "--out", "one", "--workers", "1", *cache), tmp_path)
+    # Separate caches: the launch builds its testbed on rank 0 and its reference log-probs on both ranks.
+    single = run_command(
+        noisypref_command("run", str(study), "--out", "one", "--workers", "1", "--cache-dir", "cache1"), tmp_path
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     launched = run_command(
-        noisypref_command("run", str(study), "--out", "two", "--no-report", *cache, processes=2), tmp_path
+        noisypref_command("run", str(study), "--out", "two", "--no-report", "--cache-dir", "cache2", processes=2),
+        tmp_path,
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert launched.stderr.count("sharded 2 layer units and the root across 2 processes") == 4  # 2 runs x 2 ranks

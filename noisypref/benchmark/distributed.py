@@ -80,7 +80,9 @@ def init_from_environment() -> None:
     dist.init_process_group(backend)
     global _patient
     _patient = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
-    logger.info("process %d of %d joined the process group (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    logger.info(
+        "process %d of %d joined the process group (%s)", dist.get_rank(), dist.get_world_size(), backend
+    )
 
 
 def patient_group() -> dist.ProcessGroup | None:
@@ -115,17 +117,18 @@ def sharding_mode(configured: str) -> str:
     return configured
 
 
-def gather(values: torch.Tensor) -> torch.Tensor:
-    """``values`` of every process concatenated along the first dimension, rank order (any sizes)."""
+def gather(values: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """``values`` of every process concatenated along the first dimension, rank order (any sizes).
+    ``group``: the default group, or e.g. ``patient_group()`` (gloo: CPU tensors)."""
     if world_size() == 1:
         return values
     sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([values.shape[0]], device=values.device))
+    dist.all_gather(sizes, torch.tensor([values.shape[0]], device=values.device), group=group)
     largest = int(max(size.item() for size in sizes))
     padded = torch.zeros((largest, *values.shape[1:]), dtype=values.dtype, device=values.device)
     padded[: values.shape[0]] = values
     parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
+    dist.all_gather(parts, padded, group=group)
     return torch.cat([part[: int(size.item())] for part, size in zip(parts, sizes, strict=True)])
 
 

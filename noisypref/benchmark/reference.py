@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from noisypref.benchmark import distributed
 from noisypref.benchmark.logps import SequenceLogps, autocast_for, pair_batch, sequence_logps
 from noisypref.benchmark.storage import cached_torch_file
 from noisypref.benchmark.tokenization import TokenizedPairs
@@ -73,12 +74,12 @@ def reference_logps(
 
     def compute() -> dict:
         logger.info("computing reference log-probs of %d pairs", len(pairs))
-        logps = sequence_logps(
+        logps = _sequence_logps_across_processes(
             model,
             pairs.prompt_ids + pairs.prompt_ids,
             pairs.response_a_ids + pairs.response_b_ids,
             pad_token_id,
-            batch_size=batch_size,
+            batch_size,
         )
         return {
             "pair_ids": pairs.pair_ids,
@@ -88,16 +89,61 @@ def reference_logps(
             "content_key": pairs.content_key,
         }
 
+    description = f"reference log-probs of {len(pairs)} pairs"
     if cache_dir is None:
         stored = compute()
+    elif distributed.world_size() == 1:
+        stored = cached_torch_file(
+            reference_cache_path(cache_dir, model_identity, pairs), compute, description
+        )
     else:
-        path = reference_cache_path(cache_dir, model_identity, pairs)
-        stored = cached_torch_file(path, compute, f"reference log-probs of {len(pairs)} pairs")
+        stored = _cached_across_processes(
+            reference_cache_path(cache_dir, model_identity, pairs), compute, description
+        )
     if stored["pair_ids"] == pairs.pair_ids:
         return ReferenceLogps(stored["logp_a"], stored["logp_b"])
     position = {pair_id: row for row, pair_id in enumerate(stored["pair_ids"])}
     rows = torch.tensor([position[pair_id] for pair_id in pairs.pair_ids])
     return ReferenceLogps(stored["logp_a"][rows], stored["logp_b"][rows])
+
+
+def _sequence_logps_across_processes(
+    model: PreTrainedModel,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    pad_token_id: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """``sequence_logps`` with the sequences dealt out to the processes of a launch (by length, so each
+    gets a similar number of tokens) and the results gathered on every process."""
+    if distributed.world_size() == 1:
+        return sequence_logps(model, prompt_ids, response_ids, pad_token_id, batch_size=batch_size)
+    by_length = sorted(range(len(prompt_ids)), key=lambda row: len(prompt_ids[row]) + len(response_ids[row]))
+    mine = by_length[distributed.rank() :: distributed.world_size()]
+    values = sequence_logps(
+        model,
+        [prompt_ids[row] for row in mine],
+        [response_ids[row] for row in mine],
+        pad_token_id,
+        batch_size,
+    )
+    local = torch.stack([torch.tensor(mine, dtype=torch.float64), values.double()], dim=1).reshape(-1, 2)
+    gathered = distributed.gather(local, group=distributed.patient_group())
+    result = torch.empty(len(prompt_ids), dtype=torch.float32)
+    result[gathered[:, 0].long()] = gathered[:, 1].float()
+    return result
+
+
+def _cached_across_processes(path: Path, compute: Callable[[], dict], description: str) -> dict:
+    """The cache file when rank 0 finds it; otherwise every process computes its share and rank 0 writes it."""
+    group = distributed.patient_group()
+    if distributed.broadcast_object(path.exists(), group):
+        return cached_torch_file(path, compute, description)
+    value = compute()
+    if distributed.is_main_process():
+        value = cached_torch_file(path, lambda: value, description)
+    torch.distributed.barrier(group=group)
+    return value
 
 
 class LiveReference:
