@@ -164,6 +164,34 @@ def test_reference_log_probs_are_shared_out_and_cached_once(tmp_path, one_torch_
             torch.testing.assert_close(result[name].logp_b, expected.logp_b, atol=1e-5, rtol=1e-5)
 
 
+def agreement_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )  # fmt: skip
+    distributed.init_from_environment()
+
+    def load() -> int:
+        if rank == 1:
+            raise FileNotFoundError("no such file: data.jsonl (on rank 1 only)")
+        return 7
+
+    try:
+        outcome = repr(distributed.agreed(load, "preparing the run"))
+    except Exception as error:  # noqa: BLE001
+        outcome = f"{type(error).__name__}: {error}"
+    Path(out_dir, f"agreement{rank}.txt").write_text(outcome)
+    torch.distributed.destroy_process_group()
+
+
+def test_a_failure_on_one_process_fails_the_others_instead_of_leaving_them_waiting(tmp_path) -> None:
+    mp.spawn(agreement_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "agreement1.txt").read_text() == "FileNotFoundError: no such file: data.jsonl (on rank 1 only)"
+    assert (tmp_path / "agreement0.txt").read_text() == (
+        "RuntimeError: another process of the launch failed preparing the run (its log says why); this one stops too"
+    )
+
+
 def test_sharding_modes_agree_between_the_study_schema_and_the_engine() -> None:
     assert SHARDING_MODES == distributed.SHARDING_MODES
     with pytest.raises(ValueError, match=r"training\.sharding = 'zero3'.*\('none', 'fsdp'\)"):

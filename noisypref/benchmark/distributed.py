@@ -24,13 +24,15 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SHARDING_MODES = ("none", "fsdp")
 # How long a process waits for rank 0 outside training steps (the next run's broadcast, a cache that
@@ -115,6 +117,27 @@ def sharding_mode(configured: str) -> str:
         logger.info("launched with an accelerate FSDP config: training with training.sharding = fsdp")
         return "fsdp"
     return configured
+
+
+def agreed(function: Callable[[], T], what: str) -> T:
+    """``function()``, raising on every process when it raised on any, so that no process goes on to
+    wait in a collective for one that has given up. A collective on the patient group."""
+    if world_size() == 1:
+        return function()
+    failure: Exception | None = None
+    try:
+        result = function()
+    except Exception as error:  # noqa: BLE001 (re-raised below, after the others have heard of it)
+        failure = error
+    succeeded = torch.tensor([0 if failure is not None else 1])
+    dist.all_reduce(succeeded, op=dist.ReduceOp.MIN, group=_patient)
+    if failure is not None:
+        raise failure
+    if not succeeded.item():
+        raise RuntimeError(
+            f"another process of the launch failed {what} (its log says why); this one stops too"
+        )
+    return result
 
 
 def gather(values: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:

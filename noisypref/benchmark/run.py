@@ -507,8 +507,6 @@ class PreparedRun:
 def _train_and_evaluate(
     config: RunConfig, run_dir: Path, cache_dir: Path, device: torch.device
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    if _is_main_process():
-        check_runnable(config.benchmarks)  # a missing file or API key fails now, not after training
     prepared = prepare_run(config, run_dir, cache_dir, device)
     metrics_path = run_dir / "metrics.jsonl"
     checkpoint_dir = run_dir / "checkpoint" if config.training.checkpoint_every else None
@@ -571,24 +569,18 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
     """Data, noise (written to flips.csv), the policy, the method, token ids and reference log-probs.
 
     Under a multi-process launch rank 0 builds the cached data, model and tokens first and the others
-    then read them; the reference log-probs are computed by all of them, each its share."""
-    with distributed.main_process_first():
-        data = resolve_dataset(config, cache_dir)
-        noisy_pairs, flips = inject(
-            data.train_pairs, config.noise_model, config.noise_rate, config.seed, **config.noise_options
-        )
-        if _is_main_process():
-            with atomic_path(run_dir / "flips.csv") as temporary:
-                flips.to_csv(temporary)
-        policy, tokenizer, identity = load_model_and_tokenizer(config, data, cache_dir, device)
-        pad_token_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        )
-        lengths = dict(
-            max_length=config.training.max_length, max_prompt_length=config.training.max_prompt_length
-        )
-        train_tokens = tokenize_pairs(noisy_pairs, tokenizer, cache_dir=cache_dir, **lengths)
-        heldout_tokens = tokenize_pairs(data.heldout_pairs, tokenizer, cache_dir=cache_dir, **lengths)
+    then read them; the reference log-probs are computed by all of them, each its share. A failure
+    on any process while loading fails the run on every one."""
+
+    def load() -> tuple:
+        if _is_main_process():  # rank 0 runs the benchmarks: a missing file or API key fails now
+            check_runnable(config.benchmarks)
+        with distributed.main_process_first():
+            return load_data_model_and_tokens(config, run_dir, cache_dir, device)
+
+    data, flips, policy, tokenizer, identity, pad_token_id, train_tokens, heldout_tokens = distributed.agreed(
+        load, "preparing the run"
+    )
     method = build(config.method_name, seed=config.seed, **config.method_hyperparameters)
     train_reference = heldout_reference = None
     cached = method.requires_reference and config.model.reference == "cached"
@@ -632,6 +624,26 @@ def unsharded_policy(
     policy.load_state_dict(state)
     policy.eval()
     return policy
+
+
+def load_data_model_and_tokens(
+    config: RunConfig, run_dir: Path, cache_dir: Path, device: torch.device
+) -> tuple:
+    """The data, its flips (written to flips.csv), the policy, its tokenizer, its cache identity, the pad
+    token and the token ids of the training and held-out pairs."""
+    data = resolve_dataset(config, cache_dir)
+    noisy_pairs, flips = inject(
+        data.train_pairs, config.noise_model, config.noise_rate, config.seed, **config.noise_options
+    )
+    if _is_main_process():
+        with atomic_path(run_dir / "flips.csv") as temporary:
+            flips.to_csv(temporary)
+    policy, tokenizer, identity = load_model_and_tokenizer(config, data, cache_dir, device)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    lengths = dict(max_length=config.training.max_length, max_prompt_length=config.training.max_prompt_length)
+    train_tokens = tokenize_pairs(noisy_pairs, tokenizer, cache_dir=cache_dir, **lengths)
+    heldout_tokens = tokenize_pairs(data.heldout_pairs, tokenizer, cache_dir=cache_dir, **lengths)
+    return data, flips, policy, tokenizer, identity, pad_token_id, train_tokens, heldout_tokens
 
 
 def live_reference(
