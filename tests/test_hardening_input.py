@@ -431,3 +431,18 @@ def test_flex_attention_on_the_cpu_is_refused_before_any_work(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"model\.attn_implementation = 'flex_attention' trains on CUDA only"):
         execute_run(config, tmp_path / "run", tmp_path / "cache", device="cpu")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('[{"preference": 1},\n{"preference": ', r"bad\.json: not valid JSON at line 2, column 16"),
+        ('{"preference": 1}', r"bad\.json: expected a JSON array of objects"),
+    ],
+)
+def test_malformed_annotation_files_are_named_with_the_place(tmp_path, capsys, content, message) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content, encoding="utf-8")
+    status, _, err = cli(capsys, "alpacaeval", "--annotations", path)
+    assert status == 2
+    assert re.search(message, err), err

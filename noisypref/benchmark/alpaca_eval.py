@@ -65,6 +65,31 @@ API_KEY_VARIABLES = ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_CLIENT_CONFIG_
 # ---------------------------------------------------------------------------------------------- data
 
 
+def read_json_records(path: Path, lines: bool = False) -> list[dict[str, Any]]:
+    """The records of a JSON array file (or a JSON-lines file); malformed JSON raises ``ValueError``
+    naming the file, the line and the column."""
+    text = path.read_text(encoding="utf-8")
+    if lines:
+        records = [
+            _parse_json(line, path, number)
+            for number, line in enumerate(text.splitlines(), start=1)
+            if line.strip()
+        ]
+    else:
+        records = _parse_json(text, path)
+    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+        raise ValueError(f"{path}: expected a JSON array of objects (one record per instruction)")
+    return records
+
+
+def _parse_json(text: str, path: Path, line_number: int | None = None) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        line = line_number or error.lineno
+        raise ValueError(f"{path}: not valid JSON at line {line}, column {error.colno}: {error.msg}") from None
+
+
 def load_eval_set(source: str | os.PathLike = HUB_DATASET) -> list[dict[str, Any]]:
     """The evaluation set as records ``{instruction, output, generator, dataset}`` (``output`` is the
     baseline's reference answer), in the benchmark's order.
@@ -74,12 +99,7 @@ def load_eval_set(source: str | os.PathLike = HUB_DATASET) -> list[dict[str, Any
     """
     path = Path(source)
     if path.is_file():
-        text = path.read_text()
-        records = (
-            json.loads(text)
-            if path.suffix == ".json"
-            else [json.loads(line) for line in text.splitlines() if line]
-        )
+        records = read_json_records(path, lines=path.suffix != ".json")
     elif str(source) == HUB_DATASET:
         import datasets
 
@@ -351,7 +371,7 @@ def load_annotations(source: str | os.PathLike | Sequence[dict[str, Any]] | pd.D
     if isinstance(source, pd.DataFrame):
         return source.copy()
     if isinstance(source, (str, os.PathLike)):
-        return pd.DataFrame(json.loads(Path(source).read_text()))
+        return pd.DataFrame(read_json_records(Path(source)))
     return pd.DataFrame(list(source))
 
 
