@@ -135,3 +135,34 @@ def test_bad_arguments_exit_with_status_2_and_a_message(tmp_path, capsys, extra,
 def test_missing_arguments_are_named(capsys):
     assert main(["noise", "--model", "symmetric"]) == USER_ERROR_STATUS
     assert "missing --data, --rate, --out" in capsys.readouterr().err
+
+
+def test_a_flip_record_reads_back_from_its_files(tmp_path, capsys):
+    from noisypref.noise_injection import FlipRecord, inject
+
+    rows = [
+        {"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}", "score_chosen": i / 10, "score_rejected": 0.0}
+        for i in range(30)
+    ]
+    rows[3]["rejected"] = rows[3]["chosen"]  # one identical pair
+    data_path = tmp_path / "pairs.jsonl"
+    data_path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["noise", "--data", str(data_path), "--model", "confidence", "--rate", "0.3", "--seed", "2"]
+    assert main([*argv, "--option", "mode=bernoulli", "--out", str(out)]) == 0
+    capsys.readouterr()
+
+    read = FlipRecord.read(out / "flips.csv")
+    from noisypref.benchmark.data import load_preferences
+
+    _, original = inject(load_preferences(str(data_path)), "confidence", 0.3, 2, mode="bernoulli")
+    assert read.summary() == original.summary()
+    pd.testing.assert_frame_equal(read.table, original.table)
+    assert read.identical_pairs == 1
+
+    (out / "flips.json").write_text(json.dumps({**original.summary(), "num_flipped": 0}), encoding="utf-8")
+    with pytest.raises(ValueError, match="do not belong together"):
+        FlipRecord.read(out / "flips.csv")
+    (out / "flips.json").unlink()
+    with pytest.raises(ValueError, match=r"flips\.csv: no flips\.json .* or result\.json"):
+        FlipRecord.read(out / "flips.csv")

@@ -635,6 +635,11 @@ def test_the_real_engine_runs_a_tiny_study(tmp_path):
     assert frame["heldout_accuracy"].between(0, 1).all()
     assert {"noise_detection_auroc", "gold_win_rate", "final_loss"} <= set(frame.columns)
     assert (tmp_path / ".cache").is_dir()  # the contract's default cache beside the study folder
+    from noisypref.noise_injection import FlipRecord
+
+    for run_id in frame["run_id"]:  # a run folder's flips.csv reads back with result.json's noise summary
+        record = FlipRecord.read(tmp_path / "out" / "runs" / run_id / "flips.csv")
+        assert (record.model, record.num_flipped, record.num_pairs) == ("symmetric", 8, 40)
 
 
 def test_run_ids_do_not_depend_on_the_order_of_the_study_file():
