@@ -314,7 +314,7 @@ def memory_scope(device: torch.device) -> Iterator[Callable[[], float]]:
     gc.collect()
     from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state()  # the engine and TRL ask for different mixed precision on CUDA
+    AcceleratorState._reset_state()  # TRL's trainers each set accelerate's global state (mixed precision)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

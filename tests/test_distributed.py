@@ -202,12 +202,20 @@ def test_sharding_modes_agree_between_the_study_schema_and_the_engine() -> None:
 TINY_TESTBED = {**STUDY_TINY_TESTBED, "num_layers": 2}  # two layer units to shard
 
 
-def write_study(path: Path, sharding: str) -> Path:
+FULL_MODEL = {"name": "testbed"}  # full fine-tuning, cached reference log-probs
+LORA_MODEL = {  # LoRA adapters; the reference is the policy with its adapters off
+    "name": "testbed", "reference": "live",
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+}  # fmt: skip
+
+
+def write_study(path: Path, sharding: str, model: dict = FULL_MODEL) -> Path:
     study = {
         "name": "tiny_launch",
         "datasets": [{"kind": "testbed", "testbed": TINY_TESTBED}],
         "noise": [{"model": "symmetric", "rates": [0.2]}],
         "methods": [{"name": "dpo"}, {"name": "gamma_dpo", "hyperparameters": {"tau": 1.0}}],
+        "models": [model],
         "training": {
             "steps": 4, "batch_size": 8, "learning_rate": 0.05, "max_length": 16, "max_prompt_length": 4,
             "log_every": 1, "sharding": sharding,
@@ -230,8 +238,9 @@ def run_command(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
 
 
-def test_noisypref_run_under_torchrun_spreads_each_run_over_the_processes(tmp_path) -> None:
-    study = write_study(tmp_path / "study.yaml", "fsdp")
+@pytest.mark.parametrize("model", [FULL_MODEL, LORA_MODEL], ids=["full", "lora-live-reference"])
+def test_noisypref_run_under_torchrun_spreads_each_run_over_the_processes(tmp_path, model) -> None:
+    study = write_study(tmp_path / "study.yaml", "fsdp", model)
     # Separate caches: the launch builds its testbed on rank 0 and its reference log-probs on both ranks.
     single = run_command(
         noisypref_command("run", str(study), "--out", "one", "--workers", "1", "--cache-dir", "cache1"), tmp_path
@@ -274,3 +283,41 @@ def test_an_accelerate_fsdp_launch_shards_and_a_deepspeed_launch_is_refused(monk
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ValueError, match=r"does not run DeepSpeed.*configs/accelerate/fsdp\.yaml"):
         distributed.init_from_environment()
+
+
+def failing_check_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    from noisypref.benchmark import run as run_module
+    from noisypref.benchmark.study import load_study, plan_runs
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    distributed.init_from_environment()
+    config = run_module.parse_run_config(plan_runs(load_study(Path(out_dir) / "study.yaml"))[0].config)
+
+    def check_runnable(benchmarks) -> None:  # what it raises without an API key (rank 0 alone checks)
+        raise RuntimeError("evaluation.benchmarks.alpaca_eval.judge needs an API key")
+
+    run_module.check_runnable = check_runnable
+    try:
+        run_module.prepare_run(config, Path(out_dir) / f"run{rank}", Path(out_dir) / "cache", torch.device("cpu"))
+        outcome = "prepared"
+    except Exception as error:  # noqa: BLE001
+        outcome = f"{type(error).__name__}: {error}"
+    Path(out_dir, f"outcome{rank}.txt").write_text(outcome)
+    torch.distributed.destroy_process_group()
+
+
+def test_a_run_that_fails_on_rank_0_before_loading_fails_on_every_process(tmp_path) -> None:
+    """A benchmark check that fails on rank 0 fails the run on the other rank too, at once."""
+    write_study(tmp_path / "study.yaml", "fsdp")
+    for rank in range(2):
+        (tmp_path / f"run{rank}").mkdir()
+    mp.spawn(failing_check_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "outcome0.txt").read_text() == "RuntimeError: evaluation.benchmarks.alpaca_eval.judge needs an API key"
+    assert (tmp_path / "outcome1.txt").read_text() == (
+        "RuntimeError: rank 0 failed in a step the other processes wait for (its log says why)"
+    )
+    assert not list((tmp_path / "cache").glob("reference-*"))  # rank 1 built nothing in rank 0's place

@@ -393,3 +393,14 @@ def test_load_state_dict_rejects_a_queue_longer_than_queue_size():
     state["queue"] = torch.zeros(10, dtype=torch.float64)
     with pytest.raises(ValueError, match="queue_size"):
         MarginEstimator(queue_size=4).load_state_dict(state)
+
+
+def test_a_non_finite_gap_gives_nan_margins_and_leaves_the_queue_alone():
+    estimator = MarginEstimator(queue_size=8, candidates=6, seed=1)
+    estimator(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))
+    before = estimator.state_dict()
+    margins = estimator(torch.tensor([1.0, float("nan"), 0.0], dtype=torch.float64))
+    assert margins.shape == (3,) and torch.isnan(margins).all()
+    after = estimator.state_dict()
+    assert torch.equal(after["queue"], before["queue"])
+    assert torch.equal(after["generator_state"], before["generator_state"])

@@ -418,6 +418,17 @@ def test_a_non_finite_loss_raises_at_its_step(tokenizer, tmp_path) -> None:
     assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
 
 
+def test_a_gamma_method_skips_a_non_finite_step_too(tokenizer, tmp_path) -> None:
+    method = NaNAtCall(build("gamma_dpo", beta=0.5, tau=1.0), at=11)
+    model, result, records = train_tiny(tokenizer, tmp_path, "gamma-skip", method=method, config=dict(nan_policy="skip"))
+    assert result.skipped_steps == 2
+    assert [record["step"] for record in records] == list(range(1, 11))
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+    with pytest.raises(NonFiniteLossError) as raised:
+        train_tiny(tokenizer, tmp_path, "gamma-fail", method=NaNAtCall(build("gamma_dpo", beta=0.5, tau=1.0), at=5))
+    assert raised.value.step == 5
+
+
 def test_a_resumed_run_continues_identically(tokenizer, tmp_path) -> None:
     class Interrupted(Exception):
         pass

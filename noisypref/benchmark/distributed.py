@@ -48,9 +48,10 @@ def launched_world_size() -> int:
 
 
 def rank() -> int:
+    """This process's rank: in the joined group, else the launcher's ``RANK`` (0 without a launch)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))
+    return int(os.environ.get("RANK", "0")) if launched_world_size() > 1 else 0
 
 
 def is_main_process() -> bool:
@@ -65,8 +66,14 @@ def world_size() -> int:
 
 
 def init_from_environment() -> None:
-    """Join the launch's process group once (nothing without a launcher or when already joined)."""
-    if launched_world_size() <= 1 or (dist.is_available() and dist.is_initialized()):
+    """Join the launch's process group once (nothing without a launcher). Every process calls it at
+    the same point: it also opens the patient group, a collective."""
+    global _patient
+    if launched_world_size() <= 1:
+        return
+    if dist.is_available() and dist.is_initialized():  # joined by the caller's own code
+        if _patient is None:
+            _patient = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
         return
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         raise ValueError(
@@ -74,13 +81,14 @@ def init_from_environment() -> None:
             "Use configs/accelerate/fsdp.yaml (or torchrun) with training.sharding: fsdp, which shards "
             "parameters, gradients and optimizer state like ZeRO stage 3"
         )
+    # CPU tensors over gloo, CUDA tensors over NCCL: a run on the CPU of a GPU machine works too.
+    backend = "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        backend = "nccl"
-    else:
-        backend = "gloo"
+        backend = "cpu:gloo,cuda:nccl"
+        if local_rank < torch.cuda.device_count():
+            torch.cuda.set_device(local_rank)
     dist.init_process_group(backend)
-    global _patient
     _patient = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
     logger.info(
         "process %d of %d joined the process group (%s)", dist.get_rank(), dist.get_world_size(), backend
@@ -95,7 +103,8 @@ def patient_group() -> dist.ProcessGroup | None:
 
 @contextlib.contextmanager
 def main_process_first() -> Iterator[None]:
-    """Rank 0 runs the block first, the others after it (e.g. building a cache they then read).
+    """Rank 0 runs the block first, the others after it (e.g. building a cache they then read); when
+    it fails on rank 0 the others skip it and raise.
 
     Files that transformers' ``save_pretrained`` writes are written on rank 0 only, so a cache built
     by another rank would be empty."""
@@ -103,12 +112,16 @@ def main_process_first() -> Iterator[None]:
         yield
         return
     if not is_main_process():
-        dist.barrier(group=_patient)
+        if not broadcast_object(None, _patient):
+            raise RuntimeError("rank 0 failed in a step the other processes wait for (its log says why)")
+        yield
+        return
+    succeeded = False
     try:
         yield
+        succeeded = True
     finally:
-        if is_main_process():
-            dist.barrier(group=_patient)
+        broadcast_object(succeeded, _patient)
 
 
 def sharding_mode(configured: str) -> str:

@@ -148,8 +148,8 @@ def pair_batch(
 class SequenceLogps(nn.Module):
     """Wraps a causal LM: ``forward(batch)`` gives each sequence's summed response log-prob (float32).
 
-    A module of its own so that ``accelerate`` can wrap it for data parallelism: gradients are
-    synchronised through this forward. ``supports_packing`` says whether the model keeps packed
+    A module of its own so that data parallelism (``DistributedDataParallel``) or FSDP can wrap it:
+    gradients are synchronised, and the root's sharded weights gathered, around this forward. ``supports_packing`` says whether the model keeps packed
     sequences apart (checked once at construction); callers build batches with ``pack=`` it.
     """
 

@@ -120,12 +120,15 @@ def _sequence_logps_across_processes(
         return sequence_logps(model, prompt_ids, response_ids, pad_token_id, batch_size=batch_size)
     by_length = sorted(range(len(prompt_ids)), key=lambda row: len(prompt_ids[row]) + len(response_ids[row]))
     mine = by_length[distributed.rank() :: distributed.world_size()]
-    values = sequence_logps(
-        model,
-        [prompt_ids[row] for row in mine],
-        [response_ids[row] for row in mine],
-        pad_token_id,
-        batch_size,
+    values = distributed.agreed(  # a failure here (out of memory) must not leave the others in the gather
+        lambda: sequence_logps(
+            model,
+            [prompt_ids[row] for row in mine],
+            [response_ids[row] for row in mine],
+            pad_token_id,
+            batch_size,
+        ),
+        "computing its share of the reference log-probs",
     )
     local = torch.stack([torch.tensor(mine, dtype=torch.float64), values.double()], dim=1).reshape(-1, 2)
     gathered = distributed.gather(local, group=distributed.patient_group())
@@ -136,14 +139,17 @@ def _sequence_logps_across_processes(
 
 def _cached_across_processes(path: Path, compute: Callable[[], dict], description: str) -> dict:
     """The cache file when rank 0 finds it; otherwise every process computes its share and rank 0 writes it."""
-    group = distributed.patient_group()
-    if distributed.broadcast_object(path.exists(), group):
-        return cached_torch_file(path, compute, description)
+    if distributed.broadcast_object(path.exists(), distributed.patient_group()):
+        # Every process reads rank 0's file: on several machines the cache folder must be shared.
+        logger.info("%s: cache hit %s", description, path)
+        return distributed.agreed(lambda: torch.load(path, weights_only=True), f"reading {path}")
     value = compute()
-    if distributed.is_main_process():
-        value = cached_torch_file(path, lambda: value, description)
-    torch.distributed.barrier(group=group)
-    return value
+    return distributed.agreed(
+        lambda: (
+            cached_torch_file(path, lambda: value, description) if distributed.is_main_process() else value
+        ),
+        f"writing {path}",
+    )
 
 
 class LiveReference:

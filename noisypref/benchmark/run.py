@@ -510,7 +510,7 @@ def _train_and_evaluate(
     prepared = prepare_run(config, run_dir, cache_dir, device)
     metrics_path = run_dir / "metrics.jsonl"
     checkpoint_dir = run_dir / "checkpoint" if config.training.checkpoint_every else None
-    if checkpoint_dir is None or not checkpoint_dir.exists():
+    if (checkpoint_dir is None or not checkpoint_dir.exists()) and _is_main_process():
         metrics_path.unlink(missing_ok=True)  # a fresh run; a resumed one keeps its earlier steps
     training = train(
         prepared.policy,
@@ -531,6 +531,11 @@ def _train_and_evaluate(
         }, {}
     if training.full_state_dict is not None:  # trained sharded: rank 0 evaluates an unsharded copy
         prepared.policy = unsharded_policy(config, prepared.data, training.full_state_dict, cache_dir, device)
+        if config.model.lora is not None and isinstance(prepared.train_reference, LiveReference):
+            # the policy with its adapters off is the reference: the new copy's, not the shards'
+            prepared.train_reference = prepared.heldout_reference = live_reference(
+                config, prepared.data, prepared.policy, prepared.pad_token_id, cache_dir, device
+            )
     metrics = {
         "final_loss": training.final_metrics["loss"],
         **evaluate_run(config, prepared, cache_dir, device, pairs_path=run_dir / "pairs.parquet"),
@@ -573,9 +578,9 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
     on any process while loading fails the run on every one."""
 
     def load() -> tuple:
-        if _is_main_process():  # rank 0 runs the benchmarks: a missing file or API key fails now
-            check_runnable(config.benchmarks)
         with distributed.main_process_first():
+            if _is_main_process():  # rank 0 runs the benchmarks: a missing file or API key fails now
+                check_runnable(config.benchmarks)
             return load_data_model_and_tokens(config, run_dir, cache_dir, device)
 
     data, flips, policy, tokenizer, identity, pad_token_id, train_tokens, heldout_tokens = distributed.agreed(

@@ -281,7 +281,7 @@ def train(
     if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).exists():
         start_step = step_context.load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, optimizer, method)
         logger.info("resuming from the checkpoint of step %d", start_step)
-        if metrics_path is not None:
+        if metrics_path is not None and process_index == 0:
             _drop_metrics_after(metrics_path, start_step)
 
     skipped_steps = 0
@@ -304,7 +304,9 @@ def train(
         step_pairs = order.step_pairs(step)
         # A skipped step must leave no trace, in the method's batch statistics or margin queue either.
         method_state = copy.deepcopy(method.state_dict()) if config.nan_policy == "skip" else None
-        outputs = accumulate_gradients(step_context, method, pairs, step_pairs, reference, pad_token_id, config)
+        outputs = accumulate_gradients(
+            step_context, method, pairs, step_pairs, reference, pad_token_id, config
+        )
         grad_norm = _clip_gradients(logps_model, config.max_grad_norm) if outputs is not None else None
         if outputs is None or not torch.isfinite(grad_norm):
             quantity = "loss" if outputs is None else "gradient"
@@ -490,30 +492,48 @@ class _StepContext:
                     "torch_rng": torch.get_rng_state(),
                 },
             )
-            logger.info("checkpoint of step %d written to %s (full state gathered from the shards)", step, path)
+            logger.info(
+                "checkpoint of step %d written to %s (full state gathered from the shards)", step, path
+            )
 
     def load_checkpoint(self, path: Path, optimizer: torch.optim.Optimizer, method: PreferenceMethod) -> int:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        saved_sharding = state.get("sharding", "none")
-        if (saved_sharding == "fsdp") != (self.sharding == "fsdp"):
-            raise ValueError(
-                f"{path} was written with training.sharding = {saved_sharding}; this run trains with "
-                f"{self.sharding}: delete the checkpoint folder to start the run afresh"
-            )
+        """Under sharding rank 0 reads the file (memory-mapped) and the shards are sent from it; the
+        step, the method's state and the RNG state reach every process."""
         if self.sharding != "fsdp":
             return load_checkpoint(path, self.logps.model, optimizer, method)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-        set_state_dict(
-            self.model,
-            optimizer,
-            model_state_dict={f"model.{name}": value for name, value in state["model"].items()},
-            optim_state_dict=state["optimizer"],
-            options=StateDictOptions(full_state_dict=True),
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
         )
-        method.load_state_dict(state["method"])
-        torch.set_rng_state(state["torch_rng"])
-        return int(state["step"])
+
+        def read() -> dict[str, Any]:
+            if not distributed.is_main_process():
+                return {}
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+
+        state = distributed.agreed(read, "reading the checkpoint")
+        small = {key: value for key, value in state.items() if key not in ("model", "optimizer")}
+        small = distributed.broadcast_object(small, distributed.patient_group())
+        _check_checkpoint_sharding(path, small, "fsdp")
+        # Two calls: set_state_dict skips the model on a rank whose (empty) model state it is given.
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        model_state = {f"model.{name}": value for name, value in state.get("model", {}).items()}
+        set_model_state_dict(self.model, model_state, options=options)
+        set_optimizer_state_dict(self.model, optimizer, state.get("optimizer", {}), options=options)
+        method.load_state_dict(small["method"])
+        torch.set_rng_state(small["torch_rng"])
+        return int(small["step"])
+
+
+def _check_checkpoint_sharding(path: Path, state: dict[str, Any], sharding: str) -> dict[str, Any]:
+    saved = state.get("sharding", "none")
+    if (saved == "fsdp") != (sharding == "fsdp"):
+        raise ValueError(
+            f"{path} was written with training.sharding = {saved}; this run trains with {sharding}: delete "
+            "the checkpoint folder to start the run afresh"
+        )
+    return state
 
 
 def save_checkpoint(
@@ -535,8 +555,9 @@ def save_checkpoint(
 def load_checkpoint(
     path: Path, policy: PreTrainedModel, optimizer: torch.optim.Optimizer, method: PreferenceMethod
 ) -> int:
-    """Restore model, optimizer, method state and RNG; return the step the checkpoint was taken at."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """Restore model, optimizer, method state and RNG of an unsharded run; return the step the
+    checkpoint was taken at."""
+    state = _check_checkpoint_sharding(path, torch.load(path, map_location="cpu", weights_only=False), "none")
     policy.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     method.load_state_dict(state["method"])

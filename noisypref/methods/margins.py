@@ -464,6 +464,10 @@ class MarginEstimator:
         # Training steps run on every rank in lockstep; evaluation runs in one process (rank 0) and
         # never waits for the others.
         batch, offset = _all_gather_gaps(local_gaps) if self.training else (local_gaps, 0)
+        if not bool(torch.isfinite(batch).all()):
+            # A non-finite gap (a diverged step) gets NaN margins and leaves the queue alone: the loss
+            # turns NaN and the training loop's nan_policy decides (fail, or skip the step).
+            return torch.full_like(batch_gaps, math.nan)
         queue = self._queue.to(local_gaps.device)
         sample_size = min(queue.numel(), max(0, self.candidates - batch.numel()))
         if sample_size > 0:

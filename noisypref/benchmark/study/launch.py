@@ -8,8 +8,9 @@ they receive — training on their share of every step, as ``training.sharding``
 nothing; they stop when rank 0 sends the end of the study.
 
 A run that raises on a follower is logged there; rank 0 records the run's outcome as it sees it. A
-follower that fails in the middle of a step leaves the others waiting for it in a collective until
-the process group's timeout (torch's default) ends the run on them too.
+failure while preparing a run fails it on every process (``distributed.agreed``) and the study goes
+on; a process that fails in the middle of a training step leaves the others waiting in a collective
+until torch's timeout ends them, and the launch must be started again (it resumes).
 """
 
 from __future__ import annotations
