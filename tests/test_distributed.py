@@ -41,6 +41,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def join_launch(rank: int, world_size: int, port: int) -> None:
+    """What torchrun gives each process, then the engine's own join."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    distributed.init_from_environment()
+
+
 def train_once(tmp: Path, name: str, sharding: str, **options) -> tuple[dict, list[dict]]:
     """γ-DPO (a batch-level method: its candidate set spans the processes) on a tiny Llama."""
     from noisypref.benchmark.reference import reference_logps
@@ -69,11 +79,7 @@ def train_once(tmp: Path, name: str, sharding: str, **options) -> tuple[dict, li
 
 
 def rank_main(rank: int, world_size: int, port: int, out_dir: str, sharding: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-    )  # fmt: skip
-    torch.set_num_threads(1)
+    join_launch(rank, world_size, port)
     out = Path(out_dir)
     results = {}
     results["straight"] = train_once(out, "straight", sharding)
@@ -135,12 +141,7 @@ def test_two_processes_train_like_one(tmp_path, sharding, one_torch_thread) -> N
 def reference_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
     from noisypref.benchmark.reference import reference_logps
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    distributed.init_from_environment()
+    join_launch(rank, world_size, port)
     tokenizer = build_word_tokenizer(num_topics=3, num_words=10)
     tokens = tokenize_pairs(random_pairs(21), tokenizer, max_length=64, max_prompt_length=32)
     options = dict(model_identity="tiny", cache_dir=Path(out_dir) / "cache", pad_token_id=0, batch_size=4)
@@ -166,11 +167,7 @@ def test_reference_log_probs_are_shared_out_and_cached_once(tmp_path, one_torch_
 
 
 def agreement_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-    )  # fmt: skip
-    distributed.init_from_environment()
+    join_launch(rank, world_size, port)
 
     def load() -> int:
         if rank == 1:
@@ -289,12 +286,7 @@ def failing_check_rank(rank: int, world_size: int, port: int, out_dir: str) -> N
     from noisypref.benchmark import run as run_module
     from noisypref.benchmark.study import load_study, plan_runs
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    distributed.init_from_environment()
+    join_launch(rank, world_size, port)
     config = run_module.parse_run_config(plan_runs(load_study(Path(out_dir) / "study.yaml"))[0].config)
 
     def check_runnable(benchmarks) -> None:  # what it raises without an API key (rank 0 alone checks)
