@@ -236,14 +236,7 @@ def run_id(run_config: Mapping[str, Any]) -> str:
 
 def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
     """Validate a run config; ``ValueError`` names the field path, the value and what is allowed."""
-    if not isinstance(run_config, Mapping):
-        raise ValueError(f"run config = {run_config!r} is invalid: expected a mapping with keys {RUN_KEYS}")
-    missing = [key for key in RUN_KEYS if key not in run_config]
-    unknown = sorted(set(run_config) - set(RUN_KEYS))
-    if missing or unknown:
-        raise ValueError(
-            f"run config: missing key(s) {missing}, unknown key(s) {unknown}; expected exactly {RUN_KEYS}"
-        )
+    _exact_keys(run_config, "run config", RUN_KEYS)
     seed = run_config["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed = {seed!r} is invalid: expected an integer >= 0")
@@ -312,7 +305,11 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
 
 
 def _section(run_config: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
-    values = run_config[name]
+    return _exact_keys(run_config[name], name, keys)
+
+
+def _exact_keys(values: Any, name: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
+    """``values``, when it is a mapping with exactly ``keys``; else ``ValueError`` naming ``name``."""
     if not isinstance(values, Mapping):
         raise ValueError(f"{name} = {values!r} is invalid: expected a mapping with keys {keys}")
     missing = [key for key in keys if key not in values]
