@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import warnings
@@ -29,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from noisypref.benchmark.logps import SequenceLogps, sequence_logps
 from noisypref.benchmark.reference import ReferenceLogps
+from noisypref.benchmark.settings import from_known_keys
 from noisypref.benchmark.testbed import GoldReward, sample_responses
 from noisypref.benchmark.tokenization import TokenizedPairs
 from noisypref.benchmark.train import forward_pairs
@@ -80,11 +80,7 @@ class EvaluationConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EvaluationConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"evaluation: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
-        return cls(**values)
+        return from_known_keys(cls, values, "evaluation")
 
 
 # ---------------------------------------------------------------------------------------------

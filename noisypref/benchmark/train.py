@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -48,6 +47,7 @@ from transformers import PreTrainedModel
 from noisypref.benchmark import distributed
 from noisypref.benchmark.logps import SequenceLogps, autocast_for, pair_batch
 from noisypref.benchmark.reference import ReferenceLogps
+from noisypref.benchmark.settings import from_known_keys
 from noisypref.benchmark.storage import torch_save_atomic
 from noisypref.benchmark.tokenization import TokenizedPairs, check_lengths
 from noisypref.methods import MethodOutput, PairLogps, PreferenceMethod
@@ -112,11 +112,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainingConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"training: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
-        return cls(**values)
+        return from_known_keys(cls, values, "training")
 
     @property
     def warmup_steps(self) -> int:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from noisypref.benchmark.settings import from_known_keys
+
 # Bump whenever a change to the testbed code changes what a given config builds: old caches are then
 # ignored instead of silently reused.
 TESTBED_FORMAT_VERSION = 1
@@ -168,11 +170,7 @@ class TestbedConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TestbedConfig:
         """Build from a plain mapping (e.g. a study YAML section); unknown keys are an error."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"TestbedConfig: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
-        return cls(**values)
+        return from_known_keys(cls, values, "TestbedConfig")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
