@@ -268,7 +268,7 @@ def train(
     elif processes > 1:
         device_ids = [run_device.index] if run_device.type == "cuda" else None
         logps_model = torch.nn.parallel.DistributedDataParallel(logps_model, device_ids=device_ids)
-    step_context = _StepContext(logps_model, run_device, sharding, processes)
+    step_context = _StepContext(logps_model, run_device, sharding, processes, process_index)
     optimizer = torch.optim.AdamW(
         logps_model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -449,12 +449,14 @@ class _StepContext:
     """How a step runs here: the (wrapped) model, its device, packing, gradient synchronisation, and
     the checkpoint format (a plain state dict, or full state dicts gathered from the shards)."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, sharding: str, processes: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, device: torch.device, sharding: str, processes: int, process_index: int
+    ) -> None:
         self.model = model
         self.device = device
         self.sharding = sharding
         self.processes = processes
-        self.process_index = distributed.rank() if processes > 1 else 0
+        self.process_index = process_index
         self.data_parallel = isinstance(model, torch.nn.parallel.DistributedDataParallel)
         self.logps = model.module if self.data_parallel else model
         self.pack = self.logps.supports_packing
