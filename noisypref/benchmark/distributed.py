@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from noisypref.collectives import all_gather_rows
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -158,14 +160,7 @@ def gather(values: torch.Tensor, group: dist.ProcessGroup | None = None) -> torc
     ``group``: the default group, or e.g. ``patient_group()`` (gloo: CPU tensors)."""
     if world_size() == 1:
         return values
-    sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([values.shape[0]], device=values.device), group=group)
-    largest = int(max(size.item() for size in sizes))
-    padded = torch.zeros((largest, *values.shape[1:]), dtype=values.dtype, device=values.device)
-    padded[: values.shape[0]] = values
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded, group=group)
-    return torch.cat([part[: int(size.item())] for part, size in zip(parts, sizes, strict=True)])
+    return all_gather_rows(values, group)[0]
 
 
 def all_true(flag: bool, device: torch.device) -> bool:

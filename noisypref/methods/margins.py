@@ -56,6 +56,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from noisypref.collectives import all_gather_rows
+
 SOLVERS = ("exact", "mirror_descent")
 
 # Knots of the exact solver (step 1): logits t = γ − g, dense where the sigmoid bends, coarse in
@@ -514,18 +516,8 @@ def _all_gather_gaps(local_gaps: torch.Tensor) -> tuple[torch.Tensor, int]:
     distributed = torch.distributed
     if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() == 1:
         return local_gaps, 0
-    world_size = distributed.get_world_size()
-    rank = distributed.get_rank()
-    size = torch.tensor([local_gaps.numel()], device=local_gaps.device)
-    sizes = [torch.zeros_like(size) for _ in range(world_size)]
-    distributed.all_gather(sizes, size)
-    sizes = [int(s.item()) for s in sizes]
-    padded = local_gaps.new_zeros(max(sizes))
-    padded[: local_gaps.numel()] = local_gaps
-    gathered = [torch.zeros_like(padded) for _ in range(world_size)]
-    distributed.all_gather(gathered, padded)
-    batch = torch.cat([part[:n] for part, n in zip(gathered, sizes)])
-    return batch, sum(sizes[:rank])
+    batch, sizes = all_gather_rows(local_gaps)
+    return batch, sum(sizes[: distributed.get_rank()])
 
 
 def _check_gamma0(gamma0: float) -> None:
