@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_study import TINY_TESTBED  # the engine's tiny testbed
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from noisypref.benchmark import data as data_module
@@ -46,12 +47,6 @@ needs_peft = pytest.mark.skipif(
     not HAS_PEFT, reason="LoRA needs the optional extra: pip install 'noisypref[peft]'"
 )
 
-TINY_TESTBED = {
-    "num_topics": 2, "num_words": 8, "relevant_words_per_topic": 2, "off_topic_words_per_topic": 2,
-    "max_response_words": 4, "hidden_size": 16, "num_attention_heads": 2, "num_layers": 1, "intermediate_size": 32,
-    "sft_steps": 5, "sft_batch_size": 8, "num_train_pairs": 40, "num_heldout_pairs": 16, "num_eval_prompts": 8,
-    "max_new_tokens": 5,
-}  # fmt: skip
 TINY_LORA = {"r": 2, "alpha": 4.0, "dropout": 0.0, "target_modules": "all-linear"}
 # The word tokenizer splits on whitespace, so the template puts spaces between its pieces.
 CHAT_TEMPLATE = "{{ bos_token }} {% for message in messages %}{{ message['content'] }} {% endfor %}"
