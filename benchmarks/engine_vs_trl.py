@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from noisypref.benchmark.reference import reference_logps
+from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.testbed import TestbedConfig, build_testbed
-from noisypref.benchmark.tokenization import tokenize_pairs
-from noisypref.benchmark.train import TrainingConfig, train
+from noisypref.benchmark.engine.tokenization import tokenize_pairs
+from noisypref.benchmark.engine.train import TrainingConfig, train
 from noisypref.methods import build
 
 BETA = 0.1

@@ -88,7 +88,7 @@ def journaled_execute_run(
     run_config: dict, run_dir: Path, cache_dir: Path, device: str | None = None
 ) -> dict:
     """The engine's execute_run, journalled, with this trial's injected fault."""
-    from noisypref.benchmark.run import execute_run
+    from noisypref.benchmark.run.execute import execute_run
 
     global _attempts_started
     _attempts_started += 1
@@ -134,7 +134,7 @@ def _injected_fault(attempt: int) -> Iterator[None]:
         finally:
             Path.write_text = write_text
     elif kind == "nan":  # the method's objective turns NaN at one training step
-        import noisypref.benchmark.run as run_module
+        import noisypref.benchmark.run.execute as run_module
 
         build = run_module.build
         run_module.build = lambda name, **options: _NaNAtStep(build(name, **options))

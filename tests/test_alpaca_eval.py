@@ -1,4 +1,4 @@
-"""Tests of AlpacaEval 2 support (noisypref.benchmark.alpaca_eval, noisypref alpacaeval)."""
+"""Tests of AlpacaEval 2 support (noisypref.benchmark.evaluation.alpaca_eval, noisypref alpacaeval)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from noisypref.benchmark import alpaca_eval
-from noisypref.benchmark.alpaca_eval import (
+from noisypref.benchmark.evaluation import alpaca_eval
+from noisypref.benchmark.evaluation.alpaca_eval import (
     HFRewardModel,
     RewardJudge,
     annotate_pairs,

@@ -1,4 +1,4 @@
-"""Tests of Arena-Hard answer files (noisypref.benchmark.arena_hard)."""
+"""Tests of Arena-Hard answer files (noisypref.benchmark.evaluation.arena_hard)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from noisypref.benchmark.arena_hard import (
+from noisypref.benchmark.evaluation.arena_hard import (
     SHORTUUID_ALPHABET,
     answer_id,
     load_questions,

@@ -153,7 +153,7 @@ def test_a_flip_record_reads_back_from_its_files(tmp_path, capsys):
     capsys.readouterr()
 
     read = FlipRecord.read(out / "flips.csv")
-    from noisypref.benchmark.data import load_preferences
+    from noisypref.benchmark.data.loaders import load_preferences
 
     _, original = inject(load_preferences(str(data_path)), "confidence", 0.3, 2, mode="bernoulli")
     assert read.summary() == original.summary()

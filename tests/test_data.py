@@ -11,8 +11,8 @@ import datasets
 import pandas as pd
 import pytest
 
-from noisypref.benchmark import data
-from noisypref.benchmark.data import (
+from noisypref.benchmark.data import loaders as data
+from noisypref.benchmark.data.loaders import (
     content_pair_id,
     load_preferences,
     parse_preference_records,
@@ -280,7 +280,7 @@ def test_unparseable_rows_are_reported_with_index_and_reason(tmp_path, caplog):
         {"prompt": ["not a message"], "chosen": "c", "rejected": "r"},
         {"prompt": "p2", "chosen": "c2", "rejected": "r2"},
     ]
-    with caplog.at_level(logging.WARNING, logger="noisypref.benchmark.data"):
+    with caplog.at_level(logging.WARNING, logger="noisypref.benchmark.data.loaders"):
         dataset = load_preferences(write_jsonl(tmp_path / "mixed.jsonl", rows))
     assert dataset["prompt"][:] == ["p", "p2"]
     assert "skipped 3 row(s)" in caplog.text

@@ -17,11 +17,11 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from noisypref.benchmark import distributed
+from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.study.schema import SHARDING_MODES
 from noisypref.benchmark.testbed import build_word_tokenizer
-from noisypref.benchmark.tokenization import tokenize_pairs
-from noisypref.benchmark.train import TrainingConfig, train
+from noisypref.benchmark.engine.tokenization import tokenize_pairs
+from noisypref.benchmark.engine.train import TrainingConfig, train
 from noisypref.methods import build
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -53,7 +53,7 @@ def join_launch(rank: int, world_size: int, port: int) -> None:
 
 def train_once(tmp: Path, name: str, sharding: str, **options) -> tuple[dict, list[dict]]:
     """γ-DPO (a batch-level method: its candidate set spans the processes) on a tiny Llama."""
-    from noisypref.benchmark.reference import reference_logps
+    from noisypref.benchmark.engine.reference import reference_logps
 
     tokenizer = build_word_tokenizer(num_topics=3, num_words=10)
     tokens = tokenize_pairs(random_pairs(48), tokenizer, max_length=64, max_prompt_length=32)
@@ -139,7 +139,7 @@ def test_two_processes_train_like_one(tmp_path, sharding, one_torch_thread) -> N
 
 
 def reference_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    from noisypref.benchmark.reference import reference_logps
+    from noisypref.benchmark.engine.reference import reference_logps
 
     join_launch(rank, world_size, port)
     tokenizer = build_word_tokenizer(num_topics=3, num_words=10)
@@ -152,7 +152,7 @@ def reference_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 
 def test_reference_log_probs_are_shared_out_and_cached_once(tmp_path, one_torch_thread) -> None:
-    from noisypref.benchmark.reference import reference_logps
+    from noisypref.benchmark.engine.reference import reference_logps
 
     mp.spawn(reference_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     tokenizer = build_word_tokenizer(num_topics=3, num_words=10)
@@ -283,7 +283,7 @@ def test_an_accelerate_fsdp_launch_shards_and_a_deepspeed_launch_is_refused(monk
 
 
 def failing_check_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    from noisypref.benchmark import run as run_module
+    from noisypref.benchmark.run import execute as run_module
     from noisypref.benchmark.study import load_study, plan_runs
 
     join_launch(rank, world_size, port)

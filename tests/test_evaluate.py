@@ -13,7 +13,7 @@ from scipy.stats import mannwhitneyu
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-from noisypref.benchmark.evaluate import (
+from noisypref.benchmark.evaluation.metrics import (
     EvaluationConfig,
     auroc,
     average_ranks,
@@ -24,9 +24,9 @@ from noisypref.benchmark.evaluate import (
     preference_accuracy,
     win_rate,
 )
-from noisypref.benchmark.reference import reference_logps
+from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.testbed import build_word_tokenizer
-from noisypref.benchmark.tokenization import tokenize_pairs
+from noisypref.benchmark.engine.tokenization import tokenize_pairs
 from noisypref.methods import build
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,4 +1,4 @@
-"""Tests of batched, resumable generation (noisypref.benchmark.generation)."""
+"""Tests of batched, resumable generation (noisypref.benchmark.evaluation.generation)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from noisypref.benchmark import generation
-from noisypref.benchmark.generation import GenerationSettings, generate_responses, published_settings
+from noisypref.benchmark.evaluation import generation
+from noisypref.benchmark.evaluation.generation import GenerationSettings, generate_responses, published_settings
 from noisypref.benchmark.testbed import build_word_tokenizer
 
 # The word tokenizer splits on whitespace, so the template puts spaces between its pieces.

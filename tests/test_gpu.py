@@ -12,13 +12,13 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from noisypref.benchmark.logps import SequenceLogps, autocast_for, sequence_batch
-from noisypref.benchmark.models import load_causal_lm
-from noisypref.benchmark.reference import reference_logps
-from noisypref.benchmark.run import default_run_config, execute_run
+from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for, sequence_batch
+from noisypref.benchmark.engine.models import load_causal_lm
+from noisypref.benchmark.engine.reference import reference_logps
+from noisypref.benchmark.run.execute import default_run_config, execute_run
 from noisypref.benchmark.testbed import TestbedConfig, build_testbed
-from noisypref.benchmark.tokenization import tokenize_pairs
-from noisypref.benchmark.train import TrainingConfig, train
+from noisypref.benchmark.engine.tokenization import tokenize_pairs
+from noisypref.benchmark.engine.train import TrainingConfig, train
 from noisypref.methods import build
 
 pytestmark = [

@@ -28,7 +28,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from noisypref.benchmark.reference import reference_logps
+from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.storage import cached_torch_file, write_json_atomic
 from noisypref.cli import main
 
@@ -336,7 +336,7 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_a_rerun_completes(tmp_path)
 
 
 def _reference_in_child(model, tokens, cache_dir: str, marker: str) -> None:
-    import noisypref.benchmark.reference as reference_module
+    import noisypref.benchmark.engine.reference as reference_module
 
     torch.set_num_threads(1)  # first, in a forked process: torch's thread pool is not fork-safe
     own_tqdm_lock()
@@ -358,7 +358,7 @@ def test_two_processes_building_one_reference_cache_write_one_valid_file(tmp_pat
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from noisypref.benchmark.testbed import build_word_tokenizer
-    from noisypref.benchmark.tokenization import tokenize_pairs
+    from noisypref.benchmark.engine.tokenization import tokenize_pairs
 
     tokenizer = build_word_tokenizer(num_topics=2, num_words=6)
     pairs = datasets.Dataset.from_dict(

@@ -19,14 +19,14 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-import noisypref.benchmark.run as run_module
-from noisypref.benchmark.reference import reference_logps
-from noisypref.benchmark.run import default_run_config, out_of_memory_reason, parse_run_config
+import noisypref.benchmark.run.execute as run_module
+from noisypref.benchmark.engine.reference import reference_logps
+from noisypref.benchmark.run.execute import default_run_config, out_of_memory_reason, parse_run_config
 from noisypref.benchmark.storage import write_json_atomic
 from noisypref.benchmark.study import StudyFolder, parse_study, run_study
 from noisypref.benchmark.testbed import build_word_tokenizer
-from noisypref.benchmark.tokenization import tokenize_pairs
-from noisypref.benchmark.train import (
+from noisypref.benchmark.engine.tokenization import tokenize_pairs
+from noisypref.benchmark.engine.train import (
     CHECKPOINT_FILE,
     NonFiniteLossError,
     TrainingConfig,

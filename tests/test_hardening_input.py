@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from noisypref.benchmark.data import load_preferences
+from noisypref.benchmark.data.loaders import load_preferences
 from noisypref.cli import main
 from noisypref.methods import available_methods, hyperparameter_defaults
 from noisypref.noise_injection import NOISE_MODELS
@@ -424,7 +424,7 @@ def test_bad_study_and_data_files_stop_run_before_any_run(tmp_path, capsys, monk
 
 
 def test_flex_attention_on_the_cpu_is_refused_before_any_work(tmp_path) -> None:
-    from noisypref.benchmark.run import default_run_config, execute_run
+    from noisypref.benchmark.run.execute import default_run_config, execute_run
 
     config = default_run_config()
     config["model"]["attn_implementation"] = "flex_attention"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from noisypref.benchmark.run import RunFailed, default_run_config, execute_run, run_id
+from noisypref.benchmark.run.execute import RunFailed, default_run_config, execute_run, run_id
 
 EVALUATION_METRICS = {
     "heldout_accuracy",

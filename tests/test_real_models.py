@@ -20,12 +20,12 @@ import yaml
 from test_study import TINY_TESTBED  # the engine's tiny testbed
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from noisypref.benchmark import data as data_module
-from noisypref.benchmark import models
-from noisypref.benchmark.benchmarks import parse_benchmarks
-from noisypref.benchmark.generation import PUBLISHED_SETTINGS
-from noisypref.benchmark.models import PACKAGED_MODELS, LoraSettings, find_packaged_file
-from noisypref.benchmark.run import (
+from noisypref.benchmark.data import loaders as data_module
+from noisypref.benchmark.engine import models
+from noisypref.benchmark.evaluation.chat_benchmarks import parse_benchmarks
+from noisypref.benchmark.evaluation.generation import PUBLISHED_SETTINGS
+from noisypref.benchmark.engine.models import PACKAGED_MODELS, LoraSettings, find_packaged_file
+from noisypref.benchmark.run.execute import (
     default_run_config,
     execute_run,
     parse_run_config,
@@ -316,7 +316,7 @@ def tiny_llama(vocab_size: int, pad_token_id: int, seed: int = 0, **config) -> L
 
 @needs_peft
 def test_lora_trains_only_the_adapters_from_the_reference_model():
-    from noisypref.benchmark.models import apply_lora
+    from noisypref.benchmark.engine.models import apply_lora
 
     model = tiny_llama(vocab_size=40, pad_token_id=0)
     tokens = torch.randint(1, 40, (2, 6))
@@ -495,7 +495,7 @@ def test_benchmarks_enter_result_json_with_a_local_judge(tiny_chat_models, tmp_p
 
 
 def test_an_api_judge_without_a_key_fails_before_training(tiny_chat_models, tmp_path, monkeypatch):
-    from noisypref.benchmark.run import RunFailed
+    from noisypref.benchmark.run.execute import RunFailed
 
     for name in ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_CLIENT_CONFIG_PATH"):
         monkeypatch.delenv(name, raising=False)

@@ -71,7 +71,7 @@ SMALL_STUDY_RUNS = (
 
 
 class RunFailed(RuntimeError):
-    """Stands in for noisypref.benchmark.run.RunFailed."""
+    """Stands in for noisypref.benchmark.run.execute.RunFailed."""
 
 
 def fake_metrics(run_config: dict) -> dict[str, float]:
@@ -600,9 +600,9 @@ def test_workers_and_devices_must_agree(tmp_path):
 
 def _engine_missing_reason() -> str | None:
     try:
-        import noisypref.benchmark.run  # noqa: F401
+        import noisypref.benchmark.run.execute  # noqa: F401
     except ImportError as error:
-        return f"the engine (noisypref.benchmark.run) cannot be imported: {error}"
+        return f"the engine (noisypref.benchmark.run.execute) cannot be imported: {error}"
     return None
 
 

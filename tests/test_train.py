@@ -15,12 +15,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from noisypref.benchmark.logps import SequenceLogps, pair_batch, sequence_batch
-from noisypref.benchmark.reference import reference_logps
+from noisypref.benchmark.engine.logps import SequenceLogps, pair_batch, sequence_batch
+from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.storage import cached_torch_file
 from noisypref.benchmark.testbed import build_word_tokenizer
-from noisypref.benchmark.tokenization import tokenize_pairs
-from noisypref.benchmark.train import NonFiniteLossError, PairOrder, TrainingConfig, train
+from noisypref.benchmark.engine.tokenization import tokenize_pairs
+from noisypref.benchmark.engine.train import NonFiniteLossError, PairOrder, TrainingConfig, train
 from noisypref.methods import build
 from noisypref.noise_injection import inject
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PrinterCallback
 
-from noisypref.benchmark.logps import SequenceLogps, pair_batch
-from noisypref.benchmark.reference import reference_logps
+from noisypref.benchmark.engine.logps import SequenceLogps, pair_batch
+from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.testbed import build_word_tokenizer
-from noisypref.benchmark.tokenization import tokenize_pairs
-from noisypref.benchmark.train import PairOrder, TrainingConfig, train
+from noisypref.benchmark.engine.tokenization import tokenize_pairs
+from noisypref.benchmark.engine.train import PairOrder, TrainingConfig, train
 from noisypref.methods import PairLogps, build
 
 trl = pytest.importorskip(

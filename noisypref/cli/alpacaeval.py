@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from noisypref.benchmark.alpaca_eval import score_annotations
+    from noisypref.benchmark.evaluation.alpaca_eval import score_annotations
 
     score = score_annotations(
         args.annotations, model=args.model, baseline=args.baseline, lc_variant=args.lc_variant

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from noisypref.benchmark.data import load_preferences, write_preferences
+from noisypref.benchmark.data.loaders import load_preferences, write_preferences
 from noisypref.cli import UserError, make_output_folder
 from noisypref.noise_injection import NOISE_MODELS, get_noise_model, inject
 

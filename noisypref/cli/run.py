@@ -74,8 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from noisypref.benchmark import distributed
-    from noisypref.benchmark.distributed import launched_world_size
+    from noisypref.benchmark.engine import distributed
+    from noisypref.benchmark.engine.distributed import launched_world_size
     from noisypref.benchmark.study import (
         DEFAULT_EXECUTOR,
         StudyFolder,
@@ -161,7 +161,7 @@ def write_study_report(out: Path) -> Path | None:
 def check_data_files(study, study_file: Path | None) -> None:
     """Read every local data file of the study once, so that a malformed one stops the command with
     a message (exit status 2) before any run starts, instead of failing every run on it."""
-    from noisypref.benchmark.data import load_preferences
+    from noisypref.benchmark.data.loaders import load_preferences
 
     for index, dataset in enumerate(study.datasets):
         if dataset.kind != "file":

@@ -18,7 +18,7 @@ from noisypref.noise_injection.base import (
     PreferencePairs,
     register_noise_model,
 )
-from noisypref.noise_injection.sampling import flip_count, keyed_uniforms, top_k_mask
+from noisypref.sampling import flip_count, keyed_uniforms, top_k_mask
 
 
 @dataclass(frozen=True)

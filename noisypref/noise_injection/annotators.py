@@ -24,7 +24,7 @@ from noisypref.noise_injection.base import (
     option_field,
     register_noise_model,
 )
-from noisypref.noise_injection.sampling import CALIBRATION_ITERATIONS, keyed_uniforms, logistic
+from noisypref.sampling import CALIBRATION_ITERATIONS, keyed_uniforms, logistic
 
 logger = logging.getLogger(__name__)
 

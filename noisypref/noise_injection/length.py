@@ -17,7 +17,7 @@ from noisypref.noise_injection.base import (
     option_field,
     register_noise_model,
 )
-from noisypref.noise_injection.sampling import keyed_uniforms, logistic, weighted_flips
+from noisypref.sampling import keyed_uniforms, logistic, weighted_flips
 
 
 @dataclass(frozen=True)

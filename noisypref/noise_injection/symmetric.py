@@ -15,7 +15,7 @@ from noisypref.noise_injection.base import (
     option_field,
     register_noise_model,
 )
-from noisypref.noise_injection.sampling import flip_count, keyed_uniforms, top_k_mask
+from noisypref.sampling import flip_count, keyed_uniforms, top_k_mask
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ Modules: `schema` (the YAML schema and its validation), `grid` (expansion into r
 from importlib import resources
 from pathlib import Path
 
-from noisypref.benchmark.study.checks import StudyError
+from noisypref.benchmark.config.checks import StudyError
 from noisypref.benchmark.study.folder import StudyFolder, StudyFolderError
 from noisypref.benchmark.study.grid import PlannedRun, grid_point_count, plan_runs, run_id
 from noisypref.benchmark.study.results import collect_results, results_frame

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from noisypref.benchmark import distributed
+from noisypref.benchmark.engine import distributed
 
 logger = logging.getLogger(__name__)
 

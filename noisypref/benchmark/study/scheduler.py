@@ -55,7 +55,7 @@ from noisypref.benchmark.study.schema import Study
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EXECUTOR = "noisypref.benchmark.run:execute_run"
+DEFAULT_EXECUTOR = "noisypref.benchmark.run.execute:execute_run"
 CACHE_FOLDER = ".cache"
 KEY_METRIC = "heldout_accuracy"
 STDERR_FILE = "stderr.log"  # a worker's stderr while it computes the run

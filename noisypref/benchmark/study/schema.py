@@ -19,7 +19,7 @@
       # also: {name: smollm2-135m-instruct, lora: {r: 16}, reference: cached | live}   (ModelSettings)
     training: {steps: 200, ...}          # defaults: TrainingSettings
     evaluation: {num_eval_prompts: 256, ...}   # defaults: EvaluationSettings
-      # also: {benchmarks: {alpaca_eval: {...}, arena_hard: {...}}}  (noisypref.benchmark.benchmarks)
+      # also: {benchmarks: {alpaca_eval: {...}, arena_hard: {...}}}  (noisypref.benchmark.evaluation.chat_benchmarks)
 
 `load_study` reads a file, `parse_study` a mapping; both raise `StudyError` (a ValueError) listing
 every problem, each with its field path, the bad value and what is allowed.
@@ -40,10 +40,10 @@ from typing import Any
 import yaml
 
 from noisypref import methods as method_registry
-from noisypref.benchmark.alpaca_eval import HUB_DATASET as ALPACA_EVAL_HUB_ID
-from noisypref.benchmark.benchmarks import normalised_benchmarks, parse_benchmarks
-from noisypref.benchmark.models import LoraSettings
-from noisypref.benchmark.study.checks import (
+from noisypref.benchmark.evaluation.alpaca_eval import HUB_DATASET as ALPACA_EVAL_HUB_ID
+from noisypref.benchmark.evaluation.chat_benchmarks import normalised_benchmarks, parse_benchmarks
+from noisypref.benchmark.engine.models import LoraSettings
+from noisypref.benchmark.config.checks import (
     ErrorList,
     Invalid,
     boolean,
@@ -107,7 +107,7 @@ class TrainingSettings:
     log_every: int = setting(10, integer(minimum=1))
     nan_policy: str = setting("fail", choice(NAN_POLICIES))
     # none: each process of a multi-process launch holds the whole model; fsdp: parameters,
-    # gradients and optimizer state sharded across them (noisypref.benchmark.distributed)
+    # gradients and optimizer state sharded across them (noisypref.benchmark.engine.distributed)
     sharding: str = setting("none", choice(SHARDING_MODES))
 
     def problems(self) -> list[tuple[str, Any, str]]:

@@ -210,7 +210,7 @@ class HFRewardModel:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from noisypref.benchmark.models import default_device
+        from noisypref.benchmark.engine.models import default_device
 
         self.device = torch.device(device or default_device())
         torch_dtype = (

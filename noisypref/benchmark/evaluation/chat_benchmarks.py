@@ -10,7 +10,7 @@
         max_new_tokens: 1024
         stop_token_ids: []           # beyond the tokenizer's and generation config's eos
         batch_size: 8
-        lc_variant: auto             # auto | official | offline-glm (noisypref.benchmark.alpaca_eval)
+        lc_variant: auto             # auto | official | offline-glm (noisypref.benchmark.evaluation.alpaca_eval)
       arena_hard:                    # Arena-Hard v0.1: an answer file for arena-hard-auto's judge
         source: path/to/question.jsonl
         max_questions: null
@@ -24,7 +24,7 @@
 has none) and ``normalised_benchmarks`` gives it with every default filled in, as the run config
 holds it. ``run_benchmarks`` runs them on a trained policy, writing into the run folder:
 
-    alpaca_eval/generations.jsonl    resumable generations (noisypref.benchmark.generation)
+    alpaca_eval/generations.jsonl    resumable generations (noisypref.benchmark.evaluation.generation)
     alpaca_eval/model_outputs.json, annotations.json, score.json
     arena_hard/model_answer/<model_id>.jsonl   (model_id: noisypref-<run_id>)
 
@@ -45,8 +45,8 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from noisypref.benchmark import alpaca_eval, arena_hard
-from noisypref.benchmark.generation import GenerationSettings, generate_responses
+from noisypref.benchmark.evaluation import alpaca_eval, arena_hard
+from noisypref.benchmark.evaluation.generation import GenerationSettings, generate_responses
 
 logger = logging.getLogger(__name__)
 

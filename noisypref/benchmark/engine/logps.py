@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
-from noisypref.benchmark.tokenization import TokenizedPairs
+from noisypref.benchmark.engine.tokenization import TokenizedPairs
 
 logger = logging.getLogger(__name__)
 

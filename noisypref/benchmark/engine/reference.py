@@ -1,7 +1,7 @@
 """Reference-model log-probs, computed once per (reference model, tokenised dataset) and cached on disk.
 
 The file ``cache_dir/reference_logps/<key>.pt`` holds, per ``pair_id``, the summed log-probs of the
-pair's two responses in canonical order, ``(logp_a, logp_b)`` (see ``noisypref.benchmark.tokenization``).
+pair's two responses in canonical order, ``(logp_a, logp_b)`` (see ``noisypref.benchmark.engine.tokenization``).
 ``key`` hashes the model identity and the dataset's ``content_key``, which ignores the labels: every
 method, noise model, flip rate and seed on the same data reads the same file, and a flipped pair
 just takes the two values the other way round.
@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from noisypref.benchmark import distributed
-from noisypref.benchmark.logps import SequenceLogps, autocast_for, pair_batch, sequence_logps
+from noisypref.benchmark.engine import distributed
+from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for, pair_batch, sequence_logps
 from noisypref.benchmark.storage import cached_torch_file
-from noisypref.benchmark.tokenization import TokenizedPairs
+from noisypref.benchmark.engine.tokenization import TokenizedPairs
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class LiveReference:
     """Reference log-probs computed on demand by a frozen reference model (``model.reference: live``).
 
     ``context`` wraps each reference forward pass; for a LoRA policy that serves as its own reference
-    it switches the adapters off (``noisypref.benchmark.models.adapters_disabled``).
+    it switches the adapters off (``noisypref.benchmark.engine.models.adapters_disabled``).
     """
 
     def __init__(

@@ -26,12 +26,12 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from noisypref.benchmark.logps import SequenceLogps, sequence_logps
-from noisypref.benchmark.reference import ReferenceLogps
+from noisypref.benchmark.engine.logps import SequenceLogps, sequence_logps
+from noisypref.benchmark.engine.reference import ReferenceLogps
 from noisypref.benchmark.settings import from_known_keys
 from noisypref.benchmark.testbed import GoldReward, sample_responses
-from noisypref.benchmark.tokenization import TokenizedPairs
-from noisypref.benchmark.train import forward_pairs
+from noisypref.benchmark.engine.tokenization import TokenizedPairs
+from noisypref.benchmark.engine.train import forward_pairs
 from noisypref.methods import PreferenceMethod
 
 logger = logging.getLogger(__name__)

@@ -49,28 +49,28 @@ import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import noisypref
-from noisypref.benchmark import distributed
-from noisypref.benchmark.benchmarks import Benchmarks, check_runnable, parse_benchmarks, run_benchmarks
-from noisypref.benchmark.data import load_preferences, split_heldout
-from noisypref.benchmark.evaluate import (
+from noisypref.benchmark.engine import distributed
+from noisypref.benchmark.evaluation.chat_benchmarks import Benchmarks, check_runnable, parse_benchmarks, run_benchmarks
+from noisypref.benchmark.data.loaders import load_preferences, split_heldout
+from noisypref.benchmark.evaluation.metrics import (
     EvaluationConfig,
     gold_reward_metrics,
     method_outputs,
     noise_detection,
     preference_accuracy,
 )
-from noisypref.benchmark.models import (
+from noisypref.benchmark.engine.models import (
     LoraSettings,
     adapters_disabled,
     apply_lora,
     load_causal_lm,
     resolve_model,
 )
-from noisypref.benchmark.reference import LiveReference, ReferenceLogps, reference_logps
+from noisypref.benchmark.engine.reference import LiveReference, ReferenceLogps, reference_logps
 from noisypref.benchmark.storage import atomic_path, write_json_atomic
 from noisypref.benchmark.testbed import Testbed, TestbedConfig, build_testbed
-from noisypref.benchmark.tokenization import TokenizedPairs, tokenize_pairs
-from noisypref.benchmark.train import TrainingConfig, train
+from noisypref.benchmark.engine.tokenization import TokenizedPairs, tokenize_pairs
+from noisypref.benchmark.engine.train import TrainingConfig, train
 from noisypref.methods import PreferenceMethod, build
 from noisypref.noise_injection import FlipRecord, get_noise_model, inject
 

@@ -13,7 +13,7 @@ arguments (the method object, callbacks), not subclasses.
 - Learning rate (``learning_rate_at``): linear warm-up over ``ceil(warmup_ratio · steps)`` steps to
   the peak, then a cosine decay towards zero over the remaining steps.
 - Numerics: float32 on a CPU (deterministic for a seed and thread count), bf16 autocast on CUDA.
-- Several processes (``torchrun`` or ``accelerate launch``; see ``noisypref.benchmark.distributed``):
+- Several processes (``torchrun`` or ``accelerate launch``; see ``noisypref.benchmark.engine.distributed``):
   each step's pairs are split across them; ``sharding: none`` averages gradients with
   ``DistributedDataParallel``, ``sharding: fsdp`` shards parameters, gradients and optimizer state
   (FSDP2). A single process otherwise. The γ margin estimator all-gathers its gaps itself.
@@ -44,12 +44,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from noisypref.benchmark import distributed
-from noisypref.benchmark.logps import SequenceLogps, autocast_for, pair_batch
-from noisypref.benchmark.reference import ReferenceLogps
+from noisypref.benchmark.engine import distributed
+from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for, pair_batch
+from noisypref.benchmark.engine.reference import ReferenceLogps
 from noisypref.benchmark.settings import from_known_keys
 from noisypref.benchmark.storage import torch_save_atomic
-from noisypref.benchmark.tokenization import TokenizedPairs, check_lengths
+from noisypref.benchmark.engine.tokenization import TokenizedPairs, check_lengths
 from noisypref.methods import MethodOutput, PairLogps, PreferenceMethod
 
 logger = logging.getLogger(__name__)

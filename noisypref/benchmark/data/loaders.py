@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from noisypref.noise_injection.sampling import flip_count, keyed_uniforms, top_k_mask
+from noisypref.sampling import flip_count, keyed_uniforms, top_k_mask
 
 logger = logging.getLogger(__name__)
 

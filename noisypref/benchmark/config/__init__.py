@@ -1,0 +1,1 @@
+"""The one typed run configuration: settings sections, their checks and defaults, the run config and its id."""

@@ -1,0 +1,1 @@
+"""Preference data in: loaders for the public layouts (hub id or local file) and the held-out split."""

@@ -1,0 +1,1 @@
+"""The training engine: tokenisation, packed log-probs, reference log-probs, models, the training loop, processes."""

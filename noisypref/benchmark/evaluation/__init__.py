@@ -1,0 +1,1 @@
+"""Evaluation of a trained policy: the metrics and their declarations, generation, AlpacaEval and Arena-Hard."""
