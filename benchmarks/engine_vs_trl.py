@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
+from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine.reference import reference_logps
-from noisypref.benchmark.testbed import TestbedConfig, build_testbed
 from noisypref.benchmark.engine.tokenization import tokenize_pairs
-from noisypref.benchmark.engine.train import TrainingConfig, train
+from noisypref.benchmark.engine.train import train
+from noisypref.benchmark.testbed import TestbedConfig, build_testbed
 from noisypref.methods import build
 
 BETA = 0.1
@@ -51,7 +52,7 @@ def engine_throughput(testbed, args, cache_dir: Path) -> dict[str, float]:
     )
     reference_seconds = time.perf_counter() - started
     step_times: dict[int, float] = {}
-    config = TrainingConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=1e-3, log_every=1)
+    config = TrainingSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=1e-3, log_every=1)
     started = time.perf_counter()
     train(
         policy,

@@ -60,13 +60,14 @@ import torch
 from engine_vs_trl import BETA, clocks
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 
+from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine.logps import pair_batch
 from noisypref.benchmark.engine.reference import ReferenceLogps, reference_logps
+from noisypref.benchmark.engine.tokenization import TokenizedPairs, tokenize_pairs
+from noisypref.benchmark.engine.train import PairOrder, train
 from noisypref.benchmark.testbed import TestbedConfig, build_word_tokenizer
 from noisypref.benchmark.testbed.language import topic_names, word_names
 from noisypref.benchmark.testbed.policy import init_tiny_model
-from noisypref.benchmark.engine.tokenization import TokenizedPairs, tokenize_pairs
-from noisypref.benchmark.engine.train import PairOrder, TrainingConfig, train
 from noisypref.methods import build
 
 LEARNING_RATE = 1e-5
@@ -355,7 +356,7 @@ def engine_run(
         if method.margin_estimator is not None:
             solver = method.margin_estimator = TimedMarginEstimator(method.margin_estimator, device)
         log = StepLog()
-        config = TrainingConfig(
+        config = TrainingSettings(
             steps=args.steps,
             batch_size=args.pairs,
             learning_rate=LEARNING_RATE,

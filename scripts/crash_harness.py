@@ -134,7 +134,7 @@ def _injected_fault(attempt: int) -> Iterator[None]:
         finally:
             Path.write_text = write_text
     elif kind == "nan":  # the method's objective turns NaN at one training step
-        import noisypref.benchmark.run.execute as run_module
+        import noisypref.benchmark.run.prepare as run_module
 
         build = run_module.build
         run_module.build = lambda name, **options: _NaNAtStep(build(name, **options))

@@ -17,11 +17,12 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
+from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine import distributed
+from noisypref.benchmark.engine.tokenization import tokenize_pairs
+from noisypref.benchmark.engine.train import train
 from noisypref.benchmark.study.schema import SHARDING_MODES
 from noisypref.benchmark.testbed import build_word_tokenizer
-from noisypref.benchmark.engine.tokenization import tokenize_pairs
-from noisypref.benchmark.engine.train import TrainingConfig, train
 from noisypref.methods import build
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -65,7 +66,7 @@ def train_once(tmp: Path, name: str, sharding: str, **options) -> tuple[dict, li
         model,
         build("gamma_dpo", beta=0.5, tau=1.0, seed=3),
         tokens,
-        TrainingConfig(**settings),
+        TrainingSettings(**settings),
         reference=reference,
         pad_token_id=0,
         seed=1,
@@ -193,7 +194,7 @@ def test_a_failure_on_one_process_fails_the_others_instead_of_leaving_them_waiti
 def test_sharding_modes_agree_between_the_study_schema_and_the_engine() -> None:
     assert SHARDING_MODES == distributed.SHARDING_MODES
     with pytest.raises(ValueError, match=r"training\.sharding = 'zero3'.*\('none', 'fsdp'\)"):
-        TrainingConfig(sharding="zero3")
+        TrainingSettings(sharding="zero3")
 
 
 TINY_TESTBED = {**STUDY_TINY_TESTBED, "num_layers": 2}  # two layer units to shard
@@ -283,11 +284,12 @@ def test_an_accelerate_fsdp_launch_shards_and_a_deepspeed_launch_is_refused(monk
 
 
 def failing_check_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    from noisypref.benchmark.run import execute as run_module
+    from noisypref.benchmark.config import run_config
+    from noisypref.benchmark.run import prepare as run_module
     from noisypref.benchmark.study import load_study, plan_runs
 
     join_launch(rank, world_size, port)
-    config = run_module.parse_run_config(plan_runs(load_study(Path(out_dir) / "study.yaml"))[0].config)
+    config = run_config.parse_run_config(plan_runs(load_study(Path(out_dir) / "study.yaml"))[0].config)
 
     def check_runnable(benchmarks) -> None:  # what it raises without an API key (rank 0 alone checks)
         raise RuntimeError("evaluation.benchmarks.alpaca_eval.judge needs an API key")

@@ -13,20 +13,20 @@ from scipy.stats import mannwhitneyu
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
+from noisypref.benchmark.config.sections import EvaluationSettings
+from noisypref.benchmark.engine.reference import reference_logps
+from noisypref.benchmark.engine.tokenization import tokenize_pairs
+from noisypref.benchmark.evaluation.alpaca_eval import length_controlled_minimal_winrate
 from noisypref.benchmark.evaluation.metrics import (
-    EvaluationConfig,
     auroc,
     average_ranks,
     kl_estimate,
-    length_controlled_win_rate,
     method_outputs,
     noise_detection,
     preference_accuracy,
     win_rate,
 )
-from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.testbed import build_word_tokenizer
-from noisypref.benchmark.engine.tokenization import tokenize_pairs
 from noisypref.methods import build
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -85,26 +85,25 @@ def test_preference_accuracy_and_win_rate_count_ties_half() -> None:
 def test_length_controlled_win_rate_removes_a_length_effect() -> None:
     rng = np.random.default_rng(0)
     reference_lengths = rng.integers(10, 60, size=400).astype(float)
-    # Equal lengths: nothing to control for, the GLM's prediction is the raw win rate.
+    # Equal lengths: nothing to fit (missing); lengths unrelated to wins: the raw win rate.
     wins = (rng.random(400) < 0.7).astype(float)
-    assert length_controlled_win_rate(wins, reference_lengths, reference_lengths) == pytest.approx(
-        wins.mean(), abs=0.03
-    )
+    assert length_controlled_minimal_winrate(wins, reference_lengths - reference_lengths) is None
+    assert length_controlled_minimal_winrate(wins, rng.normal(0, 5, size=400)) == pytest.approx(wins.mean(), abs=0.03)
     # Wins explained by length only: the longer the policy's response, the likelier it wins.
     policy_lengths = reference_lengths + rng.normal(15, 20, size=400)
     win_probability = 1 / (1 + np.exp(-(policy_lengths - reference_lengths) / 10))
     wins_by_length = (rng.random(400) < win_probability).astype(float)
     raw = wins_by_length.mean()
-    controlled = length_controlled_win_rate(wins_by_length, policy_lengths, reference_lengths)
+    controlled = length_controlled_minimal_winrate(wins_by_length, reference_lengths - policy_lengths)
     assert raw > 0.65
     assert abs(controlled - 0.5) < abs(raw - 0.5) / 2
 
 
 def test_evaluation_config_names_the_field_of_a_bad_value() -> None:
     with pytest.raises(ValueError, match=r"evaluation\.num_eval_prompts = 0"):
-        EvaluationConfig(num_eval_prompts=0)
+        EvaluationSettings(num_eval_prompts=0)
     with pytest.raises(ValueError, match=r"evaluation\.temperature"):
-        EvaluationConfig(temperature=-1.0)
+        EvaluationSettings(temperature=-1.0)
 
 
 # ---------------------------------------------------------------------------------------------

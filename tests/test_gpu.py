@@ -12,13 +12,15 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from noisypref.benchmark.config.run_config import default_run_config
+from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for, sequence_batch
 from noisypref.benchmark.engine.models import load_causal_lm
 from noisypref.benchmark.engine.reference import reference_logps
-from noisypref.benchmark.run.execute import default_run_config, execute_run
-from noisypref.benchmark.testbed import TestbedConfig, build_testbed
 from noisypref.benchmark.engine.tokenization import tokenize_pairs
-from noisypref.benchmark.engine.train import TrainingConfig, train
+from noisypref.benchmark.engine.train import train
+from noisypref.benchmark.run.execute import execute_run
+from noisypref.benchmark.testbed import TestbedConfig, build_testbed
 from noisypref.methods import build
 
 pytestmark = [
@@ -103,7 +105,7 @@ def test_a_bf16_autocast_training_step_is_finite_and_updates_float32_weights(tmp
         policy,
         build("gamma_dpo", tau=1.0),
         pairs,
-        TrainingConfig(steps=3, batch_size=32, max_length=32, max_prompt_length=8, log_every=1),
+        TrainingSettings(steps=3, batch_size=32, max_length=32, max_prompt_length=8, log_every=1),
         reference=reference,
         pad_token_id=tokenizer.pad_token_id,
         seed=0,

@@ -357,8 +357,8 @@ def test_two_processes_building_one_reference_cache_write_one_valid_file(tmp_pat
     import datasets
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from noisypref.benchmark.testbed import build_word_tokenizer
     from noisypref.benchmark.engine.tokenization import tokenize_pairs
+    from noisypref.benchmark.testbed import build_word_tokenizer
 
     tokenizer = build_word_tokenizer(num_topics=2, num_words=6)
     pairs = datasets.Dataset.from_dict(

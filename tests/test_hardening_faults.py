@@ -20,20 +20,22 @@ import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 import noisypref.benchmark.run.execute as run_module
+import noisypref.benchmark.run.prepare as prepare_module
+from noisypref.benchmark.config.run_config import default_run_config, parse_run_config
+from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine.reference import reference_logps
-from noisypref.benchmark.run.execute import default_run_config, out_of_memory_reason, parse_run_config
-from noisypref.benchmark.storage import write_json_atomic
-from noisypref.benchmark.study import StudyFolder, parse_study, run_study
-from noisypref.benchmark.testbed import build_word_tokenizer
 from noisypref.benchmark.engine.tokenization import tokenize_pairs
 from noisypref.benchmark.engine.train import (
     CHECKPOINT_FILE,
     NonFiniteLossError,
-    TrainingConfig,
     load_checkpoint,
     save_checkpoint,
     train,
 )
+from noisypref.benchmark.run.execute import out_of_memory_reason
+from noisypref.benchmark.storage import write_json_atomic
+from noisypref.benchmark.study import StudyFolder, parse_study, run_study
+from noisypref.benchmark.testbed import build_word_tokenizer
 from noisypref.cli import main
 from noisypref.methods import build
 
@@ -111,7 +113,7 @@ def tiny_policy(tokenizer):
 
 def train_with(tiny_training, method, tmp_path: Path, **settings):
     tokenizer, tokens, reference = tiny_training
-    config = TrainingConfig(
+    config = TrainingSettings(
         **{"steps": 8, "batch_size": 8, "learning_rate": 1e-2, "log_every": 1, **settings}
     )
     policy = tiny_policy(tokenizer)
@@ -216,7 +218,7 @@ def test_a_run_whose_loss_becomes_nan_is_failed_with_step_method_and_last_metric
     testbed_cache, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setattr(
-        run_module,
+        prepare_module,
         "build",
         lambda name, **options: FaultAtStep(build(name, **options), step=3, fault="nan input"),
     )

@@ -424,7 +424,8 @@ def test_bad_study_and_data_files_stop_run_before_any_run(tmp_path, capsys, monk
 
 
 def test_flex_attention_on_the_cpu_is_refused_before_any_work(tmp_path) -> None:
-    from noisypref.benchmark.run.execute import default_run_config, execute_run
+    from noisypref.benchmark.config.run_config import default_run_config
+    from noisypref.benchmark.run.execute import execute_run
 
     config = default_run_config()
     config["model"]["attn_implementation"] = "flex_attention"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from noisypref.benchmark.run.execute import RunFailed, default_run_config, execute_run, run_id
+from noisypref.benchmark.config.run_config import default_run_config, run_id
+from noisypref.benchmark.run.execute import RunFailed, execute_run
 
 EVALUATION_METRICS = {
     "heldout_accuracy",

@@ -12,7 +12,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from noisypref.benchmark.engine import models
-from noisypref.benchmark.engine.models import PACKAGED_MODELS, find_packaged_file, load_causal_lm, resolve_model
+from noisypref.benchmark.engine.models import (
+    PACKAGED_MODELS,
+    find_packaged_file,
+    load_causal_lm,
+    resolve_model,
+)
 from noisypref.benchmark.testbed import build_word_tokenizer
 
 SMOLLM2 = PACKAGED_MODELS["smollm2-135m-instruct"]

@@ -19,6 +19,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from noisypref.benchmark.storage import build_once
 from noisypref.benchmark.testbed import (
     GoldReward,
     TestbedConfig,
@@ -26,7 +27,6 @@ from noisypref.benchmark.testbed import (
     build_word_tokenizer,
     sample_responses,
 )
-from noisypref.benchmark.testbed.build import build_once
 from noisypref.benchmark.testbed.policy import IGNORE_INDEX, init_tiny_model, sft_batch, tiny_model_config
 
 # Small enough to build in a few seconds, large enough for supervised fine-tuning to learn.

@@ -15,12 +15,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine.logps import SequenceLogps, pair_batch, sequence_batch
 from noisypref.benchmark.engine.reference import reference_logps
+from noisypref.benchmark.engine.tokenization import tokenize_pairs
+from noisypref.benchmark.engine.train import NonFiniteLossError, PairOrder, train
 from noisypref.benchmark.storage import cached_torch_file
 from noisypref.benchmark.testbed import build_word_tokenizer
-from noisypref.benchmark.engine.tokenization import tokenize_pairs
-from noisypref.benchmark.engine.train import NonFiniteLossError, PairOrder, TrainingConfig, train
 from noisypref.methods import build
 from noisypref.noise_injection import inject
 
@@ -306,7 +307,7 @@ def train_tiny(tokenizer, tmp_path: Path, name: str, *, method=None, seed: int =
         model,
         method or build("dpo", beta=0.5),
         tokens,
-        TrainingConfig(**settings),
+        TrainingSettings(**settings),
         reference=reference,
         pad_token_id=0,
         seed=seed,
@@ -476,10 +477,10 @@ def test_pair_order_is_a_function_of_seed_and_step() -> None:
 
 def test_training_config_names_the_field_of_a_bad_value() -> None:
     with pytest.raises(ValueError, match=r"training\.learning_rate = -1"):
-        TrainingConfig(learning_rate=-1)
+        TrainingSettings(learning_rate=-1)
     with pytest.raises(ValueError, match=r"training\.batch_size"):
-        TrainingConfig(batch_size=10, gradient_accumulation=3)
+        TrainingSettings(batch_size=10, gradient_accumulation=3)
     with pytest.raises(ValueError, match=r"training\.nan_policy"):
-        TrainingConfig(nan_policy="ignore")
+        TrainingSettings(nan_policy="ignore")
     with pytest.raises(ValueError, match="unknown key"):
-        TrainingConfig.from_dict({"step": 3})
+        TrainingSettings.from_dict({"step": 3})

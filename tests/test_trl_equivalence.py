@@ -14,11 +14,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PrinterCallback
 
+from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine.logps import SequenceLogps, pair_batch
 from noisypref.benchmark.engine.reference import reference_logps
-from noisypref.benchmark.testbed import build_word_tokenizer
 from noisypref.benchmark.engine.tokenization import tokenize_pairs
-from noisypref.benchmark.engine.train import PairOrder, TrainingConfig, train
+from noisypref.benchmark.engine.train import PairOrder, train
+from noisypref.benchmark.testbed import build_word_tokenizer
 from noisypref.methods import PairLogps, build
 
 trl = pytest.importorskip(
@@ -210,7 +211,7 @@ def test_first_training_steps_match_trl(tokenizer, tmp_path) -> None:
         tiny_llama(tokenizer, seed=0),
         build("dpo", beta=BETA),
         tokens,
-        TrainingConfig(
+        TrainingSettings(
             steps=STEPS,
             batch_size=PAIRS_PER_STEP,
             learning_rate=LEARNING_RATE,

@@ -1,4 +1,4 @@
-"""Atomic writes and build-once caches shared by the engine, the evaluator and the run layer.
+"""Atomic writes, file locks and build-once caches: the one home of each, for every room.
 
 A file written here is either absent or complete: it is written to a temporary file in the same
 folder, flushed to disk and renamed over the target (``os.replace`` is atomic on POSIX). A cached
@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,16 +59,43 @@ def torch_save_atomic(path: Path, value: Any) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``fcntl.flock`` on ``<path>.lock`` for the duration of the block."""
-    lock_path = path.with_name(path.name + ".lock")
+def file_lock(lock_path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``fcntl.flock`` on ``lock_path`` for the block and yield True; with ``wait``
+    False, yield False (holding nothing) when another process holds it. The OS releases a lock whose
+    holder dies, so a killed process never leaves one behind."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def is_locked(lock_path: Path) -> bool:
+    """Whether some process holds ``file_lock(lock_path)`` now."""
+    try:
+        lock_file = open(lock_path)  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        return False
+    with lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        return False
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock ``<path>.lock`` of a file or folder being built, waiting for it."""
+    with file_lock(path.with_name(path.name + ".lock")):
+        yield
 
 
 def cached_torch_file(path: Path, build: Callable[[], T], description: str) -> T:
@@ -86,3 +114,25 @@ def cached_torch_file(path: Path, build: Callable[[], T], description: str) -> T
         value = build()
         torch_save_atomic(path, value)
         return value
+
+
+def build_once(target_dir: Path, build: Callable[[Path], None]) -> None:
+    """Run ``build(staging_dir)`` and rename the staging folder to ``target_dir``, unless it exists;
+    under ``exclusive_lock(target_dir)``, so concurrent processes build it once and nobody sees half."""
+    if target_dir.exists():
+        return
+    with exclusive_lock(target_dir):
+        if target_dir.exists():  # another process built it while we waited for the lock
+            return
+        staging_dir = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.tmp-", dir=target_dir.parent))
+        staging_dir.chmod(0o755)  # mkdtemp makes it private; a cache may be shared
+        try:
+            build(staging_dir)
+            try:
+                os.rename(staging_dir, target_dir)
+            except OSError:
+                if not target_dir.exists():
+                    raise
+                logger.info("%s was built concurrently by another process; using it", target_dir)
+        finally:
+            shutil.rmtree(staging_dir, ignore_errors=True)

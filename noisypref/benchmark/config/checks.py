@@ -1,4 +1,4 @@
-"""The small toolkit study validation is built from: value checks, typed settings, collected errors.
+"""The one family of value checks, typed settings sections and collected errors (studies, run configs, engine).
 
 A *check* is a function that returns the accepted (possibly normalised) value or raises `Invalid`
 saying what is allowed. Settings sections are frozen dataclasses whose fields carry their check
@@ -16,7 +16,7 @@ import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 Check = Callable[[Any], Any]
 SettingsT = TypeVar("SettingsT")
@@ -177,11 +177,88 @@ def optional(inner: Check) -> Check:
 # Mappings and settings sections
 
 
-def setting(default: Any, check: Check) -> Any:
-    """A settings-dataclass field: its default and the check a YAML value must pass."""
+def setting(default: Any, check: Check, *, since: str | None = None) -> Any:
+    """A settings-dataclass field: its default and the check a value must pass.
+
+    ``since``: the version that added the field. A run's id leaves such a field out while it is at
+    its default, so the runs of studies written before it keep their ids (`run_id_section`).
+    """
+    metadata = {"check": check} if since is None else {"check": check, "since": since}
     if isinstance(default, (dict, list)):  # a fresh copy per instance
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"check": check})
-    return field(default=default, metadata={"check": check})
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+class SettingsError(ValueError):
+    """A settings section built with values that fail their checks; ``problems`` holds
+    (field, value, expected) for each."""
+
+    def __init__(self, section: str, problems: Sequence[tuple[str, Any, str]]):
+        self.section = section
+        self.problems = list(problems)
+        super().__init__(
+            "; ".join(f"{section}.{name} = {show(value)} is invalid: expected {expected}" for name, value, expected in problems)
+        )
+
+
+class Section:
+    """Base of a settings section: a frozen dataclass whose fields are `setting(default, check)`.
+
+    Building one runs every field's check (keeping the normalised value, e.g. 3 -> 3.0) and then
+    `problems()` (values that cannot work together), so a section is valid wherever it comes from:
+    a study file, a run config or Python. Failures raise `SettingsError` naming every field.
+    """
+
+    section: ClassVar[str] = "settings"
+
+    def __post_init__(self) -> None:
+        problems = []
+        for settings_field in dataclasses.fields(self):  # type: ignore[arg-type]
+            check = settings_field.metadata.get("check")
+            if check is None:
+                continue
+            value = getattr(self, settings_field.name)
+            try:
+                object.__setattr__(self, settings_field.name, check(value))
+            except Invalid as error:
+                problems.append((settings_field.name, value, error.expected))
+        problems = problems or self.problems()
+        if problems:
+            raise SettingsError(self.section, problems)
+
+    def problems(self) -> list[tuple[str, Any, str]]:
+        """(field, value, expected) for combinations of values that cannot work."""
+        return []
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], path: str | None = None) -> Any:
+        """The section from a mapping (missing keys take their defaults); ``ValueError`` naming the
+        unknown keys or the bad fields under ``path`` (default: the section's name)."""
+        errors = ErrorList()
+        settings = load_settings(cls, values, path or cls.section, errors)
+        if settings is None:
+            raise ValueError("; ".join(errors.problems))
+        return settings
+
+
+def run_id_section(settings: Any) -> Any:
+    """A dataclass as plain data for a run config, leaving out each field marked ``since`` that is at
+    its default (the generalised rule that keeps older runs' ids); nested dataclasses alike."""
+    if not dataclasses.is_dataclass(settings) or isinstance(settings, type):
+        return copy.deepcopy(settings)
+    values = {}
+    for settings_field in dataclasses.fields(settings):
+        value = getattr(settings, settings_field.name)
+        if "since" in settings_field.metadata and value == _field_default(settings_field):
+            continue
+        values[settings_field.name] = run_id_section(value)
+    return values
+
+
+def _field_default(settings_field: dataclasses.Field) -> Any:
+    if settings_field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return settings_field.default_factory()  # type: ignore[misc]
+    return settings_field.default
 
 
 def is_mapping(value: Any, path: str, errors: ErrorList, what: str) -> bool:
@@ -208,31 +285,45 @@ def unknown_keys(raw: Mapping[str, Any], allowed: Sequence[str], path: str, erro
 
 
 def load_settings(settings_type: type[SettingsT], raw: Any, path: str, errors: ErrorList) -> SettingsT | None:
-    """Fill a settings dataclass from a YAML mapping (missing keys take their defaults).
+    """Fill a settings section from a YAML mapping (missing keys take their defaults).
 
-    Every unknown key and every value failing its field's check is reported; returns None when
-    there was any problem.
+    Every unknown key, every value failing its field's check and every combination that cannot
+    work is reported under ``path``; returns None when there was any problem.
     """
     if raw is None:
         raw = {}
     if not is_mapping(raw, path, errors, "settings"):
         return None
-    fields = dataclasses.fields(settings_type)  # type: ignore[arg-type]
-    problems_before = len(errors)
-    unknown_keys(raw, [f.name for f in fields], path, errors)
-    values = {}
-    for settings_field in fields:
-        if settings_field.name not in raw:
-            continue
-        value = raw[settings_field.name]
-        try:
-            values[settings_field.name] = settings_field.metadata["check"](value)
-        except Invalid as error:
-            errors.invalid(f"{path}.{settings_field.name}", value, error.expected)
-    if len(errors) > problems_before:
+    names = [settings_field.name for settings_field in dataclasses.fields(settings_type)]  # type: ignore[arg-type]
+    has_unknown_keys = unknown_keys(raw, names, path, errors)
+    required = [
+        settings_field.name
+        for settings_field in dataclasses.fields(settings_type)  # type: ignore[arg-type]
+        if settings_field.default is dataclasses.MISSING and settings_field.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in raw]
+    for name in missing:
+        errors.message(f"{path}.{name}", "missing; it has no default")
+    if missing:
         return None
-    return settings_type(**values)
+    try:
+        settings = settings_type(**{name: raw[name] for name in names if name in raw})
+    except SettingsError as error:
+        for name, value, expected in error.problems:
+            errors.invalid(f"{path}.{name}", value, expected)
+        return None
+    return None if has_unknown_keys else settings
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:
     return dataclasses.asdict(settings)
+
+
+def from_known_keys(cls: type[SettingsT], values: Mapping[str, Any], section: str) -> SettingsT:
+    """``cls(**values)``; a key that is not one of ``cls``'s fields raises ``ValueError`` naming
+    ``section``, the unknown keys and the allowed ones."""
+    known = {settings_field.name for settings_field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{section}: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
+    return cls(**values)

@@ -16,21 +16,19 @@ is a stand-in for the hub model, not a copy of it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import json
 import logging
-import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from noisypref.benchmark.testbed.build import build_once
+from noisypref.benchmark.config.sections import LoraSettings
+from noisypref.benchmark.storage import build_once
 
 logger = logging.getLogger(__name__)
 
@@ -145,59 +143,6 @@ def load_causal_lm(
 
 # ---------------------------------------------------------------------------------------------
 # LoRA (optional dependency: pip install "noisypref[peft]")
-
-LORA_ALL_LINEAR = "all-linear"  # peft: every linear layer but the output head
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """The ``model.lora`` section: low-rank adapters (Hu et al. 2021) trained instead of the full model."""
-
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
-    target_modules: str | tuple[str, ...] = LORA_ALL_LINEAR  # "all-linear" or module names
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> LoraSettings:
-        """Settings from a mapping (missing keys take their defaults); ValueError names the bad field."""
-        known = [field.name for field in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"lora: unknown key(s) {unknown}; allowed keys are {', '.join(known)}")
-        settings = dict(values)
-        r = settings.get("r", cls.r)
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ValueError(f"lora.r = {r!r} is invalid: expected an integer >= 1")
-        alpha = settings.get("alpha", cls.alpha)
-        if (
-            isinstance(alpha, bool)
-            or not isinstance(alpha, (int, float))
-            or not math.isfinite(alpha)
-            or alpha <= 0
-        ):
-            raise ValueError(f"lora.alpha = {alpha!r} is invalid: expected a number > 0")
-        dropout = settings.get("dropout", cls.dropout)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"lora.dropout = {dropout!r} is invalid: expected a number in [0, 1)")
-        targets = settings.get("target_modules", cls.target_modules)
-        if (
-            isinstance(targets, (list, tuple))
-            and targets
-            and all(isinstance(name, str) and name for name in targets)
-        ):
-            targets = tuple(targets)
-        elif targets != LORA_ALL_LINEAR:
-            raise ValueError(
-                f"lora.target_modules = {targets!r} is invalid: expected {LORA_ALL_LINEAR!r} or a "
-                "non-empty list of module names (e.g. [q_proj, v_proj])"
-            )
-        return cls(r=r, alpha=float(alpha), dropout=float(dropout), target_modules=targets)
-
-    def to_dict(self) -> dict[str, Any]:
-        targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
-        return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "target_modules": targets}
-
 
 def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
     """Add LoRA adapters to ``model`` in place and freeze everything else.

@@ -26,8 +26,9 @@ from transformers import PreTrainedModel
 
 from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for, pair_batch, sequence_logps
-from noisypref.benchmark.storage import cached_torch_file
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
+from noisypref.benchmark.storage import cached_torch_file
+from noisypref.methods import PairLogps
 
 logger = logging.getLogger(__name__)
 
@@ -186,3 +187,35 @@ class LiveReference:
         finally:
             self.model.train(was_training)
         return logps.chunk(2)
+
+
+def forward_pairs(
+    logps_model: torch.nn.Module,
+    pairs: TokenizedPairs,
+    indices: torch.Tensor,
+    reference: ReferenceLogps | None,
+    pad_token_id: int,
+    device: torch.device,
+    *,
+    pack: bool,
+) -> PairLogps:
+    """Policy log-probs of the pairs ``indices``: chosen and rejected in one forward pass of
+    ``logps_model`` (a ``SequenceLogps``, possibly wrapped for data parallelism)."""
+    batch = pair_batch(pairs, indices.tolist(), pad_token_id, pack=pack).to(device)
+    with autocast_for(device):
+        sequence_logps = logps_model(batch)
+    policy_chosen, policy_rejected = sequence_logps.float().chunk(2)
+    chosen_length, rejected_length = batch.response_lengths.float().chunk(2)
+    reference_chosen = reference_rejected = None
+    if reference is not None:
+        reference_chosen, reference_rejected = (
+            values.to(device) for values in reference.chosen_and_rejected(pairs, indices)
+        )
+    return PairLogps(
+        policy_chosen=policy_chosen,
+        policy_rejected=policy_rejected,
+        chosen_length=chosen_length,
+        rejected_length=rejected_length,
+        reference_chosen=reference_chosen,
+        reference_rejected=reference_rejected,
+    )

@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,79 +44,19 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine import distributed
-from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for, pair_batch
-from noisypref.benchmark.engine.reference import ReferenceLogps
-from noisypref.benchmark.settings import from_known_keys
+from noisypref.benchmark.engine.logps import SequenceLogps
+from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs
+from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.storage import torch_save_atomic
-from noisypref.benchmark.engine.tokenization import TokenizedPairs, check_lengths
-from noisypref.methods import MethodOutput, PairLogps, PreferenceMethod
+from noisypref.methods import MethodOutput, PreferenceMethod
 
 logger = logging.getLogger(__name__)
 
-NAN_POLICIES = ("fail", "skip")
 CHECKPOINT_FILE = "checkpoint.pt"
 
 StepCallback = Callable[[dict[str, float]], None]
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Optimisation settings; the ``training`` section of a run config (plus two engine options)."""
-
-    steps: int = 200
-    batch_size: int = 64
-    gradient_accumulation: int = 1
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    max_length: int = 512
-    max_prompt_length: int = 256
-    log_every: int = 10
-    nan_policy: str = "fail"
-    checkpoint_every: int = 0  # 0: no checkpoints
-    gradient_checkpointing: bool = False
-    sharding: str = "none"  # "fsdp": parameters, gradients and optimizer state split across processes
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "gradient_accumulation", "log_every"):
-            _require_int(name, getattr(self, name), minimum=1)
-        _require_int("checkpoint_every", self.checkpoint_every, minimum=0)
-        _require_real("learning_rate", self.learning_rate, "a number > 0", lambda value: value > 0)
-        _require_real("weight_decay", self.weight_decay, "a number >= 0", lambda value: value >= 0)
-        _require_real("warmup_ratio", self.warmup_ratio, "a number in [0, 1)", lambda value: 0 <= value < 1)
-        _require_real("max_grad_norm", self.max_grad_norm, "a number >= 0", lambda value: value >= 0)
-        if self.batch_size % self.gradient_accumulation:
-            raise ValueError(
-                f"training.batch_size = {self.batch_size} is invalid: expected a multiple of "
-                f"training.gradient_accumulation = {self.gradient_accumulation}"
-            )
-        try:
-            check_lengths(self.max_length, self.max_prompt_length)
-        except ValueError as error:
-            raise ValueError(f"training.{error}") from None
-        if self.nan_policy not in NAN_POLICIES:
-            raise ValueError(
-                f"training.nan_policy = {self.nan_policy!r} is invalid: expected one of {NAN_POLICIES}"
-            )
-        if self.sharding not in distributed.SHARDING_MODES:
-            raise ValueError(
-                f"training.sharding = {self.sharding!r} is invalid: expected one of {distributed.SHARDING_MODES} "
-                "(fsdp: fully sharded data parallelism across the processes of a torchrun/accelerate launch)"
-            )
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise ValueError(
-                f"training.gradient_checkpointing = {self.gradient_checkpointing!r} is invalid: expected true or false"
-            )
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainingConfig:
-        return from_known_keys(cls, values, "training")
-
-    @property
-    def warmup_steps(self) -> int:
-        return math.ceil(self.warmup_ratio * self.steps)
 
 
 @dataclass
@@ -187,43 +127,11 @@ class PairOrder:
         return torch.cat(pieces)
 
 
-def forward_pairs(
-    logps_model: torch.nn.Module,
-    pairs: TokenizedPairs,
-    indices: torch.Tensor,
-    reference: ReferenceLogps | None,
-    pad_token_id: int,
-    device: torch.device,
-    *,
-    pack: bool,
-) -> PairLogps:
-    """Policy log-probs of the pairs ``indices``: chosen and rejected in one forward pass of
-    ``logps_model`` (a ``SequenceLogps``, possibly wrapped for data parallelism)."""
-    batch = pair_batch(pairs, indices.tolist(), pad_token_id, pack=pack).to(device)
-    with autocast_for(device):
-        sequence_logps = logps_model(batch)
-    policy_chosen, policy_rejected = sequence_logps.float().chunk(2)
-    chosen_length, rejected_length = batch.response_lengths.float().chunk(2)
-    reference_chosen = reference_rejected = None
-    if reference is not None:
-        reference_chosen, reference_rejected = (
-            values.to(device) for values in reference.chosen_and_rejected(pairs, indices)
-        )
-    return PairLogps(
-        policy_chosen=policy_chosen,
-        policy_rejected=policy_rejected,
-        chosen_length=chosen_length,
-        rejected_length=rejected_length,
-        reference_chosen=reference_chosen,
-        reference_rejected=reference_rejected,
-    )
-
-
 def train(
     policy: PreTrainedModel,
     method: PreferenceMethod,
     pairs: TokenizedPairs,
-    config: TrainingConfig,
+    config: TrainingSettings,
     *,
     reference: ReferenceLogps | None,
     pad_token_id: int,
@@ -232,6 +140,7 @@ def train(
     checkpoint_dir: Path | None = None,
     callbacks: Sequence[StepCallback] = (),
     device: str | None = None,
+    gradient_checkpointing: bool = False,
 ) -> TrainingResult:
     """Train ``policy`` in place with ``method`` on ``pairs``; see the module docstring.
 
@@ -257,7 +166,7 @@ def train(
         logger.warning("training.sharding = fsdp in a single process: nothing to shard, training unsharded")
         sharding = "none"
     torch.manual_seed(seed)
-    if config.gradient_checkpointing:
+    if gradient_checkpointing:  # the model section's setting: activations recomputed in the backward pass
         policy.gradient_checkpointing_enable()
     policy.to(run_device)
     policy.train()
@@ -358,7 +267,7 @@ def accumulate_gradients(
     step_pairs: torch.Tensor,
     reference: ReferenceLogps | None,
     pad_token_id: int,
-    config: TrainingConfig,
+    config: TrainingSettings,
 ) -> list[MethodOutput] | None:
     """Forward and backward over the micro-batches of one step (``step_pairs``: all of its pairs,
     across processes); the gradient is the mean over its pairs.
@@ -570,14 +479,3 @@ def _drop_metrics_after(metrics_path: Path, step: int) -> None:
     lines = metrics_path.read_text(encoding="utf-8").splitlines()
     kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
     metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def _require_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"training.{name} = {value!r} is invalid: expected an integer >= {minimum}")
-
-
-def _require_real(name: str, value: Any, allowed: str, condition: Callable[[float], bool]) -> None:
-    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not (valid and condition(value)):
-        raise ValueError(f"training.{name} = {value!r} is invalid: expected {allowed}")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -394,30 +395,48 @@ def select_pair(annotations: pd.DataFrame, model: str | None, baseline: str | No
     return annotations.reset_index(drop=True)
 
 
-def offline_length_controlled_winrate(annotations: pd.DataFrame) -> dict[str, float]:
-    """The ``offline-glm`` variant (module docstring): the package's ``length_controlled_minimal``
-    GLM, featurised as in ``alpaca_eval.metrics.glm_winrate._get_featurized_data`` minus the hub data,
-    fitted with the package's ``fit_LogisticRegressionCV``, predicted at equal lengths."""
-    from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model
-
-    glm = GLM_INFO["length_controlled_minimal"]
+def offline_length_controlled_winrate(annotations: pd.DataFrame) -> dict[str, float | None]:
+    """The ``offline-glm`` variant (module docstring) of an annotations table, in percent."""
+    # Dubois et al. 2024 (AlpacaEval LC), as in the package: preference in [0, 1], 0 read as a tie.
+    model_wins = annotations["preference"].astype(float).replace({0.0: 1.5}) - 1
     delta_length = annotations["output_1"].str.len() - annotations["output_2"].str.len()
+    known = model_wins.notna().to_numpy()
+    rate = length_controlled_minimal_winrate(model_wins.to_numpy()[known], delta_length.to_numpy()[known])
+    # Every test row has the same features, so every prediction is the same: no spread to take a
+    # standard error of (the package's formula would give 0).
+    return {"length_controlled_winrate": None if rate is None else rate * 100, "lc_standard_error": None}
+
+
+def length_controlled_minimal_winrate(model_wins: np.ndarray, baseline_minus_model_length: np.ndarray) -> float | None:
+    """The model's win rate against the baseline at equal length, in [0, 1]: the package's
+    ``length_controlled_minimal`` GLM (``tanh(std_delta_len) + not_gamed_baseline``), featurised as in
+    ``alpaca_eval.metrics.glm_winrate._get_featurized_data`` minus the hub data, fitted with the
+    package's ``fit_LogisticRegressionCV``, predicted at equal lengths. ``model_wins`` holds 1, 0 or
+    0.5 (a tie) per comparison, lengths are in characters. ``None`` where the lengths do not vary
+    (fewer than two comparisons, or all length differences equal): the GLM then has no length
+    effect to remove and its answer would be the intercept alone, not a length-controlled rate."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # alpaca_eval imports the deprecated pkg_resources
+        from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model
+
+    delta_length = np.asarray(baseline_minus_model_length, dtype=np.float64)
+    spread = delta_length.std(ddof=1) if delta_length.size > 1 else 0.0
+    if not spread > 0:
+        return None
+    glm = GLM_INFO["length_controlled_minimal"]
     features = pd.DataFrame(
         {
-            # Dubois et al. 2024 (AlpacaEval LC), as in the package: preference in [0, 1], 0 read as a tie.
-            "preference": annotations["preference"].astype(float).replace({0.0: 1.5}) - 1,
-            "std_delta_len": delta_length / delta_length.std(),
+            "preference": np.asarray(model_wins, dtype=np.float64),
+            "std_delta_len": delta_length / spread,
             "not_gamed_baseline": True,
         }
     )
     at_equal_length = features[["not_gamed_baseline"]].assign(std_delta_len=0.0)
     train, test = make_dmatrix_for_model(features, at_equal_length, formula=glm["formula"])
-    train = train[train["preference"].notna()]
-    model = fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True, **glm["kwargs"])
-    predicted = model.predict_proba(test)[:, 1]
-    # Every test row has the same features, so every prediction is the same: no spread to take a
-    # standard error of (the package's formula would give 0).
-    return {"length_controlled_winrate": float(predicted.mean() * 100), "lc_standard_error": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn deprecation and convergence chatter
+        model = fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True, **glm["kwargs"])
+    return float(model.predict_proba(test)[:, 1].mean())
 
 
 def official_length_controlled_winrate(annotations: pd.DataFrame) -> dict[str, float]:

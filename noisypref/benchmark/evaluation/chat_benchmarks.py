@@ -37,18 +37,39 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from noisypref.benchmark.config.checks import (
+    Invalid,
+    Section,
+    choice,
+    integer,
+    number,
+    optional,
+    setting,
+    text,
+)
+from noisypref.benchmark.config.metrics import declare
 from noisypref.benchmark.evaluation import alpaca_eval, arena_hard
 from noisypref.benchmark.evaluation.generation import GenerationSettings, generate_responses
 
 logger = logging.getLogger(__name__)
+
+declare("alpaca_eval_win_rate", "AlpacaEval 2 win rate (%)", "higher", bounds=(0.0, 100.0),
+        description="AlpacaEval 2 win rate against its baseline, by the configured judge")
+declare("alpaca_eval_standard_error", "AlpacaEval 2 standard error", "none", bounds=(0.0, None), diagnostic=True,
+        description="standard error of the AlpacaEval 2 win rate")
+declare("alpaca_eval_lc_win_rate", "AlpacaEval 2 length-controlled win rate (%)", "higher", bounds=(0.0, 100.0),
+        description="AlpacaEval 2 length-controlled win rate")
+declare("alpaca_eval_avg_length", "AlpacaEval 2 mean output length (characters)", "none", bounds=(0.0, None),
+        diagnostic=True, description="mean length of the model's AlpacaEval outputs")
+declare("arena_hard_answer_tokens_mean", "Arena-Hard mean answer tokens", "none", bounds=(0.0, None),
+        diagnostic=True, description="mean tokens of the Arena-Hard answers (the judge runs outside noisypref)")
 
 API_JUDGE = "api:"
 REWARD_MODEL_JUDGE = "reward_model:"
@@ -56,17 +77,42 @@ LC_VARIANTS = ("auto", "official", "offline-glm")
 BENCHMARK_NAMES = ("alpaca_eval", "arena_hard")
 
 
+def _judge(value: Any) -> str:
+    prefixes = (API_JUDGE, REWARD_MODEL_JUDGE)
+    if not (isinstance(value, str) and value.startswith(prefixes) and value.split(":", 1)[1].strip()):
+        raise Invalid(
+            "'api:<alpaca_eval annotator>' (e.g. api:weighted_alpaca_eval_gpt4_turbo, needs an API key) "
+            "or 'reward_model:<local folder or hub id of a sequence-classification reward model>'"
+        )
+    return value
+
+
+def _token_ids(value: Any) -> tuple[int, ...]:
+    items = list(value) if isinstance(value, (list, tuple)) else None
+    if items is None or not all(isinstance(item, int) and not isinstance(item, bool) and item >= 0 for item in items):
+        raise Invalid("a list of token ids (integers >= 0)")
+    return tuple(items)
+
+
+_source = text(described_as="a local file path or, for alpaca_eval, the hub id 'tatsu-lab/alpaca_eval'")
+_how_many = optional(integer(minimum=1))  # null: all
+_temperature = number(minimum=0)  # 0: greedy
+_top_p = number(minimum=0, maximum=1, exclusive_minimum=True)
+
+
 @dataclass(frozen=True)
-class AlpacaEvalSettings:
-    source: str = alpaca_eval.HUB_DATASET
-    max_prompts: int | None = None
-    judge: str = API_JUDGE + alpaca_eval.DEFAULT_API_ANNOTATOR
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
-    stop_token_ids: tuple[int, ...] = ()
-    batch_size: int = 8
-    lc_variant: str = "auto"
+class AlpacaEvalSettings(Section):
+    section = "alpaca_eval"
+
+    source: str = setting(alpaca_eval.HUB_DATASET, _source)
+    max_prompts: int | None = setting(None, _how_many)
+    judge: str = setting(API_JUDGE + alpaca_eval.DEFAULT_API_ANNOTATOR, _judge)
+    temperature: float = setting(0.0, _temperature)
+    top_p: float = setting(1.0, _top_p)
+    max_new_tokens: int = setting(1024, integer(minimum=1))
+    stop_token_ids: tuple[int, ...] = setting((), _token_ids)
+    batch_size: int = setting(8, integer(minimum=1))
+    lc_variant: str = setting("auto", choice(LC_VARIANTS))
 
     def generation(self) -> GenerationSettings:
         return GenerationSettings(self.temperature, self.max_new_tokens, self.top_p, self.stop_token_ids)
@@ -82,14 +128,16 @@ class AlpacaEvalSettings:
 
 
 @dataclass(frozen=True)
-class ArenaHardSettings:
-    source: str
-    max_questions: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 4096
-    stop_token_ids: tuple[int, ...] = ()
-    batch_size: int = 8
+class ArenaHardSettings(Section):
+    section = "arena_hard"
+
+    source: str = field(metadata={"check": _source})  # no default: the question file
+    max_questions: int | None = setting(None, _how_many)
+    temperature: float = setting(0.0, _temperature)
+    top_p: float = setting(1.0, _top_p)
+    max_new_tokens: int = setting(4096, integer(minimum=1))
+    stop_token_ids: tuple[int, ...] = setting((), _token_ids)
+    batch_size: int = setting(8, integer(minimum=1))
 
     def generation(self) -> GenerationSettings:
         return GenerationSettings(self.temperature, self.max_new_tokens, self.top_p, self.stop_token_ids)
@@ -133,80 +181,14 @@ def parse_benchmarks(values: Any, path: str = "evaluation.benchmarks") -> Benchm
     return Benchmarks(
         alpaca_eval=None
         if alpaca is None
-        else _parse_settings(AlpacaEvalSettings, alpaca, f"{path}.alpaca_eval"),
-        arena_hard=None if arena is None else _parse_settings(ArenaHardSettings, arena, f"{path}.arena_hard"),
+        else AlpacaEvalSettings.from_dict(alpaca, f"{path}.alpaca_eval"),
+        arena_hard=None if arena is None else ArenaHardSettings.from_dict(arena, f"{path}.arena_hard"),
     )
 
 
 def normalised_benchmarks(values: Any) -> dict[str, Any]:
     """The section as a run config holds it (every default filled in); ``ValueError`` if invalid."""
     return parse_benchmarks(values).to_dict()
-
-
-def _parse_settings(settings_type: type, values: Any, path: str) -> Any:
-    fields = {field.name: field for field in dataclasses.fields(settings_type)}
-    if not isinstance(values, Mapping):
-        raise ValueError(f"{path} = {values!r} is invalid: expected a mapping with keys {', '.join(fields)}")
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; allowed keys are {', '.join(fields)}")
-    checked = {}
-    for name, field in fields.items():
-        if name not in values:
-            if field.default is dataclasses.MISSING:
-                raise ValueError(f"{path}.{name}: missing; it has no default")
-            continue
-        checked[name] = _check_value(name, values[name], f"{path}.{name}")
-    return settings_type(**checked)
-
-
-def _check_value(name: str, value: Any, path: str) -> Any:
-    def invalid(expected: str) -> ValueError:
-        return ValueError(f"{path} = {value!r} is invalid: expected {expected}")
-
-    def is_integer(item: Any) -> bool:
-        return isinstance(item, int) and not isinstance(item, bool)
-
-    def is_number(item: Any) -> bool:
-        return isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item)
-
-    if name == "source":
-        if not (isinstance(value, str) and value.strip()):
-            raise invalid("a local file path or, for alpaca_eval, the hub id 'tatsu-lab/alpaca_eval'")
-        return value
-    if name in ("max_prompts", "max_questions"):
-        if value is not None and not (is_integer(value) and value >= 1):
-            raise invalid("null (all) or an integer >= 1")
-        return value
-    if name == "judge":
-        prefixes = (API_JUDGE, REWARD_MODEL_JUDGE)
-        if not (isinstance(value, str) and value.startswith(prefixes) and value.split(":", 1)[1].strip()):
-            raise invalid(
-                "'api:<alpaca_eval annotator>' (e.g. api:weighted_alpaca_eval_gpt4_turbo, needs an API key) "
-                "or 'reward_model:<local folder or hub id of a sequence-classification reward model>'"
-            )
-        return value
-    if name == "temperature":
-        if not (is_number(value) and value >= 0):
-            raise invalid("a number >= 0 (0: greedy)")
-        return float(value)
-    if name == "top_p":
-        if not (is_number(value) and 0 < value <= 1):
-            raise invalid("a number in (0, 1]")
-        return float(value)
-    if name in ("max_new_tokens", "batch_size"):
-        if not (is_integer(value) and value >= 1):
-            raise invalid("an integer >= 1")
-        return value
-    if name == "stop_token_ids":
-        if not (isinstance(value, list) and all(is_integer(item) and item >= 0 for item in value)):
-            raise invalid("a list of token ids (integers >= 0)")
-        return tuple(value)
-    if name == "lc_variant":
-        if value not in LC_VARIANTS:
-            raise invalid(f"one of {', '.join(LC_VARIANTS)}")
-        return value
-    raise AssertionError(f"no check for {name}")
 
 
 def check_runnable(benchmarks: Benchmarks) -> None:

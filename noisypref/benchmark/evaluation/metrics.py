@@ -15,72 +15,42 @@
 from __future__ import annotations
 
 import logging
-import math
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from noisypref.benchmark.config.metrics import declare
+from noisypref.benchmark.config.sections import EvaluationSettings
 from noisypref.benchmark.engine.logps import SequenceLogps, sequence_logps
-from noisypref.benchmark.engine.reference import ReferenceLogps
-from noisypref.benchmark.settings import from_known_keys
-from noisypref.benchmark.testbed import GoldReward, sample_responses
+from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
-from noisypref.benchmark.engine.train import forward_pairs
+from noisypref.benchmark.evaluation.alpaca_eval import length_controlled_minimal_winrate
+from noisypref.benchmark.testbed import GoldReward, sample_responses
 from noisypref.methods import PreferenceMethod
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """The ``evaluation`` section of a run config. Sampling settings apply to the gold-reward metrics;
-    the KL estimate samples ``kl_samples`` responses per prompt at temperature 1 (samples of π)."""
-
-    heldout_accuracy: bool = True
-    noise_detection: bool = True
-    gold_reward: bool = True
-    num_eval_prompts: int = 256
-    samples_per_prompt: int = 1
-    temperature: float = 1.0
-    max_new_tokens: int = 16
-    kl_samples: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("heldout_accuracy", "noise_detection", "gold_reward"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(
-                    f"evaluation.{name} = {getattr(self, name)!r} is invalid: expected true or false"
-                )
-        for name, minimum in (
-            ("num_eval_prompts", 1),
-            ("samples_per_prompt", 1),
-            ("max_new_tokens", 1),
-            ("kl_samples", 0),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(
-                    f"evaluation.{name} = {value!r} is invalid: expected an integer >= {minimum}"
-                )
-        temperature = self.temperature
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or not (math.isfinite(temperature) and temperature >= 0)
-        ):
-            raise ValueError(
-                f"evaluation.temperature = {temperature!r} is invalid: expected a number >= 0 (0: greedy)"
-            )
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> EvaluationConfig:
-        return from_known_keys(cls, values, "evaluation")
+# What each metric computed here means (noisypref.benchmark.config.metrics)
+declare("heldout_accuracy", "held-out accuracy", "higher", bounds=(0.0, 1.0),
+        description="share of clean held-out pairs whose chosen response the method's implicit reward prefers (ties ½)")
+declare("noise_detection_auroc", "noise detection AUROC (reward gap)", "higher", bounds=(0.0, 1.0),
+        description="AUROC of −reward gap for telling flipped from clean training pairs")
+declare("noise_detection_auroc_gamma", "noise detection AUROC (γ)", "higher", bounds=(0.0, 1.0),
+        description="AUROC of −γ for telling flipped from clean training pairs (γ methods)")
+declare("gold_reward_mean", "mean gold reward", "higher",
+        description="mean gold reward of responses sampled from the policy")
+declare("gold_reward_reference_mean", "mean gold reward of the reference policy", "none", diagnostic=True,
+        description="the same for the reference policy: a constant of the condition, not of the method")
+declare("gold_win_rate", "gold win rate vs reference", "higher", bounds=(0.0, 1.0),
+        description="share of prompts where the policy's response has the higher gold reward (ties ½)")
+declare("gold_lc_win_rate", "length-controlled gold win rate", "higher", bounds=(0.0, 1.0),
+        description="the win rate at equal length, by alpaca_eval's length_controlled_minimal GLM")
+declare("policy_response_words_mean", "mean response length (words)", "none", bounds=(0.0, None), diagnostic=True,
+        description="mean number of words of the policy's sampled responses")
+declare("kl_estimate", "KL(π‖π_ref) estimate", "none", diagnostic=True,
+        description="Monte-Carlo estimate of the policy's KL divergence from the reference policy")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,43 +101,6 @@ def win_rate(scores: np.ndarray, opponent_scores: np.ndarray) -> float:
             f"need two non-empty arrays of one shape; got {scores.shape} and {opponent_scores.shape}"
         )
     return float(np.mean((scores > opponent_scores) + 0.5 * (scores == opponent_scores)))
-
-
-def length_controlled_win_rate(
-    policy_wins: np.ndarray, policy_lengths: np.ndarray, reference_lengths: np.ndarray
-) -> float:
-    """Win rate at equal length, by alpaca_eval's length-controlled GLM (Dubois et al. 2024).
-
-    ``policy_wins`` holds 1 (policy wins), 0 (reference wins) or 0.5 (tie) per comparison. Uses
-    alpaca_eval's design matrix and its cross-validated logistic regression with the
-    ``length_controlled_minimal`` formula, ``tanh(std_delta_len) + not_gamed_baseline``: the
-    default ``length_controlled_v1`` also needs AlpacaEval's per-instruction difficulties and its
-    "gamed" annotations, which ``get_length_controlled_winrate`` downloads from the hub and which
-    do not exist for the testbed's prompts. Lengths are in characters, as in alpaca_eval.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # alpaca_eval imports the deprecated pkg_resources
-        from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model
-
-    glm = GLM_INFO["length_controlled_minimal"]
-    # alpaca_eval's featurisation: output_1 is the baseline (the reference policy), output_2 the model.
-    length_difference = np.asarray(reference_lengths, dtype=np.float64) - np.asarray(
-        policy_lengths, dtype=np.float64
-    )
-    spread = length_difference.std(ddof=1) if length_difference.size > 1 else 0.0
-    train = pd.DataFrame(
-        {
-            "preference": np.asarray(policy_wins, dtype=np.float64),
-            "std_delta_len": length_difference / spread if spread > 0 else np.zeros_like(length_difference),
-            "not_gamed_baseline": True,
-        }
-    )
-    test = pd.DataFrame({"not_gamed_baseline": train["not_gamed_baseline"], "std_delta_len": 0.0})
-    design_train, design_test = make_dmatrix_for_model(train, test, formula=glm["formula"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # sklearn deprecation and convergence chatter
-        model = fit_LogisticRegressionCV(design_train, "preference", is_ytrue_proba=True, **glm["kwargs"])
-    return float(model.predict_proba(design_test)[:, 1].mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,10 +163,14 @@ def gold_reward_metrics(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     gold_reward: GoldReward,
-    config: EvaluationConfig,
+    config: EvaluationSettings,
     seed: int,
+    items: dict[str, tuple[list[str], np.ndarray]] | None = None,
 ) -> dict[str, float]:
-    """Gold reward, win rate, length-controlled win rate and KL estimate of ``policy`` (plain-text prompts)."""
+    """Gold reward, win rate, length-controlled win rate and KL estimate of ``policy`` (plain-text prompts).
+
+    ``items``, when given, receives the per-sample values of the metrics that are means over samples
+    (``gold_win_rate``, ``gold_reward_mean``), keyed by metric: (sample ids, values)."""
     sampling = dict(
         num_samples=config.samples_per_prompt,
         temperature=config.temperature,
@@ -250,15 +187,24 @@ def gold_reward_metrics(
         "gold_reward_mean": float(policy_rewards.mean()),
         "gold_reward_reference_mean": float(reference_rewards.mean()),
         "gold_win_rate": win_rate(policy_rewards, reference_rewards),
-        "gold_lc_win_rate": length_controlled_win_rate(
-            policy_wins,
-            np.array([len(response) for response in policy_responses]),
-            np.array([len(response) for response in reference_responses]),
-        ),
         "policy_response_words_mean": float(
             np.mean([len(response.split()) for response in policy_responses])
         ),
     }
+    # alpaca_eval's length-controlled GLM, the reference policy as the baseline (Dubois et al. 2024)
+    lc_win_rate = length_controlled_minimal_winrate(
+        policy_wins,
+        np.array([len(response) for response in reference_responses])
+        - np.array([len(response) for response in policy_responses]),
+    )
+    if lc_win_rate is None:
+        logger.warning("gold_lc_win_rate is missing: the responses' length differences do not vary (nothing to fit)")
+    else:
+        metrics["gold_lc_win_rate"] = lc_win_rate
+    if items is not None:
+        sample_ids = [f"{index}:{sample}" for index in range(len(prompts)) for sample in range(config.samples_per_prompt)]
+        items["gold_win_rate"] = (sample_ids, np.asarray(policy_wins, dtype=np.float64))
+        items["gold_reward_mean"] = (sample_ids, np.asarray(policy_rewards, dtype=np.float64))
     if config.kl_samples > 0:
         metrics["kl_estimate"] = kl_estimate(
             policy,

@@ -8,15 +8,13 @@ DIR/runs/<run_id>/          one folder per run
     result.json             written last, atomically: the run is complete only when it exists
     failure.json            reason and traceback, when the run failed
 DIR/results.parquet         one row per run (`noisypref collect`)
+DIR/metrics.json            what each metric of the table means: direction, bounds, ...
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,8 +23,9 @@ from typing import Any
 
 import yaml
 
+from noisypref.benchmark.storage import file_lock, is_locked, write_text_atomic
 from noisypref.benchmark.study.grid import PlannedRun
-from noisypref.benchmark.study.schema import Study, load_study, read_yaml
+from noisypref.benchmark.study.schema import Study, load_study, parse_study, read_yaml
 
 STUDY_FILE = "study.yaml"
 RUNS_FOLDER = "runs"
@@ -35,8 +34,10 @@ FAILURE_FILE = "failure.json"
 LOCK_FILE = ".lock"
 LOG_FILE = "run.log"
 RESULTS_TABLE = "results.parquet"
+METRICS_FILE = "metrics.json"  # the declarations of the results' metrics (noisypref.benchmark.config.metrics)
 
-FILE_MODE = 0o644
+CHECKPOINT_FOLDER = "checkpoint"  # the engine's mid-run checkpoint (noisypref.benchmark.run.execute)
+METRICS_LOG_FILE = "metrics.jsonl"
 
 DONE, RUNNING, FAILED, PENDING = "done", "running", "failed", "pending"
 STATES = (DONE, RUNNING, FAILED, PENDING)
@@ -69,6 +70,10 @@ class StudyFolder:
     def results_table(self) -> Path:
         return self.root / RESULTS_TABLE
 
+    @property
+    def metrics_file(self) -> Path:
+        return self.root / METRICS_FILE
+
     def run_dir(self, run_id: str) -> Path:
         return self.root / RUNS_FOLDER / run_id
 
@@ -76,7 +81,7 @@ class StudyFolder:
         """Create the folder and write study.yaml; refuse a folder holding a different study unless `force`."""
         resolved = study.to_dict()
         if self.study_file.is_file():
-            existing = read_yaml(self.study_file)
+            existing = _resolved_again(read_yaml(self.study_file))
             if existing == resolved:
                 return
             if not force:
@@ -89,9 +94,7 @@ class StudyFolder:
                 )
         try:
             (self.root / RUNS_FOLDER).mkdir(parents=True, exist_ok=True)
-            write_text_atomically(
-                self.study_file, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
-            )
+            write_text_atomic(self.study_file, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
         except OSError as error:
             raise StudyFolderError(
                 f"the output folder {self.root} cannot be written ({error.filename}: {error.strerror})"
@@ -123,6 +126,15 @@ class StudyFolder:
         return RunStatus(run, PENDING)
 
 
+def _resolved_again(existing: Any) -> Any:
+    """A study.yaml read back through the loader, so that one written before a section was added
+    (e.g. ``report``) compares equal to the same study resolved today."""
+    try:
+        return parse_study(existing, check_files=False).to_dict()
+    except (ValueError, TypeError):
+        return existing
+
+
 def _differing_sections(existing: Any, resolved: dict[str, Any]) -> list[str]:
     if not isinstance(existing, dict):
         return ["(the whole file)"]
@@ -139,37 +151,24 @@ def claim_run(run_dir: Path, *, wait: bool) -> Iterator[bool]:
     """Hold the run's exclusive lock for the block; yields False, holding nothing, when another
     process holds it and `wait` is False. The OS releases the lock when its holder dies."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_FILE, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(run_dir / LOCK_FILE, wait=wait) as claimed:
+        yield claimed
 
 
 def lock_is_held(run_dir: Path) -> bool:
     """Whether some process is computing the run now."""
-    try:
-        lock = open(run_dir / LOCK_FILE)  # noqa: SIM115 (closed below)
-    except FileNotFoundError:
-        return False
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        return False
+    return is_locked(run_dir / LOCK_FILE)
 
 
 def clear_run_dir(run_dir: Path) -> None:
-    """Remove what an earlier, unfinished or failed attempt left (everything but the lock)."""
+    """Remove what an earlier, unfinished or failed attempt left: everything but the lock and, where
+    the attempt left a mid-run checkpoint (training.checkpoint_every), the checkpoint and the metrics
+    logged up to it, from which the engine resumes."""
+    keep = {LOCK_FILE}
+    if (run_dir / CHECKPOINT_FOLDER).is_dir():
+        keep |= {CHECKPOINT_FOLDER, METRICS_LOG_FILE}
     for entry in run_dir.iterdir():
-        if entry.name == LOCK_FILE:
+        if entry.name in keep:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -179,25 +178,6 @@ def clear_run_dir(run_dir: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Files
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write a temporary file beside `path`, fsync it and rename it over `path`."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, FILE_MODE)  # mkstemp creates it readable by its owner only
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomically(path: Path, data: Any) -> None:
-    write_text_atomically(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

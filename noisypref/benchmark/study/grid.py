@@ -1,7 +1,6 @@
 """Expanding a study into runs: datasets x noise entries x rates x methods x seeds x models.
 
-Each run is a fully resolved run config (the run-config contract, every default filled in) named by
-its run id, the first 12 hex digits of the sha256 of its canonical JSON without "study". Runs whose
+Each run is a fully resolved run config (`noisypref.benchmark.config.run_config`) named by its run id. Runs whose
 configs are identical are merged: every rate-0 run means "no flips", whatever the noise model, so
 its noise section is written one way (`NO_NOISE`) and it runs once for all noise models.
 """
@@ -9,16 +8,14 @@ its noise section is written one way (`NO_NOISE`) and it runs once for all noise
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from noisypref.benchmark.config.run_config import make_run_config, run_id
+from noisypref.benchmark.config.sections import NoiseSettings
 from noisypref.benchmark.study.schema import Study
-from noisypref.noise_injection import NOISE_MODELS
 
-RUN_ID_HEX_DIGITS = 12
 NO_NOISE_LABEL = "none"  # the noise model shown for rate-0 runs
 # A rate of 0 flips nothing under every noise model; written as the symmetric model with its defaults.
 NO_NOISE_MODEL = "symmetric"
@@ -45,21 +42,6 @@ class PlannedRun:
         return f"{self.method} | {self.dataset} | {noise} | seed {self.seed} | {self.model}"
 
 
-def _training_section(training: Any) -> dict[str, Any]:
-    """The run config's training section; ``sharding`` only when set, so that the ids of runs that do
-    not shard stay those of earlier versions (and finished runs are found again)."""
-    section = dataclasses.asdict(training)
-    if section.get("sharding") == "none":
-        del section["sharding"]
-    return section
-
-
-def run_id(config: dict[str, Any]) -> str:
-    """The contract's run id: sha256 of json.dumps(config without "study", sort_keys=True), 12 hex digits."""
-    identity = {key: value for key, value in config.items() if key != "study"}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:RUN_ID_HEX_DIGITS]
-
-
 def grid_point_count(study: Study) -> int:
     """Grid points before identical runs are merged."""
     noise_points = sum(len(noise.rates) for noise in study.noise)
@@ -78,17 +60,15 @@ def plan_runs(study: Study) -> list[PlannedRun]:
     noise_points = [(noise, rate) for noise in study.noise for rate in noise.rates]
     grid = itertools.product(study.datasets, noise_points, study.method_variants(), study.seeds, study.models)
     for dataset, (noise, rate), variant, seed, model in grid:
-        config = _plain(
-            {
-                "study": study.name,
-                "dataset": dataset.run_dict(),
-                "noise": _noise_section(noise.model, rate, noise.options),
-                "method": variant.run_dict(),
-                "model": dataclasses.asdict(model),
-                "training": _training_section(variant.training),
-                "evaluation": dataclasses.asdict(variant.evaluation),
-                "seed": seed,
-            }
+        config = make_run_config(
+            study=study.name,
+            dataset=dataset,
+            noise=_noise_settings(noise.model, rate, noise.options),
+            method=variant.settings,
+            model=model,
+            training=variant.training,
+            evaluation=variant.evaluation,
+            seed=seed,
         )
         identifier = run_id(config)
         if identifier in runs:
@@ -109,13 +89,7 @@ def plan_runs(study: Study) -> list[PlannedRun]:
     return list(runs.values())
 
 
-def _noise_section(model: str, rate: float, options: dict[str, Any]) -> dict[str, Any]:
+def _noise_settings(model: str, rate: float, options: dict[str, Any]) -> NoiseSettings:
     if rate > 0:
-        return {"model": model, "rate": rate, "options": options}
-    default_options = NOISE_MODELS[NO_NOISE_MODEL].make_options({})
-    return {"model": NO_NOISE_MODEL, "rate": 0.0, "options": dataclasses.asdict(default_options)}
-
-
-def _plain(config: dict[str, Any]) -> dict[str, Any]:
-    """JSON-normalised (tuples become lists), so the config hashes the same after a JSON round trip."""
-    return json.loads(json.dumps(config))
+        return NoiseSettings(model=model, rate=rate, options=options)
+    return NoiseSettings(model=NO_NOISE_MODEL, rate=0.0)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import numbers
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from noisypref.benchmark.config.metrics import declarations_document
+from noisypref.benchmark.storage import atomic_path, write_json_atomic
 from noisypref.benchmark.study.folder import OutputNotWritable, StudyFolder
 from noisypref.benchmark.study.grid import PlannedRun, plan_runs
 from noisypref.benchmark.study.schema import Study
@@ -60,25 +60,28 @@ def results_frame(folder: StudyFolder, study: Study | None = None) -> pd.DataFra
     frame = pd.DataFrame.from_records(records)
     for column in frame.columns:
         frame[column] = _storable(frame[column])
+    frame.attrs["metrics"] = metric_columns
     return frame
 
 
 def collect_results(folder: StudyFolder, study: Study | None = None) -> Path:
-    """Write folder/results.parquet (atomically) and return its path."""
+    """Write folder/results.parquet and folder/metrics.json (the declarations of its metrics), each
+    atomically, and return the table's path."""
+    # the engine's modules declare the metrics they compute; imported here, not at the top, so that
+    # reading a study (`noisypref validate`) does not load torch
+    import noisypref.benchmark.run.execute  # noqa: F401
+
     frame = results_frame(folder, study)
-    handle, temporary = tempfile.mkstemp(dir=folder.root, prefix=".results.", suffix=".parquet.tmp")
-    os.close(handle)
+    declarations = declarations_document(["realised_flip_rate", *frame.attrs["metrics"]])
     try:
-        frame.to_parquet(temporary, index=False)
-        os.replace(temporary, folder.results_table)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError):  # a full or read-only disk: the runs are kept, only the table is not
-            raise OutputNotWritable(
-                f"cannot write {folder.results_table} ({error}); every finished run is kept: free some "
-                f"space and run `noisypref collect {folder.root}`"
-            ) from error
-        raise
+        with atomic_path(folder.results_table) as temporary:
+            frame.to_parquet(temporary, index=False)
+        write_json_atomic(folder.metrics_file, declarations)
+    except OSError as error:  # a full or read-only disk: the runs are kept, only the table is not
+        raise OutputNotWritable(
+            f"cannot write {folder.results_table} ({error}); every finished run is kept: free some "
+            f"space and run `noisypref collect {folder.root}`"
+        ) from error
     counts = frame["status"].value_counts().to_dict()
     logger.info("wrote %s: %d runs (%s)", folder.results_table, len(frame), _count_text(counts))
     return folder.results_table

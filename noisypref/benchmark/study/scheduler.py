@@ -38,6 +38,7 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from noisypref.benchmark.storage import write_json_atomic
 from noisypref.benchmark.study.folder import (
     FAILURE_FILE,
     LOG_FILE,
@@ -47,11 +48,11 @@ from noisypref.benchmark.study.folder import (
     claim_run,
     clear_run_dir,
     read_json,
-    write_json_atomically,
 )
 from noisypref.benchmark.study.grid import PlannedRun, plan_runs
 from noisypref.benchmark.study.results import collect_results
 from noisypref.benchmark.study.schema import Study
+from noisypref.plugins import import_plugins
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class RunTask:
     device: str | None = None  # None: the worker's device, or the CPU
     wait: bool = False  # wait for a lock held elsewhere instead of giving up
     failures_since: float | None = None  # with wait: a failure recorded after this time is final
+    plugins: tuple[str, ...] = ()  # the study's plugin modules, imported before the run (noisypref.plugins)
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ def run_study(
             str(cache),
             executor,
             device=single_device,
+            plugins=study.plugins,
         )
         for run in pending
     ]
@@ -260,6 +263,7 @@ _worker_device: str | None = None
 def attempt_run(task: RunTask) -> RunOutcome:
     """Claim the run and execute it unless it is done, held elsewhere, or (when waiting) just failed elsewhere."""
     run_dir = Path(task.run_dir)
+    import_plugins(task.plugins)  # a spawned worker registers the study's own methods and noise models too
     with claim_run(run_dir, wait=task.wait) as claimed:
         if not claimed:
             return RunOutcome(task.run_id, HELD)
@@ -322,7 +326,7 @@ def _stop_if_output_not_writable(run_id: str, error: BaseException) -> None:
 
 
 def write_failure(run_dir: Path, run_id: str, reason: str, details: str, wall_time_s: float | None) -> None:
-    write_json_atomically(
+    write_json_atomic(
         run_dir / FAILURE_FILE,
         {
             "run_id": run_id,

@@ -40,31 +40,42 @@ from typing import Any
 import yaml
 
 from noisypref import methods as method_registry
-from noisypref.benchmark.evaluation.alpaca_eval import HUB_DATASET as ALPACA_EVAL_HUB_ID
-from noisypref.benchmark.evaluation.chat_benchmarks import normalised_benchmarks, parse_benchmarks
-from noisypref.benchmark.engine.models import LoraSettings
 from noisypref.benchmark.config.checks import (
     ErrorList,
     Invalid,
-    boolean,
+    SettingsError,
     choice,
-    integer,
     is_mapping,
     load_settings,
     number,
     optional,
-    setting,
     settings_dict,
     show,
     text,
     unknown_keys,
 )
-from noisypref.benchmark.testbed import TestbedConfig
+from noisypref.benchmark.config.sections import (
+    TESTBED,
+    DatasetSettings,
+    EvaluationSettings,
+    MethodSettings,
+    ModelSettings,
+    ReportSettings,
+    TrainingSettings,
+    _match_default_type,
+    method_config,
+    seed_check,
+)
+from noisypref.benchmark.evaluation.alpaca_eval import HUB_DATASET as ALPACA_EVAL_HUB_ID
+from noisypref.benchmark.evaluation.chat_benchmarks import parse_benchmarks
+from noisypref.benchmark.testbed.config import TestbedConfig
 from noisypref.noise_injection import NOISE_MODELS
+from noisypref.plugins import PluginError, import_plugins
 
 STUDY_KEYS = (
     "name",
     "description",
+    "plugins",
     "datasets",
     "noise",
     "methods",
@@ -72,152 +83,16 @@ STUDY_KEYS = (
     "models",
     "training",
     "evaluation",
+    "report",
 )
-DATASET_KEYS = ("label", "kind", "testbed", "source", "split", "heldout_fraction", "max_pairs", "hub_options")
 NOISE_KEYS = ("model", "rates", "options")
 METHOD_KEYS = ("label", "name", "hyperparameters", "training", "evaluation")
-DATASET_KINDS = ("testbed", "file", "hub")
-TESTBED = "testbed"  # the dataset kind, and the model name meaning "the testbed's reference policy"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-NAN_POLICIES = ("fail", "skip")
-SHARDING_MODES = ("none", "fsdp")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
-REFERENCE_MODES = ("cached", "live")
-DEFAULT_HELDOUT_FRACTION = 0.1
 COMBINATION_PROBLEMS_SHOWN = 3
-MAX_SEED = 2**32 - 1  # seeds reach torch.manual_seed after arithmetic (generation), which must not overflow
-
-
-# ---------------------------------------------------------------------------------------------
-# Settings sections (defaults are the run-config contract's)
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    steps: int = setting(200, integer(minimum=1))
-    batch_size: int = setting(64, integer(minimum=1))
-    gradient_accumulation: int = setting(1, integer(minimum=1))
-    learning_rate: float = setting(1e-3, number(minimum=0, exclusive_minimum=True))
-    weight_decay: float = setting(0.0, number(minimum=0))
-    warmup_ratio: float = setting(0.1, number(minimum=0, maximum=1, exclusive_maximum=True))
-    max_grad_norm: float = setting(1.0, number(minimum=0))  # 0 disables clipping
-    max_length: int = setting(512, integer(minimum=2))
-    max_prompt_length: int = setting(256, integer(minimum=1))
-    log_every: int = setting(10, integer(minimum=1))
-    nan_policy: str = setting("fail", choice(NAN_POLICIES))
-    # none: each process of a multi-process launch holds the whole model; fsdp: parameters,
-    # gradients and optimizer state sharded across them (noisypref.benchmark.engine.distributed)
-    sharding: str = setting("none", choice(SHARDING_MODES))
-
-    def problems(self) -> list[tuple[str, Any, str]]:
-        """(field, value, expected) for combinations of values that cannot work."""
-        problems = []
-        if self.max_prompt_length >= self.max_length:
-            expected = f"an integer < max_length = {self.max_length} (room for the response)"
-            problems.append(("max_prompt_length", self.max_prompt_length, expected))
-        if self.batch_size % self.gradient_accumulation:
-            expected = (
-                f"a multiple of gradient_accumulation = {self.gradient_accumulation} "
-                "(batch_size counts the pairs of one optimiser step, split into gradient_accumulation micro-batches)"
-            )
-            problems.append(("batch_size", self.batch_size, expected))
-        return problems
-
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    heldout_accuracy: bool = setting(True, boolean())
-    noise_detection: bool = setting(True, boolean())
-    gold_reward: bool = setting(True, boolean())
-    num_eval_prompts: int = setting(256, integer(minimum=1))
-    samples_per_prompt: int = setting(1, integer(minimum=1))
-    temperature: float = setting(1.0, number(minimum=0))  # 0: greedy
-    max_new_tokens: int = setting(16, integer(minimum=1))
-    kl_samples: int = setting(1, integer(minimum=0))
-    benchmarks: dict[str, Any] = setting({}, lambda value: _component_check(normalised_benchmarks, value))
-
-    def problems(self) -> list[tuple[str, Any, str]]:
-        return []
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    name: str = setting(
-        TESTBED,
-        text(described_as=f"{TESTBED!r} (the testbed's reference policy), a hub model id or a local folder"),
-    )
-    dtype: str = setting("auto", choice(DTYPES))
-    attn_implementation: str = setting("sdpa", choice(ATTENTION_IMPLEMENTATIONS))
-    gradient_checkpointing: bool = setting(False, boolean())
-    lora: dict[str, Any] | None = setting(None, lambda value: _check_lora(value))
-    reference: str = setting("cached", choice(REFERENCE_MODES))
-
-
-def _component_check(normalise: Any, value: Any) -> Any:
-    """A check from a component's own validation (a function raising ValueError with the field path)."""
-    try:
-        return normalise(value)
-    except ValueError as error:
-        raise Invalid(f"a valid value ({error})") from None
-
-
-def _check_lora(value: Any) -> dict[str, Any] | None:
-    """null (full fine-tuning) or LoRA settings, every default filled in."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise Invalid(
-            "null (full fine-tuning) or a mapping of LoRA settings r, alpha, dropout, target_modules"
-        )
-    return _component_check(lambda given: LoraSettings.from_dict(given).to_dict(), value)
 
 
 # ---------------------------------------------------------------------------------------------
 # Grid entries
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    label: str
-    kind: str
-    testbed: dict[str, Any] | None  # every TestbedConfig field, for kind testbed
-    source: str | None
-    split: str | None
-    heldout_fraction: float
-    max_pairs: int | None
-    hub_options: dict[str, Any]  # keyword options of datasets.load_dataset, kind hub only
-
-    def run_dict(self) -> dict[str, Any]:
-        """The run config's "dataset" section."""
-        return {
-            "kind": self.kind,
-            "testbed": self.testbed,
-            "source": self.source,
-            "split": self.split,
-            "heldout_fraction": self.heldout_fraction,
-            "max_pairs": self.max_pairs,
-            "hub_options": self.hub_options,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """The entry as a study file writes it, every default filled in."""
-        if self.kind == TESTBED:
-            return {
-                "label": self.label,
-                "kind": self.kind,
-                "testbed": self.testbed,
-                "max_pairs": self.max_pairs,
-            }
-        return {
-            "label": self.label,
-            "kind": self.kind,
-            "source": self.source,
-            "split": self.split,
-            "heldout_fraction": self.heldout_fraction,
-            "max_pairs": self.max_pairs,
-            "hub_options": self.hub_options,
-        }
 
 
 @dataclass(frozen=True)
@@ -240,8 +115,9 @@ class MethodVariant:
     training: TrainingSettings
     evaluation: EvaluationSettings
 
-    def run_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "name": self.name, "hyperparameters": self.hyperparameters}
+    @property
+    def settings(self) -> MethodSettings:
+        return MethodSettings(label=self.label, name=self.name, hyperparameters=self.hyperparameters)
 
 
 @dataclass(frozen=True)
@@ -290,13 +166,15 @@ class MethodSpec:
 class Study:
     name: str
     description: str | None
-    datasets: tuple[DatasetSpec, ...]
+    datasets: tuple[DatasetSettings, ...]
     noise: tuple[NoiseSpec, ...]
     methods: tuple[MethodSpec, ...]
     seeds: tuple[int, ...]
     models: tuple[ModelSettings, ...]
     training: TrainingSettings
     evaluation: EvaluationSettings
+    plugins: tuple[str, ...] = ()
+    report: ReportSettings = ReportSettings()
 
     def method_variants(self) -> list[MethodVariant]:
         return [variant for method in self.methods for variant in method.variants()]
@@ -306,14 +184,17 @@ class Study:
         resolved: dict[str, Any] = {"name": self.name}
         if self.description is not None:
             resolved["description"] = self.description
+        if self.plugins:
+            resolved["plugins"] = list(self.plugins)
         resolved.update(
-            datasets=[dataset.to_dict() for dataset in self.datasets],
+            datasets=[dataset.study_dict() for dataset in self.datasets],
             noise=[noise.to_dict() for noise in self.noise],
             methods=[method.to_dict() for method in self.methods],
             seeds=list(self.seeds),
             models=[settings_dict(model) for model in self.models],
             training=settings_dict(self.training),
             evaluation=settings_dict(self.evaluation),
+            report=settings_dict(self.report),
         )
         return json.loads(json.dumps(resolved))  # tuples -> lists: plain YAML/JSON data
 
@@ -408,6 +289,7 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
     if not isinstance(raw, Mapping):
         errors.invalid("(top level)", raw, f"a mapping with the keys {', '.join(STUDY_KEYS)}")
         errors.raise_if_any(source)
+    plugins = _load_plugins(raw.get("plugins", []), errors)  # first: they register methods and noise models
     unknown_keys(raw, STUDY_KEYS, "", errors)
     for required in ("name", "noise", "methods"):
         if required not in raw:
@@ -417,11 +299,10 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
     description = _checked(raw, "description", "description", optional(text()), errors)
     training = load_settings(TrainingSettings, raw.get("training"), "training", errors)
     evaluation = load_settings(EvaluationSettings, raw.get("evaluation"), "evaluation", errors)
-    if training is not None:
-        _report_problems(training, "training", errors)
+    report = load_settings(ReportSettings, raw.get("report"), "report", errors)
     datasets = _load_datasets(raw.get("datasets", [{"kind": TESTBED}]), check_files, errors)
     noise = _load_noise(raw.get("noise", []), errors)
-    methods = _load_methods(raw.get("methods", []), training, evaluation, errors)
+    methods = _load_methods(raw.get("methods", []), raw, training, evaluation, errors)
     seeds = _load_seeds(raw.get("seeds", [0]), errors)
     models = _load_models(raw.get("models", [{"name": TESTBED}]), errors)
     _check_testbed_model_pairing(datasets, models, errors)
@@ -438,7 +319,27 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
         models=tuple(models.values()),
         training=training,
         evaluation=evaluation,
+        plugins=plugins,
+        report=report,
     )
+
+
+def _load_plugins(raw: Any, errors: ErrorList) -> tuple[str, ...]:
+    """Import the study's plugin modules (and the installed entry points); problems reported."""
+    values = _as_list(raw)
+    names = []
+    for index, value in enumerate(values):
+        path = f"plugins[{index}]" if isinstance(raw, list) else "plugins"
+        try:
+            names.append(text(pattern=r"[A-Za-z_][\w.]*", described_as="an importable module name, e.g. my_lab.losses")(value))
+        except Invalid as error:
+            errors.invalid(path, value, error.expected)
+            continue
+        try:
+            import_plugins([value])
+        except PluginError as error:
+            errors.invalid(path, value, f"a module that imports ({error})")
+    return tuple(names)
 
 
 _NAME_RULE = "a name of letters, digits, '.', '_' and '-' starting with a letter or digit (it names a folder)"
@@ -452,11 +353,6 @@ def _checked(raw: Mapping[str, Any], key: str, path: str, check: Any, errors: Er
     except Invalid as error:
         errors.invalid(path, raw[key], error.expected)
         return None
-
-
-def _report_problems(settings: Any, path: str, errors: ErrorList) -> None:
-    for field_name, value, expected in settings.problems():
-        errors.invalid(f"{path}.{field_name}", value, expected)
 
 
 def _entries(raw: Any, path: str, errors: ErrorList, what: str) -> list[tuple[str, Mapping[str, Any]]]:
@@ -479,7 +375,7 @@ def _as_list(value: Any) -> list[Any]:
 # --- datasets -------------------------------------------------------------------------------------
 
 
-def _load_datasets(raw: Any, check_files: bool, errors: ErrorList) -> dict[str, DatasetSpec]:
+def _load_datasets(raw: Any, check_files: bool, errors: ErrorList) -> dict[str, DatasetSettings]:
     """The valid entries by path ("datasets[0]", ...); problems reported."""
     datasets = {}
     for path, entry in _entries(raw, "datasets", errors, "dataset entries"):
@@ -500,70 +396,35 @@ def _load_datasets(raw: Any, check_files: bool, errors: ErrorList) -> dict[str, 
 
 def _load_dataset(
     entry: Mapping[str, Any], path: str, check_files: bool, errors: ErrorList
-) -> DatasetSpec | None:
+) -> DatasetSettings | None:
     problems_before = len(errors)
-    unknown_keys(entry, DATASET_KEYS, path, errors)
-    kind = _checked(entry, "kind", f"{path}.kind", choice(DATASET_KINDS), errors)
-    if kind is None and "kind" in entry:
-        return None  # what else the entry needs depends on its kind
-    kind = kind or TESTBED
-    max_pairs = _checked(entry, "max_pairs", f"{path}.max_pairs", optional(integer(minimum=1)), errors)
-    testbed = source = split = None
-    heldout_fraction = DEFAULT_HELDOUT_FRACTION
-    hub_options = _checked(entry, "hub_options", f"{path}.hub_options", _hub_options_check, errors) or {}
-    if hub_options and kind != "hub":
-        errors.message(f"{path}.hub_options", "applies to kind 'hub' only (options of datasets.load_dataset)")
-    if kind == TESTBED:
-        for key in ("source", "split", "heldout_fraction"):
+    if entry.get("kind", TESTBED) == TESTBED:
+        for key in ("split", "heldout_fraction"):
             if key in entry:
                 errors.message(
                     f"{path}.{key}",
                     "applies to kind 'file' or 'hub' only; a testbed dataset is set up by its 'testbed' "
                     "settings (held-out pairs: testbed.num_heldout_pairs)",
                 )
-        testbed = _load_testbed(entry.get("testbed"), f"{path}.testbed", errors)
-    else:
-        if "testbed" in entry:
-            errors.message(f"{path}.testbed", "applies to kind 'testbed' only")
-        if "source" not in entry:
-            errors.message(f"{path}.source", f"missing; a {kind} dataset needs a source")
-        described = "a local file path" if kind == "file" else "a hub dataset id"
-        source = _checked(entry, "source", f"{path}.source", text(described_as=described), errors)
-        if kind == "file" and check_files and source is not None and not Path(source).is_file():
-            errors.invalid(f"{path}.source", source, "an existing json / jsonl / jsonl.gz / parquet file")
-        split = _checked(entry, "split", f"{path}.split", optional(text()), errors)
-        fraction_check = number(minimum=0, maximum=1, exclusive_minimum=True, exclusive_maximum=True)
-        heldout_fraction = _checked(
-            entry, "heldout_fraction", f"{path}.heldout_fraction", fraction_check, errors
-        )
-        if heldout_fraction is None:
-            heldout_fraction = DEFAULT_HELDOUT_FRACTION
-    default_label = TESTBED if kind == TESTBED else source
-    label = _checked(entry, "label", f"{path}.label", text(), errors) or default_label
+    if isinstance(entry.get("testbed"), Mapping):  # name each bad testbed field, not only the section
+        _report_testbed_fields(entry["testbed"], f"{path}.testbed", errors)
     if len(errors) > problems_before:
         return None
-    return DatasetSpec(label, kind, testbed, source, split, heldout_fraction, max_pairs, hub_options)
-
-
-def _hub_options_check(value: Any) -> dict[str, Any]:
-    expected = "a mapping of datasets.load_dataset keyword options, e.g. {data_dir: harmless-base}"
-    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
-        raise Invalid(expected)
-    if "split" in value or "path" in value:
-        raise Invalid(f"{expected} (the split is the entry's 'split', the dataset its 'source')")
-    return json.loads(json.dumps(dict(value)))
-
-
-def _load_testbed(raw: Any, path: str, errors: ErrorList) -> dict[str, Any] | None:
-    if raw is None:
-        raw = {}
-    if not is_mapping(raw, path, errors, "TestbedConfig fields"):
+    dataset = load_settings(DatasetSettings, entry, path, errors)
+    if dataset is None:
         return None
-    defaults = TestbedConfig()
-    fields = {field.name: getattr(defaults, field.name) for field in dataclasses.fields(TestbedConfig)}
-    unknown_keys(raw, list(fields), path, errors)
-    values = {key: _match_default_type(value, fields[key]) for key, value in raw.items() if key in fields}
-    return _validate_each_then_all(
+    if dataset.kind == "file" and check_files and not Path(dataset.source).is_file():
+        errors.invalid(f"{path}.source", dataset.source, "an existing json / jsonl / jsonl.gz / parquet file")
+        return None
+    return dataclasses.replace(dataset, label=dataset.display_label)
+
+
+def _report_testbed_fields(raw: Mapping[str, Any], path: str, errors: ErrorList) -> None:
+    """Unknown keys, each value that fails on its own, or else the combination that fails."""
+    defaults = {field.name: field.default for field in dataclasses.fields(TestbedConfig)}
+    unknown_keys(raw, list(defaults), path, errors)
+    values = {key: _match_default_type(value, defaults[key]) for key, value in raw.items() if key in defaults}
+    _validate_each_then_all(
         values, path, lambda given: TestbedConfig.from_dict(given).to_dict(), errors, "testbed settings"
     )
 
@@ -629,6 +490,7 @@ def _load_noise_options(model: str, raw: Any, path: str, errors: ErrorList) -> d
 
 def _load_methods(
     raw: Any,
+    study_raw: Mapping[str, Any],
     training: TrainingSettings | None,
     evaluation: EvaluationSettings | None,
     errors: ErrorList,
@@ -644,10 +506,10 @@ def _load_methods(
         name = _checked(entry, "name", f"{path}.name", choice(available), errors)
         label = _checked(entry, "label", f"{path}.label", text(), errors)
         method_training = _override(
-            TrainingSettings, training, entry.get("training"), f"{path}.training", errors
+            TrainingSettings, training, study_raw.get("training"), entry.get("training"), f"{path}.training", errors
         )
         method_evaluation = _override(
-            EvaluationSettings, evaluation, entry.get("evaluation"), f"{path}.evaluation", errors
+            EvaluationSettings, evaluation, study_raw.get("evaluation"), entry.get("evaluation"), f"{path}.evaluation", errors
         )
         if name is None:
             continue
@@ -669,19 +531,30 @@ def _load_methods(
 
 
 def _override(
-    settings_type: type, study_settings: Any, raw: Any, path: str, errors: ErrorList
+    settings_type: type, study_settings: Any, study_raw: Any, raw: Any, path: str, errors: ErrorList
 ) -> tuple[Any, dict[str, Any]] | None:
-    """(the study's settings with a method entry's overrides applied, the checked overrides)."""
+    """(the study's settings with a method entry's overrides applied, the checked overrides).
+
+    The overrides are checked on top of the study's own values, and only their problems are reported
+    here: a problem of the study's section alone is reported there."""
     if raw is None:
         return (study_settings, {}) if study_settings is not None else None
-    loaded = load_settings(settings_type, raw, path, errors)
-    if loaded is None or study_settings is None:
+    if not is_mapping(raw, path, errors, "settings"):
         return None
-    overrides = {key: getattr(loaded, key) for key in raw}
-    settings = dataclasses.replace(study_settings, **overrides)
-    problems_before = len(errors)
-    _report_problems(settings, path, errors)
-    return None if len(errors) > problems_before else (settings, overrides)
+    names = [field.name for field in dataclasses.fields(settings_type)]
+    if unknown_keys(raw, names, path, errors):
+        return None
+    base = dict(study_raw) if isinstance(study_raw, Mapping) else {}
+    try:
+        settings = settings_type(**{key: value for key, value in {**base, **raw}.items() if key in names})
+    except SettingsError as error:
+        for name, value, expected in error.problems:
+            if name in raw:
+                errors.invalid(f"{path}.{name}", value, expected)
+        return None
+    if study_settings is None:
+        return None
+    return settings, {key: getattr(settings, key) for key in raw}
 
 
 def _load_hyperparameters(
@@ -724,7 +597,7 @@ def _load_hyperparameters(
     for combination in itertools.product(*candidates.values()):
         hyperparameters = dict(zip(candidates, combination, strict=True))
         try:
-            method_registry.build(name, **hyperparameters)
+            method_config(name, hyperparameters)
         except (ValueError, TypeError) as error:
             failures.append(f"{_show_changed(hyperparameters, defaults)}: {error}")
     if not failures:
@@ -733,7 +606,7 @@ def _load_hyperparameters(
     for key in (key for key in raw if key in defaults):
         for index, item in enumerate(candidates[key]):
             try:
-                method_registry.build(name, **{key: item})
+                method_config(name, {key: item})
             except (ValueError, TypeError) as error:
                 item_path = f"{path}.{key}[{index}]" if key in swept_keys else f"{path}.{key}"
                 errors.invalid(item_path, item, f"a valid {key} for {name!r} ({error})")
@@ -776,7 +649,7 @@ def _load_seeds(raw: Any, errors: ErrorList) -> list[int] | None:
     seeds = []
     for index, value in enumerate(values):
         try:
-            seeds.append(integer(minimum=0, maximum=MAX_SEED)(value))
+            seeds.append(seed_check(value))
         except Invalid as error:
             errors.invalid(f"seeds[{index}]", value, error.expected)
     if len(seeds) < len(values):
@@ -807,7 +680,7 @@ def _load_models(raw: Any, errors: ErrorList) -> dict[str, ModelSettings]:
 
 
 def _check_testbed_model_pairing(
-    datasets: Mapping[str, DatasetSpec], models: Mapping[str, ModelSettings], errors: ErrorList
+    datasets: Mapping[str, DatasetSettings], models: Mapping[str, ModelSettings], errors: ErrorList
 ) -> None:
     real_data = [(path, dataset) for path, dataset in datasets.items() if dataset.kind != TESTBED]
     for path, model in models.items():
@@ -859,13 +732,6 @@ def _check_benchmarks(
 
 
 # --- shared ---------------------------------------------------------------------------------------
-
-
-def _match_default_type(value: Any, default: Any) -> Any:
-    """An integer given where the default is a float becomes a float (tau: 3 and tau: 3.0 are one run)."""
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
 
 
 def _validate_each_then_all(

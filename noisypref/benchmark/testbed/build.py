@@ -19,14 +19,11 @@ Each stage folder is built in a temporary folder next to it and renamed into pla
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
+from noisypref.benchmark.storage import build_once
 from noisypref.benchmark.testbed.config import PAIR_STAGE_FIELDS, TESTBED_FORMAT_VERSION, TestbedConfig
 from noisypref.benchmark.testbed.language import GoldReward, sample_prompts, sample_sft_responses, seeded_rng
 from noisypref.benchmark.testbed.pairs import (
@@ -99,33 +97,6 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def build_once(target_dir: Path, build: Callable[[Path], None]) -> None:
-    """Run ``build(staging_dir)`` and rename the staging folder to ``target_dir``, unless it exists."""
-    if target_dir.exists():
-        return
-    target_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target_dir.with_name(target_dir.name + ".lock")
-    with open(lock_path, "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            if target_dir.exists():  # another process built it while we waited for the lock
-                return
-            staging_dir = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.tmp-", dir=target_dir.parent))
-            staging_dir.chmod(0o755)  # mkdtemp makes it private; a cache may be shared
-            try:
-                build(staging_dir)
-                try:
-                    os.rename(staging_dir, target_dir)
-                except OSError:
-                    if not target_dir.exists():
-                        raise
-                    logger.info("%s was built concurrently by another process; using it", target_dir)
-            finally:
-                shutil.rmtree(staging_dir, ignore_errors=True)
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _build_reference_policy(config: TestbedConfig, output_dir: Path) -> None:

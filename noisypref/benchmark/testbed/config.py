@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from noisypref.benchmark.settings import from_known_keys
+from noisypref.benchmark.config.checks import from_known_keys
 
 # Bump whenever a change to the testbed code changes what a given config builds: old caches are then
 # ignored instead of silently reused.

@@ -1,0 +1,344 @@
+"""The settings sections of a run, each defined once with its defaults and checks.
+
+A study file's sections, a run config's sections and the engine's arguments are these classes:
+`DatasetSettings`, `NoiseSettings`, `MethodSettings`, `ModelSettings` (with `LoraSettings`),
+`TrainingSettings` and `EvaluationSettings`. Building one checks it (`checks.Section`); a field added
+after 0.1 carries ``since`` and stays out of run ids while at its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from noisypref import methods as method_registry
+from noisypref.benchmark.config.checks import (
+    Invalid,
+    Section,
+    boolean,
+    choice,
+    from_known_keys,
+    integer,
+    number,
+    optional,
+    setting,
+    text,
+)
+from noisypref.benchmark.testbed.config import TestbedConfig
+from noisypref.noise_injection import NOISE_MODELS
+
+TESTBED = "testbed"  # the dataset kind, and the model name meaning "the testbed's reference policy"
+DATASET_KINDS = (TESTBED, "file", "hub")
+NAN_POLICIES = ("fail", "skip")
+SHARDING_MODES = ("none", "fsdp")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
+REFERENCE_MODES = ("cached", "live")
+DEFAULT_HELDOUT_FRACTION = 0.1
+MAX_SEED = 2**32 - 1  # seeds reach torch.manual_seed after arithmetic (generation), which must not overflow
+LORA_ALL_LINEAR = "all-linear"
+
+seed_check = integer(minimum=0, maximum=MAX_SEED)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+@dataclass(frozen=True)
+class TrainingSettings(Section):
+    """Optimisation settings (the ``training`` section); the engine's `train` takes them as they are."""
+
+    section = "training"
+
+    steps: int = setting(200, integer(minimum=1))
+    batch_size: int = setting(64, integer(minimum=1))
+    gradient_accumulation: int = setting(1, integer(minimum=1))
+    learning_rate: float = setting(1e-3, number(minimum=0, exclusive_minimum=True))
+    weight_decay: float = setting(0.0, number(minimum=0))
+    warmup_ratio: float = setting(0.1, number(minimum=0, maximum=1, exclusive_maximum=True))
+    max_grad_norm: float = setting(1.0, number(minimum=0))  # 0 disables clipping
+    max_length: int = setting(512, integer(minimum=2))
+    max_prompt_length: int = setting(256, integer(minimum=1))
+    log_every: int = setting(10, integer(minimum=1))
+    nan_policy: str = setting("fail", choice(NAN_POLICIES))
+    # none: each process of a multi-process launch holds the whole model; fsdp: parameters,
+    # gradients and optimizer state sharded across them (noisypref.benchmark.engine.distributed)
+    sharding: str = setting("none", choice(SHARDING_MODES), since="0.1.1")
+    # every N optimizer steps the run folder keeps checkpoint/checkpoint.pt; a rerun resumes from it
+    checkpoint_every: int = setting(0, integer(minimum=0), since="0.2")
+    # keep the trained policy (safetensors + tokenizer) in the run folder's model/
+    save_model: bool = setting(False, boolean(), since="0.2")
+
+    def problems(self) -> list[tuple[str, Any, str]]:
+        problems = []
+        if self.max_prompt_length >= self.max_length:
+            expected = f"an integer < max_length = {self.max_length} (room for the response)"
+            problems.append(("max_prompt_length", self.max_prompt_length, expected))
+        if self.batch_size % self.gradient_accumulation:
+            expected = (
+                f"a multiple of gradient_accumulation = {self.gradient_accumulation} "
+                "(batch_size counts the pairs of one optimiser step, split into gradient_accumulation micro-batches)"
+            )
+            problems.append(("batch_size", self.batch_size, expected))
+        return problems
+
+    @property
+    def warmup_steps(self) -> int:
+        return math.ceil(self.warmup_ratio * self.steps)
+
+
+def _benchmarks_check(value: Any) -> dict[str, Any]:
+    # evaluation.chat_benchmarks owns its settings; imported here, when a value is checked, because
+    # that module loads the generation stack
+    from noisypref.benchmark.evaluation.chat_benchmarks import normalised_benchmarks
+
+    try:
+        return normalised_benchmarks(value)
+    except ValueError as error:
+        raise Invalid(f"a valid value ({error})") from None
+
+
+@dataclass(frozen=True)
+class EvaluationSettings(Section):
+    """What to measure after training (the ``evaluation`` section). Sampling settings apply to the
+    gold-reward metrics; the KL estimate samples ``kl_samples`` responses per prompt at temperature 1."""
+
+    section = "evaluation"
+
+    heldout_accuracy: bool = setting(True, boolean())
+    noise_detection: bool = setting(True, boolean())
+    gold_reward: bool = setting(True, boolean())
+    num_eval_prompts: int = setting(256, integer(minimum=1))
+    samples_per_prompt: int = setting(1, integer(minimum=1))
+    temperature: float = setting(1.0, number(minimum=0))  # 0: greedy
+    max_new_tokens: int = setting(16, integer(minimum=1))
+    kl_samples: int = setting(1, integer(minimum=0))
+    benchmarks: dict[str, Any] = setting({}, _benchmarks_check)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+@dataclass(frozen=True)
+class LoraSettings(Section):
+    """The ``model.lora`` section: low-rank adapters (Hu et al. 2021) trained instead of the full model."""
+
+    section = "lora"
+
+    r: int = setting(16, integer(minimum=1))
+    alpha: float = setting(32.0, number(minimum=0, exclusive_minimum=True))
+    dropout: float = setting(0.05, number(minimum=0, maximum=1, exclusive_maximum=True))
+    target_modules: str | tuple[str, ...] = setting(LORA_ALL_LINEAR, lambda value: _target_modules(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _target_modules(value: Any) -> str | tuple[str, ...]:
+    if value == LORA_ALL_LINEAR:
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(name, str) and name for name in value):
+        return tuple(value)
+    raise Invalid(f"{LORA_ALL_LINEAR!r} or a non-empty list of module names (e.g. [q_proj, v_proj])")
+
+
+def _lora_check(value: Any) -> LoraSettings | None:
+    """null (full fine-tuning) or LoRA settings, every default filled in."""
+    if value is None or isinstance(value, LoraSettings):
+        return value
+    if not isinstance(value, Mapping):
+        raise Invalid("null (full fine-tuning) or a mapping of LoRA settings r, alpha, dropout, target_modules")
+    try:
+        return LoraSettings.from_dict(value)
+    except ValueError as error:
+        raise Invalid(f"a valid value ({error})") from None
+
+
+@dataclass(frozen=True)
+class ModelSettings(Section):
+    """The model trained (the ``model`` section); the reference model is its starting point."""
+
+    section = "model"
+
+    name: str = setting(
+        TESTBED,
+        text(described_as=f"{TESTBED!r} (the testbed's reference policy), a hub model id or a local folder"),
+    )
+    dtype: str = setting("auto", choice(DTYPES))
+    attn_implementation: str = setting("sdpa", choice(ATTENTION_IMPLEMENTATIONS))
+    gradient_checkpointing: bool = setting(False, boolean())
+    lora: LoraSettings | None = setting(None, _lora_check)
+    # cached: reference log-probs computed once and cached; live: the reference model kept in memory
+    reference: str = setting("cached", choice(REFERENCE_MODES))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset, noise, method
+
+
+def _testbed_check(value: Any) -> TestbedConfig | None:
+    if value is None or isinstance(value, TestbedConfig):
+        return value
+    if not isinstance(value, Mapping):
+        raise Invalid("a mapping of TestbedConfig fields")
+    defaults = TestbedConfig()
+    # 3 given where the default is 3.0 is 3.0: one testbed, one run id
+    values = {key: _match_default_type(item, getattr(defaults, key, None)) for key, item in value.items()}
+    try:
+        return TestbedConfig.from_dict(values)
+    except ValueError as error:
+        raise Invalid(f"valid testbed settings ({error})") from None
+
+
+def _hub_options_check(value: Any) -> dict[str, Any]:
+    expected = "a mapping of datasets.load_dataset keyword options, e.g. {data_dir: harmless-base}"
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise Invalid(expected)
+    if "split" in value or "path" in value:
+        raise Invalid(f"{expected} (the split is the entry's 'split', the dataset its 'source')")
+    return json.loads(json.dumps(dict(value)))
+
+
+@dataclass(frozen=True)
+class DatasetSettings(Section):
+    """Where the pairs come from (the ``dataset`` section): the testbed, a local file or a hub id."""
+
+    section = "dataset"
+
+    label: str | None = setting(None, optional(text()))  # names the dataset in studies; not part of a run
+    kind: str = setting(TESTBED, choice(DATASET_KINDS))
+    testbed: TestbedConfig | None = setting(None, _testbed_check)  # kind testbed; None: the defaults
+    source: str | None = setting(None, optional(text(described_as="a local file path or a hub dataset id")))
+    split: str | None = setting(None, optional(text()))
+    heldout_fraction: float = setting(
+        DEFAULT_HELDOUT_FRACTION, number(minimum=0, maximum=1, exclusive_minimum=True, exclusive_maximum=True)
+    )
+    max_pairs: int | None = setting(None, optional(integer(minimum=1)))
+    hub_options: dict[str, Any] = setting({}, _hub_options_check)  # options of datasets.load_dataset, kind hub
+
+    def __post_init__(self) -> None:
+        if self.kind == TESTBED and self.testbed is None:
+            object.__setattr__(self, "testbed", TestbedConfig())
+        super().__post_init__()
+
+    def problems(self) -> list[tuple[str, Any, str]]:
+        problems = []
+        if self.kind == TESTBED:
+            if self.source is not None:
+                problems.append(("source", self.source, "nothing for kind 'testbed' (its pairs are generated)"))
+        else:
+            if self.source is None:
+                problems.append(("source", None, f"a {'local file path' if self.kind == 'file' else 'hub dataset id'} for kind {self.kind!r}"))
+            if self.testbed is not None:
+                problems.append(("testbed", "...", f"nothing for kind {self.kind!r} (testbed settings apply to kind 'testbed')"))
+        if self.hub_options and self.kind != "hub":
+            problems.append(("hub_options", self.hub_options, "nothing: it applies to kind 'hub' only"))
+        return problems
+
+    @property
+    def display_label(self) -> str:
+        return self.label or (TESTBED if self.kind == TESTBED else str(self.source))
+
+    def study_dict(self) -> dict[str, Any]:
+        """The entry as a resolved study file writes it: the keys its kind uses, every default filled in."""
+        keys = ("label", "kind", "testbed", "max_pairs") if self.kind == TESTBED else (
+            "label", "kind", "source", "split", "heldout_fraction", "max_pairs", "hub_options"
+        )  # fmt: skip
+        return {key: value for key, value in self.run_dict(label=True).items() if key in keys}
+
+    def run_dict(self, *, label: bool = False) -> dict[str, Any]:
+        """The run config's "dataset" section (the label names the dataset in a study, not the run)."""
+        names = [field.name for field in dataclasses.fields(self) if label or field.name != "label"]
+        section = {name: getattr(self, name) for name in names}
+        section["testbed"] = self.testbed.to_dict() if self.testbed is not None else None
+        return json.loads(json.dumps(section))
+
+
+def _noise_model_check(value: Any) -> str:
+    return choice(sorted(NOISE_MODELS))(value)
+
+
+@dataclass(frozen=True)
+class NoiseSettings(Section):
+    """The label noise of one run: a registered noise model, its target flip rate and options."""
+
+    section = "noise"
+
+    model: str = setting("symmetric", _noise_model_check)
+    rate: float = setting(0.0, number(minimum=0, maximum=1))
+    options: dict[str, Any] = setting({}, lambda value: _mapping(value, "options of the noise model"))
+
+    def problems(self) -> list[tuple[str, Any, str]]:
+        try:
+            options = NOISE_MODELS[self.model].make_options(dict(self.options))
+        except (ValueError, TypeError) as error:
+            return [("options", self.options, f"valid options of noise model {self.model!r} ({error})")]
+        object.__setattr__(self, "options", dataclasses.asdict(options))
+        return []
+
+
+def method_config(name: str, hyperparameters: Mapping[str, Any]) -> Any:
+    """The method's hyperparameter dataclass (its own checks run); ``ValueError``/``TypeError`` if invalid.
+    Validates without building the method (no margin estimator, no state)."""
+    config_class = method_registry.method_class(name).config_class
+    return from_known_keys(config_class, dict(hyperparameters), f"method {name!r}")
+
+
+@dataclass(frozen=True)
+class MethodSettings(Section):
+    """The method of one run: a registered method, its label and every hyperparameter."""
+
+    section = "method"
+
+    label: str = setting("dpo", text())
+    name: str = setting("dpo", lambda value: choice(method_registry.available_methods())(value))
+    hyperparameters: dict[str, Any] = setting({}, lambda value: _mapping(value, "hyperparameters"))
+
+    def problems(self) -> list[tuple[str, Any, str]]:
+        try:
+            method_config(self.name, self.hyperparameters)
+        except (ValueError, TypeError) as error:
+            return [("hyperparameters", self.hyperparameters, f"valid hyperparameters of {self.name!r} ({error})")]
+        return []
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise Invalid(f"a mapping of {what}")
+    return json.loads(json.dumps(dict(value)))
+
+
+def _match_default_type(value: Any, default: Any) -> Any:
+    """An integer given where the default is a float becomes a float (tau: 3 and tau: 3.0 are one run)."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _metric_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(name, str) and name for name in value):
+        raise Invalid("a non-empty list of metric names, e.g. [heldout_accuracy, gold_win_rate]")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class ReportSettings(Section):
+    """What a study's report leads with (the ``report`` section): its primary metrics (those absent
+    from the results are skipped) and the method label the others are compared with."""
+
+    section = "report"
+
+    primary_metrics: tuple[str, ...] = setting(["heldout_accuracy", "gold_win_rate"], lambda value: _metric_names(list(value)))
+    baseline: str = setting("dpo", text())

@@ -1,0 +1,209 @@
+"""Everything a run trains and evaluates on: its data and flips, the policy, tokens, reference log-probs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from noisypref.benchmark.config.run_config import RunConfig
+from noisypref.benchmark.config.sections import TESTBED
+from noisypref.benchmark.data.loaders import load_preferences, split_heldout
+from noisypref.benchmark.engine import distributed
+from noisypref.benchmark.engine.models import adapters_disabled, apply_lora, load_causal_lm, resolve_model
+from noisypref.benchmark.engine.reference import LiveReference, ReferenceLogps, reference_logps
+from noisypref.benchmark.engine.tokenization import TokenizedPairs, tokenize_pairs
+from noisypref.benchmark.evaluation.chat_benchmarks import check_runnable, parse_benchmarks
+from noisypref.benchmark.storage import atomic_path
+from noisypref.benchmark.testbed import Testbed, build_testbed
+from noisypref.methods import PreferenceMethod, build
+from noisypref.noise_injection import FlipRecord, inject
+
+HELDOUT_SPLIT_SEED = 0
+
+
+@dataclass
+class RunData:
+    train_pairs: datasets.Dataset
+    heldout_pairs: datasets.Dataset
+    testbed: Testbed | None
+
+
+@dataclass
+class PreparedRun:
+    """Everything a run trains and evaluates on, built before training starts."""
+
+    data: RunData
+    flips: FlipRecord
+    policy: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    pad_token_id: int
+    method: PreferenceMethod
+    train_tokens: TokenizedPairs
+    heldout_tokens: TokenizedPairs
+    train_reference: ReferenceLogps | LiveReference | None
+    heldout_reference: ReferenceLogps | LiveReference | None
+
+
+def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch.device) -> PreparedRun:
+    """Data, noise (written to flips.csv), the policy, the method, token ids and reference log-probs.
+
+    Under a multi-process launch rank 0 builds the cached data, model and tokens first and the others
+    then read them; the reference log-probs are computed by all of them, each its share. A failure
+    on any process while loading fails the run on every one."""
+
+    def load() -> tuple:
+        with distributed.main_process_first():
+            if _is_main_process():  # rank 0 runs the benchmarks: a missing file or API key fails now
+                check_runnable(parse_benchmarks(config.evaluation.benchmarks))
+            return load_data_model_and_tokens(config, run_dir, cache_dir, device)
+
+    data, flips, policy, tokenizer, identity, pad_token_id, train_tokens, heldout_tokens = distributed.agreed(
+        load, "preparing the run"
+    )
+    method = build(config.method.name, seed=config.seed, **config.method.hyperparameters)
+    train_reference = heldout_reference = None
+    cached = method.requires_reference and config.model.reference == "cached"
+    if cached:  # computed before training changes the policy; usually a cache hit
+        options = dict(model_identity=identity, cache_dir=cache_dir, pad_token_id=pad_token_id)
+        train_reference = reference_logps(policy, train_tokens, **options)
+        heldout_reference = reference_logps(policy, heldout_tokens, **options)
+    if config.model.lora is not None:
+        torch.manual_seed(config.seed)  # the adapters' initialisation
+        apply_lora(policy, config.model.lora)
+    if method.requires_reference and not cached:
+        train_reference = heldout_reference = live_reference(
+            config, data, policy, pad_token_id, cache_dir, device
+        )
+    return PreparedRun(
+        data,
+        flips,
+        policy,
+        tokenizer,
+        pad_token_id,
+        method,
+        train_tokens,
+        heldout_tokens,
+        train_reference,
+        heldout_reference,
+    )
+
+
+def unsharded_policy(
+    config: RunConfig, data: RunData, state: dict[str, torch.Tensor], cache_dir: Path, device: torch.device
+) -> PreTrainedModel:
+    """A fresh policy (with adapters under LoRA) holding the trained weights ``state``, for evaluation."""
+    policy, _ = load_causal_lm(
+        reference_model_location(config, data, cache_dir),
+        config.model.dtype,
+        attn_implementation=config.model.attn_implementation,
+        device=device,
+    )
+    if config.model.lora is not None:
+        apply_lora(policy, config.model.lora)
+    policy.load_state_dict(state)
+    policy.eval()
+    return policy
+
+
+def load_data_model_and_tokens(
+    config: RunConfig, run_dir: Path, cache_dir: Path, device: torch.device
+) -> tuple:
+    """The data, its flips (written to flips.csv), the policy, its tokenizer, its cache identity, the pad
+    token and the token ids of the training and held-out pairs."""
+    data = resolve_dataset(config, cache_dir)
+    noisy_pairs, flips = inject(
+        data.train_pairs, config.noise.model, config.noise.rate, config.seed, **config.noise.options
+    )
+    if _is_main_process():
+        with atomic_path(run_dir / "flips.csv") as temporary:
+            flips.to_csv(temporary)
+    policy, tokenizer, identity = load_model_and_tokenizer(config, data, cache_dir, device)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    lengths = dict(max_length=config.training.max_length, max_prompt_length=config.training.max_prompt_length)
+    train_tokens = tokenize_pairs(noisy_pairs, tokenizer, cache_dir=cache_dir, **lengths)
+    heldout_tokens = tokenize_pairs(data.heldout_pairs, tokenizer, cache_dir=cache_dir, **lengths)
+    return data, flips, policy, tokenizer, identity, pad_token_id, train_tokens, heldout_tokens
+
+
+def live_reference(
+    config: RunConfig,
+    data: RunData,
+    policy: PreTrainedModel,
+    pad_token_id: int,
+    cache_dir: Path,
+    device: torch.device,
+) -> LiveReference:
+    """The reference model kept in memory: a LoRA policy with its adapters off, else a second copy."""
+    if config.model.lora is not None:
+        return LiveReference(policy, pad_token_id, context=lambda: adapters_disabled(policy))
+    reference_model, _ = load_causal_lm(
+        reference_model_location(config, data, cache_dir),
+        config.model.dtype,
+        attn_implementation=config.model.attn_implementation,
+        device=device,
+    )
+    reference_model.requires_grad_(False)
+    return LiveReference(reference_model, pad_token_id)
+
+
+def resolve_dataset(config: RunConfig, cache_dir: Path) -> RunData:
+    """Training and clean held-out pairs of the run's dataset (training pairs capped at max_pairs)."""
+    section = config.dataset
+    testbed = None
+    if section.kind == TESTBED:
+        testbed = build_testbed(section.testbed, cache_dir)
+        train_pairs, heldout_pairs = testbed.train_pairs, testbed.heldout_pairs
+    else:
+        dataset = load_preferences(section.source, section.split, **section.hub_options)
+        train_pairs, heldout_pairs = split_heldout(dataset, section.heldout_fraction, seed=HELDOUT_SPLIT_SEED)
+    if section.max_pairs is not None and section.max_pairs < len(train_pairs):
+        train_pairs = train_pairs.select(range(section.max_pairs))
+    return RunData(train_pairs, heldout_pairs, testbed)
+
+
+def load_model_and_tokenizer(
+    config: RunConfig, data: RunData, cache_dir: Path, device: torch.device
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """The policy (initialised as the reference model), its tokenizer, and the reference model's identity
+    for the reference log-prob cache (weights, dtype, attention and device type)."""
+    location = reference_model_location(config, data, cache_dir)
+    policy, tokenizer = load_causal_lm(
+        location, config.model.dtype, attn_implementation=config.model.attn_implementation, device=device
+    )
+    if data.testbed is not None and config.model.name == TESTBED:
+        weights = f"testbed-reference-{data.testbed.config.reference_policy_key()}"
+    else:
+        weights = checkpoint_identity(location)
+    numerics = [config.model.dtype, config.model.attn_implementation, device.type]
+    return policy, tokenizer, json.dumps([weights, *numerics])
+
+
+def reference_model_location(config: RunConfig, data: RunData, cache_dir: Path) -> str:
+    if config.model.name == TESTBED:
+        return str(data.testbed.reference_model_dir)
+    return resolve_model(config.model.name, cache_dir)
+
+
+def checkpoint_identity(name_or_path: str) -> str:
+    """A local folder: its path and its files' sizes and modification times; a hub id: id and snapshot."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = sorted(
+            (item.name, item.stat().st_size, item.stat().st_mtime_ns)
+            for item in path.iterdir()
+            if item.is_file()
+        )
+        return json.dumps({"folder": str(path.resolve()), "files": files})
+    config_file = transformers.utils.cached_file(name_or_path, "config.json")
+    return json.dumps({"hub": name_or_path, "snapshot": Path(config_file).parent.name})
+
+
+
+def _is_main_process() -> bool:
+    return distributed.is_main_process()
