@@ -640,6 +640,26 @@ def test_the_real_engine_runs_a_tiny_study(tmp_path):
     for run_id in frame["run_id"]:  # a run folder's flips.csv reads back with result.json's noise summary
         record = FlipRecord.read(tmp_path / "out" / "runs" / run_id / "flips.csv")
         assert (record.model, record.num_flipped, record.num_pairs) == ("symmetric", 8, 40)
+    # the declarations of every metric in the table, next to it
+    declarations = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
+    assert declarations["heldout_accuracy"]["direction"] == "higher"
+    assert declarations["heldout_accuracy"]["bounds"] == [0.0, 1.0]
+    assert declarations["train_accuracy"]["noisy_labels"] and declarations["train_accuracy"]["diagnostic"]
+    assert declarations["gold_reward_reference_mean"]["diagnostic"]
+    assert {"final_loss", "gold_win_rate", "noise_detection_auroc"} <= set(declarations)
+    # per-item values: a mean metric is the mean of its items, the same items for every method
+    items = {
+        run_id: pd.read_parquet(tmp_path / "out" / "runs" / run_id / "items.parquet") for run_id in frame["run_id"]
+    }
+    for run_id, run_items in items.items():
+        row = frame.set_index("run_id").loc[run_id]
+        held_out = run_items[run_items["metric"] == "heldout_accuracy"]
+        assert len(held_out) == 16 and held_out["value"].isin([0.0, 0.5, 1.0]).all()
+        assert held_out["value"].mean() == pytest.approx(row["heldout_accuracy"], abs=1e-12)
+        wins = run_items[run_items["metric"] == "gold_win_rate"]
+        assert len(wins) == 8 and wins["value"].mean() == pytest.approx(row["gold_win_rate"], abs=1e-12)
+    first, second = (set(run_items["item"]) for run_items in items.values())
+    assert first == second
 
 
 def test_run_ids_do_not_depend_on_the_order_of_the_study_file():
