@@ -2,6 +2,7 @@
 
     name: my_study                       # names the output folder runs/<name>/
     description: optional free text
+    plugins: [my_lab.losses]             # modules to import first: your own methods and noise models
     datasets:                            # default: [{kind: testbed}]
       - {label: testbed, kind: testbed, testbed: {num_train_pairs: 1024}, max_pairs: null}
       - {label: uf, kind: hub, source: HuggingFaceH4/ultrafeedback_binarized, split: train_prefs,
@@ -17,9 +18,13 @@
     seeds: [0, 1]                        # default: [0]
     models: [{name: testbed}]            # default: [{name: testbed}]; a plain name stands for {name: ...}
       # also: {name: smollm2-135m-instruct, lora: {r: 16}, reference: cached | live}   (ModelSettings)
-    training: {steps: 200, ...}          # defaults: TrainingSettings
+    training: {steps: 200, checkpoint_every: 50, save_model: false, ...}   # defaults: TrainingSettings
     evaluation: {num_eval_prompts: 256, ...}   # defaults: EvaluationSettings
       # also: {benchmarks: {alpaca_eval: {...}, arena_hard: {...}}}  (noisypref.benchmark.evaluation.chat_benchmarks)
+    report: {primary_metrics: [heldout_accuracy, gold_win_rate], baseline: dpo}   # what the report leads with
+
+Every section is a settings class of `noisypref.benchmark.config.sections` (its defaults and checks
+are defined there once); this module adds what only a study has: sweeps, grids, labels, plugins.
 
 `load_study` reads a file, `parse_study` a mapping; both raise `StudyError` (a ValueError) listing
 every problem, each with its field path, the bad value and what is allowed.
@@ -96,7 +101,9 @@ COMBINATION_PROBLEMS_SHOWN = 3
 
 
 @dataclass(frozen=True)
-class NoiseSpec:
+class NoiseEntry:
+    """A ``noise`` entry of a study file: one noise model at several flip rates."""
+
     model: str
     rates: tuple[float, ...]
     options: dict[str, Any]  # every option of the model, defaults filled in
@@ -121,7 +128,9 @@ class MethodVariant:
 
 
 @dataclass(frozen=True)
-class MethodSpec:
+class MethodEntry:
+    """A ``methods`` entry of a study file: one method, its hyperparameter sweeps and overrides."""
+
     label: str | None  # None: the method name
     name: str
     candidates: dict[str, tuple[Any, ...]]  # every hyperparameter -> the values to sweep (one if not swept)
@@ -167,8 +176,8 @@ class Study:
     name: str
     description: str | None
     datasets: tuple[DatasetSettings, ...]
-    noise: tuple[NoiseSpec, ...]
-    methods: tuple[MethodSpec, ...]
+    noise: tuple[NoiseEntry, ...]
+    methods: tuple[MethodEntry, ...]
     seeds: tuple[int, ...]
     models: tuple[ModelSettings, ...]
     training: TrainingSettings
@@ -432,7 +441,7 @@ def _report_testbed_fields(raw: Mapping[str, Any], path: str, errors: ErrorList)
 # --- noise ----------------------------------------------------------------------------------------
 
 
-def _load_noise(raw: Any, errors: ErrorList) -> list[NoiseSpec]:
+def _load_noise(raw: Any, errors: ErrorList) -> list[NoiseEntry]:
     noise = []
     for path, entry in _entries(raw, "noise", errors, "noise entries"):
         unknown_keys(entry, NOISE_KEYS, path, errors)
@@ -445,7 +454,7 @@ def _load_noise(raw: Any, errors: ErrorList) -> list[NoiseSpec]:
             continue
         options = _load_noise_options(model, entry.get("options"), f"{path}.options", errors)
         if rates is not None and options is not None:
-            noise.append(NoiseSpec(model, rates, options))
+            noise.append(NoiseEntry(model, rates, options))
     return noise
 
 
@@ -494,7 +503,7 @@ def _load_methods(
     training: TrainingSettings | None,
     evaluation: EvaluationSettings | None,
     errors: ErrorList,
-) -> dict[str, MethodSpec]:
+) -> dict[str, MethodEntry]:
     """The valid entries by path ("methods[0]", ...); problems reported."""
     methods = {}
     available = method_registry.available_methods()
@@ -518,7 +527,7 @@ def _load_methods(
         )
         if candidates is None or method_training is None or method_evaluation is None:
             continue
-        methods[path] = MethodSpec(
+        methods[path] = MethodEntry(
             label=label,
             name=name,
             candidates=candidates,
@@ -623,7 +632,7 @@ def _show_changed(hyperparameters: dict[str, Any], defaults: dict[str, Any]) -> 
     return "{" + ", ".join(f"{key}={show(value)}" for key, value in changed.items()) + "}"
 
 
-def _check_unique_labels(methods: Mapping[str, MethodSpec], errors: ErrorList) -> None:
+def _check_unique_labels(methods: Mapping[str, MethodEntry], errors: ErrorList) -> None:
     owners: dict[str, str] = {}
     for path, method in methods.items():
         for variant in method.variants():
@@ -697,7 +706,7 @@ def _check_testbed_model_pairing(
 
 def _check_benchmarks(
     evaluation: EvaluationSettings | None,
-    methods: Mapping[str, MethodSpec],
+    methods: Mapping[str, MethodEntry],
     models: Mapping[str, ModelSettings],
     check_files: bool,
     errors: ErrorList,
