@@ -10,9 +10,15 @@ so the mean margin is exactly γ0. The problem is strictly convex; stationarity 
 
 Two solvers:
 
-* ``"mirror_descent"``: the published iteration, ``iterations`` steps of exponentiated gradient
-  from the uniform distribution with step ``min(0.5/τ, 1)``. It reaches the optimum for τ ≳ 3 and
-  stops short of it for small τ and widely spread gaps.
+* ``"published_mirror_descent"``: the published schedule exactly (``get_gamma_dq`` in
+  ``scripts/simpo_trainer.py`` and ``scripts/xpo_trainer.py`` of sunjie279/gammaPO): ``iterations``
+  passes of exponentiated gradient from the uniform distribution with step ``min(0.5/τ, 1)`` and
+  gradient ``τ(1 + log(N(p_i + 1e-10))) + γ0·σ(γ_i − g_i)``; each pass computes γ from p *before*
+  updating p, so the returned γ reflects ``iterations − 1`` updates. Use it to reproduce the paper.
+* ``"mirror_descent"``: noisypref's variant of that iteration (kept so that studies which name it
+  keep their results): the same step in log space without the 1e-10, returning the margins after
+  ``iterations`` updates. Both reach the optimum for τ ≳ 3 and stop short of it for small τ and
+  widely spread gaps.
 * ``"exact"`` (default): solves the stationarity conditions to round-off. Write ``x_i = log γ_i``,
   ``κ = γ0/τ`` and the level ``a = μ/τ − 1 + log γ0``; stationarity becomes
 
@@ -58,7 +64,9 @@ import torch
 
 from noisypref.collectives import all_gather_rows
 
-SOLVERS = ("exact", "mirror_descent")
+SOLVERS = ("exact", "mirror_descent", "published_mirror_descent")
+# The published code's guard inside the logarithm (get_gamma_dq, ``self.eps``).
+_PUBLISHED_EPS = 1e-10
 
 # Knots of the exact solver (step 1): logits t = γ − g, dense where the sigmoid bends, coarse in
 # its tails; and log-margins x = log γ for the bend of pairs whose curve starts at σ(−g) > 0.
@@ -105,6 +113,11 @@ def solve_margins(
         log_weights = torch.full_like(reward_gap, -math.log(count))
     elif solver == "mirror_descent":
         log_weights = _mirror_descent_log_weights(reward_gap, float(gamma0), float(tau), iterations)
+    elif solver == "published_mirror_descent":
+        margins = _published_margins(reward_gap, float(gamma0), float(tau), iterations)
+        if return_log_weights:
+            return margins.to(gaps.dtype), torch.log(margins / (gamma0 * count)).to(gaps.dtype)
+        return margins.to(gaps.dtype)
     else:
         log_weights = _exact_log_weights(reward_gap, float(gamma0), float(tau))
     margins = (gamma0 * count * torch.exp(log_weights)).to(gaps.dtype)
@@ -140,6 +153,21 @@ def _mirror_descent_log_weights(
         log_weights = log_weights - step * gradient
         log_weights = log_weights - torch.logsumexp(log_weights, 0)
     return log_weights
+
+
+def _published_margins(reward_gap: torch.Tensor, gamma0: float, tau: float, iterations: int) -> torch.Tensor:
+    """``get_gamma_dq`` of sunjie279/gammaPO (module docstring), vectorised, in float64."""
+    count = reward_gap.numel()
+    step = min(0.5 / tau, 1.0)
+    weights = torch.full_like(reward_gap, 1.0 / count)
+    for _ in range(iterations):
+        margins = gamma0 * count * weights  # γ at the top of the pass: the one returned
+        gradient = tau * (1 + torch.log(count * (weights + _PUBLISHED_EPS))) + gamma0 * torch.sigmoid(
+            margins - reward_gap
+        )
+        weights = weights * torch.exp(-step * gradient)
+        weights = weights / weights.sum()
+    return margins
 
 
 def _exact_log_weights(reward_gap: torch.Tensor, gamma0: float, tau: float) -> torch.Tensor:
