@@ -287,36 +287,39 @@ def _host_exact_log_weights(reward_gap: np.ndarray, gamma0: float, tau: float) -
     best = np.argmin(np.abs(np.stack(residuals)), 0)
     log_margin = np.choose(best, candidates)
     inner_tolerance = 1e-3
+    # A Newton step below this multiple of y' is round-off of x (|x| ≤ |a| + κ): on a steep stretch
+    # the residual cannot go lower.
+    round_off_per_slope = 1e-15 * (1 + abs(log_budget) + 2 * kappa)
     for _ in range(_HOST_OUTER_STEPS):
         lower, upper = np.full(count, level - kappa), np.full(count, level)
         last_step = older_step = np.full(count, kappa)
+        threshold = max(tolerance, inner_tolerance)
         for _ in range(_HOST_INNER_STEPS):
             margin = np.exp(log_margin)
             logit = margin - gap
-            sig = _logistic(logit)
+            sig = 1 / (1 + np.exp(-logit))
             residual = log_margin + kappa * sig - level
-            slope = 1 + kappa * margin * sig * (1 - sig)
-            # A pair is settled within the tolerance, or where its Newton step is below round-off of x
-            # (on a steep stretch the residual cannot go lower).
-            round_off = 1e-15 * slope * (1 + np.abs(log_margin))
-            unsettled = np.abs(residual) > np.maximum(max(tolerance, inner_tolerance), round_off)
+            slope = kappa * margin * sig * (1 - sig) + 1
+            unsettled = np.abs(residual) > np.maximum(round_off_per_slope * slope, threshold)
             if not unsettled.any():
                 break
             lower = np.where(residual < 0, log_margin, lower)
             upper = np.where(residual > 0, log_margin, upper)
-            room = level - log_margin
-            headroom = kappa - room
-            line_steepness = margin * room * headroom / kappa
-            logit_gap = logit - np.log(room / headroom)
-            newton_in_logit = np.log(margin - logit_gap * line_steepness / (line_steepness + 1))
-            proposal = np.where(slope >= 2, newton_in_logit, log_margin - residual / slope)
+            proposal = log_margin - residual / slope
+            steep = slope >= 2
+            if steep.any():
+                room = level - log_margin
+                headroom = kappa - room
+                line_steepness = margin * room * headroom / kappa
+                logit_gap = logit - np.log(room / headroom)
+                newton_in_logit = np.log(margin - logit_gap * line_steepness / (line_steepness + 1))
+                proposal = np.where(steep, newton_in_logit, proposal)
             # As in rtsafe (Numerical Recipes §9.4): bisect where the step leaves the bracket or fails to
             # halve the step before last, which stops Newton from bouncing between the two flat stretches.
-            newton = (
-                (proposal > lower) & (proposal < upper) & (np.abs(proposal - log_margin) <= 0.5 * older_step)
-            )
+            step = np.abs(proposal - log_margin)
+            newton = (proposal > lower) & (proposal < upper) & (step <= 0.5 * older_step)
             proposal = np.where(newton, proposal, 0.5 * (lower + upper))
-            older_step, last_step = last_step, np.abs(proposal - log_margin)
+            older_step, last_step = last_step, np.where(newton, step, 0.5 * (upper - lower))
             log_margin = np.where(unsettled, proposal, log_margin)
         else:
             return None
@@ -324,7 +327,7 @@ def _host_exact_log_weights(reward_gap: np.ndarray, gamma0: float, tau: float) -
         weights = np.exp(log_margin - top)
         log_total = top + math.log(weights.sum())
         budget_gap = log_total - target
-        settled = bool((np.abs(residual) <= np.maximum(tolerance, round_off)).all())
+        settled = bool((np.abs(residual) <= np.maximum(round_off_per_slope * slope, tolerance)).all())
         if settled and abs(budget_gap) <= budget_tolerance:
             return log_margin - log_total
         # Since y' ≥ 1 each root lies between x and x − residual: certified bounds on L(a) move the bracket.
@@ -350,8 +353,7 @@ def _log_sum_exp(values: np.ndarray) -> float:
 
 
 def _logistic(values: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        return 1 / (1 + np.exp(-values))
+    return 1 / (1 + np.exp(-values))  # the caller ignores the overflow of exp to inf (σ = 0 there)
 
 
 class _Problem(NamedTuple):
