@@ -236,6 +236,8 @@ def test_combined_sums_weighted_terms():
     ]
     assert output.loss.tolist() == pytest.approx(expected, rel=1e-12)
     assert output.objective.item() == pytest.approx(sum(expected) / PAIRS, rel=1e-12)
+    reference_free = build("combined", terms=[{"method": "simpo"}, {"method": "sft", "weight": 0.1}])
+    assert not reference_free.requires_reference and build("combined").requires_reference
     with pytest.raises(ValueError, match=r"terms\[0\]\.method = 'combined'"):
         build("combined", terms=[{"method": "combined"}])
     with pytest.raises(ValueError, match="has no hyperparameter 'gama'"):

@@ -55,6 +55,7 @@ class Combined(PreferenceMethod):
     name = "combined"
     config_class = CombinedConfig
     accepts_margin = False
+    requires_reference = True
     source = "TRL loss_type lists with loss_weights"
     summary = "Σ_k w_k·loss_k over a list of methods (e.g. dpo + λ·sft)"
 
@@ -64,10 +65,9 @@ class Combined(PreferenceMethod):
         super().__init__(config, margin_estimator, seed)
         self.terms = [build_term(term, seed) for term in config.terms]
         self.weights = [term["weight"] for term in config.terms]
+        # The class says True (its default terms include dpo); a built method needs a reference if any term does.
+        self.requires_reference = any(term.requires_reference for term in self.terms)
 
-    @property
-    def requires_reference(self) -> bool:  # type: ignore[override]
-        return any(term.requires_reference for term in getattr(self, "terms", []))
 
     def __call__(self, logps: PairLogps) -> MethodOutput:
         outputs = [term(logps) for term in self.terms]
