@@ -68,7 +68,6 @@ class Combined(PreferenceMethod):
         # The class says True (its default terms include dpo); a built method needs a reference if any term does.
         self.requires_reference = any(term.requires_reference for term in self.terms)
 
-
     def __call__(self, logps: PairLogps) -> MethodOutput:
         outputs = [term(logps) for term in self.terms]
         loss = sum(weight * output.loss for weight, output in zip(self.weights, outputs, strict=True))
