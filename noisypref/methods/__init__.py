@@ -9,17 +9,32 @@ Pure torch: nothing here reads text, files or models.
 """
 
 from noisypref.methods import (  # noqa: F401  (importing registers each method)
+    alpha_dpo,
+    aot,
+    aot_unpaired,
+    apo_down,
+    apo_zero,
+    bco_pair,
     beta_dpo,
     cdpo,
+    combined,
+    discopop,
     dpo,
     dr_dpo,
+    exo_pair,
     gamma,
     hinge,
     ipo,
     length_dpo,
+    nca_pair,
     robust_dpo,
     ropo,
+    rpo,
+    sft,
+    sigmoid_norm,
     simpo,
+    sppo_hard,
+    sympo,
 )
 from noisypref.methods.base import (
     METHODS,

@@ -26,6 +26,15 @@ class PairLogps:
 
     ``policy_*`` and ``reference_*`` are summed over response tokens; ``*_length`` is the number
     of response tokens. Reference log-probs are ``None`` for reference-free methods.
+
+    Optional per-token summaries, ``None`` unless the engine fills them; a method option that
+    needs one raises ``ValueError`` naming it (``require``):
+
+    * ``*_shared`` (LD-DPO, ``ld_alpha``): the log-prob summed over the first
+      ``min(|yw|, |yl|)`` response tokens of the pair only, for the policy and the reference.
+    * ``chosen_weight_log`` / ``rejected_weight_log`` (WPO, ``use_weighting``): for the policy,
+      ``(1/|y|) Σ_t [log π(y_t | x, y_<t) − log Σ_v π(v | x, y_<t)²]`` over the response tokens,
+      detached; the WPO weight of a pair is ``exp(chosen_weight_log + rejected_weight_log)``.
     """
 
     policy_chosen: torch.Tensor
@@ -34,12 +43,21 @@ class PairLogps:
     rejected_length: torch.Tensor
     reference_chosen: torch.Tensor | None = None
     reference_rejected: torch.Tensor | None = None
+    policy_chosen_shared: torch.Tensor | None = None
+    policy_rejected_shared: torch.Tensor | None = None
+    reference_chosen_shared: torch.Tensor | None = None
+    reference_rejected_shared: torch.Tensor | None = None
+    chosen_weight_log: torch.Tensor | None = None
+    rejected_weight_log: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         shape = self.policy_chosen.shape
         if len(shape) != 1:
-            raise ValueError(f"PairLogps.policy_chosen must be 1-D (one value per pair); got shape {tuple(shape)}")
-        for name in ("policy_rejected", "chosen_length", "rejected_length", "reference_chosen", "reference_rejected"):
+            raise ValueError(
+                f"PairLogps.policy_chosen must be 1-D (one value per pair); got shape {tuple(shape)}"
+            )
+        for field_ in dataclasses.fields(self)[1:]:
+            name = field_.name
             value = getattr(self, name)
             if value is not None and value.shape != shape:
                 raise ValueError(
@@ -50,6 +68,15 @@ class PairLogps:
     @property
     def has_reference(self) -> bool:
         return self.reference_chosen is not None and self.reference_rejected is not None
+
+    def require(self, names: tuple[str, ...], option: str) -> None:
+        """Raise ``ValueError`` naming the first of ``names`` that is missing, and the option needing it."""
+        for name in names:
+            if getattr(self, name) is None:
+                raise ValueError(
+                    f"{option} needs PairLogps.{name}, which is None; the engine must fill it "
+                    f"(see the PairLogps docstring for what it holds)"
+                )
 
 
 @dataclass
@@ -89,9 +116,86 @@ def check_in_range(name: str, value: float, low: float, high: float, *, high_inc
         raise ValueError(f"{name} = {value!r} is invalid: expected a number in [{low}, {high}{closing}")
 
 
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} = {value!r} is invalid: expected one of {', '.join(map(repr, allowed))}")
+
+
 def check_finite(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value)):
         raise ValueError(f"{name} = {value!r} is invalid: expected a finite number")
+
+
+# A hyperparameter added to an existing method after release: the run-id code leaves it out of a
+# run's id while it equals its default, so existing studies keep their ids.
+SINCE_0_2 = {"since": "0.2"}
+
+SHARED_PREFIX_FIELDS = (
+    "policy_chosen_shared",
+    "policy_rejected_shared",
+    "reference_chosen_shared",
+    "reference_rejected_shared",
+)
+WEIGHT_FIELDS = ("chosen_weight_log", "rejected_weight_log")
+
+
+@dataclass(frozen=True)
+class SequenceOptions:
+    """How sequence log-probs enter a reference-based method (TRL's option names).
+
+    * ``length_normalize``: divide every log-prob (policy and reference) by its response length
+      before the rewards are formed — TRL's ``ipo`` and ``sigmoid_norm``, and the published γ-DPO
+      code's ``average_log_prob=self.length_norm``. Off = the papers' equations.
+    * ``ld_alpha`` (LD-DPO, Liu et al. 2024, "Length Desensitization in DPO", eq. 6): each log-prob
+      becomes ``shared + ld_alpha·(total − shared)``, ``shared`` the sum over the first
+      ``min(|yw|, |yl|)`` response tokens; applied before ``length_normalize``, as in TRL.
+    * ``use_weighting`` (WPO, Zhou et al. 2024, eq. 2): each pair's loss is multiplied by the
+      detached weight ``exp(chosen_weight_log + rejected_weight_log)``.
+    """
+
+    length_normalize: bool = field(default=False, kw_only=True, metadata=SINCE_0_2)
+    ld_alpha: float | None = field(default=None, kw_only=True, metadata=SINCE_0_2)
+    use_weighting: bool = field(default=False, kw_only=True, metadata=SINCE_0_2)
+
+    def __post_init__(self) -> None:
+        check_bool("length_normalize", self.length_normalize)
+        check_bool("use_weighting", self.use_weighting)
+        if self.ld_alpha is not None:
+            check_in_range("ld_alpha", self.ld_alpha, 0.0, 1.0, high_inclusive=True)
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} = {value!r} is invalid: expected true or false")
+
+
+def sequence_logps(logps: PairLogps, options: SequenceOptions) -> PairLogps:
+    """``logps`` with ``ld_alpha`` then ``length_normalize`` applied (see ``SequenceOptions``)."""
+    if options.ld_alpha is not None:
+        logps.require(SHARED_PREFIX_FIELDS, "ld_alpha")
+        alpha = options.ld_alpha
+
+        def desensitised(total: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+            return shared + alpha * (total - shared)
+
+        logps = dataclasses.replace(
+            logps,
+            policy_chosen=desensitised(logps.policy_chosen, logps.policy_chosen_shared),
+            policy_rejected=desensitised(logps.policy_rejected, logps.policy_rejected_shared),
+            reference_chosen=desensitised(logps.reference_chosen, logps.reference_chosen_shared),
+            reference_rejected=desensitised(logps.reference_rejected, logps.reference_rejected_shared),
+        )
+    if options.length_normalize:
+        chosen_length = logps.chosen_length.clamp(min=1).to(logps.policy_chosen.dtype)
+        rejected_length = logps.rejected_length.clamp(min=1).to(logps.policy_chosen.dtype)
+        logps = dataclasses.replace(
+            logps,
+            policy_chosen=logps.policy_chosen / chosen_length,
+            policy_rejected=logps.policy_rejected / rejected_length,
+            reference_chosen=logps.reference_chosen / chosen_length,
+            reference_rejected=logps.reference_rejected / rejected_length,
+        )
+    return logps
 
 
 class PreferenceMethod:
@@ -99,16 +203,25 @@ class PreferenceMethod:
 
     Subclasses set ``name``, ``config_class``, ``requires_reference`` and implement
     ``rewards`` and ``pair_loss``; they override ``constant_margin`` or ``reduce`` where the
-    method needs it. Calling the object runs one batch.
+    method needs it. A loss that is not a function of ``reward_gap − target_margin`` overrides
+    ``per_pair_loss`` instead and sets ``accepts_margin = False`` (a margin estimator is refused).
+    A config that inherits ``SequenceOptions`` gets its options applied before ``rewards``.
+    Calling the object runs one batch.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
     requires_reference: ClassVar[bool] = True
+    accepts_margin: ClassVar[bool] = True
     source: ClassVar[str] = ""
     summary: ClassVar[str] = ""
 
     def __init__(self, config: Any, margin_estimator: MarginEstimator | None = None, seed: int = 0) -> None:
+        if margin_estimator is not None and not self.accepts_margin:
+            raise ValueError(
+                f"method {self.name!r} is not a function of reward gap minus target margin; "
+                "it takes no margin estimator"
+            )
         self.config = config
         self.margin_estimator = margin_estimator
         self.training = True
@@ -122,6 +235,16 @@ class PreferenceMethod:
         """Per-pair loss as a function of ``reward_gap - target_margin``."""
         raise NotImplementedError
 
+    def per_pair_loss(
+        self,
+        chosen_reward: torch.Tensor,
+        rejected_reward: torch.Tensor,
+        target_margin: torch.Tensor,
+        logps: PairLogps,
+    ) -> torch.Tensor:
+        """Per-pair loss; by default ``pair_loss(reward_gap - target_margin)``."""
+        return self.pair_loss(chosen_reward - rejected_reward - target_margin)
+
     def constant_margin(self, logps: PairLogps) -> torch.Tensor:
         """The method's own target margin per pair (zero unless the method says otherwise)."""
         return torch.zeros_like(logps.policy_chosen)
@@ -134,6 +257,9 @@ class PreferenceMethod:
     def __call__(self, logps: PairLogps) -> MethodOutput:
         if self.requires_reference and not logps.has_reference:
             raise ValueError(f"method {self.name!r} needs reference log-probs; PairLogps has none")
+        options = self.config if isinstance(self.config, SequenceOptions) else None
+        if options is not None:
+            logps = sequence_logps(logps, options)
         chosen_reward, rejected_reward = self.rewards(logps)
         reward_gap = chosen_reward - rejected_reward
         target_margin = self.constant_margin(logps).detach()
@@ -144,7 +270,14 @@ class PreferenceMethod:
             gamma = self.margin_estimator(reward_gap.detach())
             target_margin = target_margin + (gamma - self.margin_estimator.gamma0)
             diagnostics["gamma"] = gamma
-        loss = self.pair_loss(reward_gap - target_margin)
+        loss = self.per_pair_loss(chosen_reward, rejected_reward, target_margin, logps)
+        if options is not None and options.use_weighting:
+            # WPO (Zhou et al. 2024, eq. 2): weight = π(yw|x)·π(yl|x), each a per-token geometric mean
+            # aligned by the sum of squared token probabilities, detached.
+            logps.require(WEIGHT_FIELDS, "use_weighting")
+            weight = torch.exp(logps.chosen_weight_log + logps.rejected_weight_log).detach()
+            loss = loss * weight
+            diagnostics["wpo_weight"] = weight
         output = MethodOutput(
             loss=loss,
             objective=loss.mean(),
@@ -230,4 +363,3 @@ def build(
         )
     config = cls.config_class(**hyperparameters)
     return cls(config, margin_estimator=margin_estimator, seed=seed)
-

@@ -7,14 +7,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from noisypref.methods.base import PairLogps, PreferenceMethod, check_positive, register
+from noisypref.methods.base import PairLogps, PreferenceMethod, SequenceOptions, check_positive, register
 
 
 @dataclass(frozen=True)
-class DPOConfig:
+class DPOConfig(SequenceOptions):
     beta: float = 0.1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive("beta", self.beta)
 
 

@@ -12,16 +12,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from noisypref.methods.base import MethodOutput, PairLogps, PreferenceMethod, check_positive, register
+from noisypref.methods.base import (
+    MethodOutput,
+    PairLogps,
+    PreferenceMethod,
+    SequenceOptions,
+    check_positive,
+    register,
+)
 from noisypref.methods.dpo import implicit_rewards
 
 
 @dataclass(frozen=True)
-class DrDPOConfig:
+class DrDPOConfig(SequenceOptions):
     beta: float = 0.1
     beta_prime: float = 1.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive("beta", self.beta)
         check_positive("beta_prime", self.beta_prime)
 

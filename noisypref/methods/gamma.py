@@ -3,15 +3,23 @@
 Each is its base method with a ``MarginEstimator`` attached (DESIGN §3.1): the target margin of
 pair i becomes γ_i, spread from a fixed budget γ0 over a candidate set of reward gaps.
 γ-DPO: −log σ(h − (γ_i − γ0)); γ-SimPO: −log σ(β(lw/|yw| − ll/|yl|) − γ_i).
+
+``gamma_dpo_published`` is γ-DPO with the published code's defaults (sunjie279/gammaPO,
+``scripts/xpo_trainer.py``, loss type ``gm-dpo``): log-probs averaged over response tokens
+(``length_normalize: true``, the code's ``average_log_prob=self.length_norm``) and the published
+mirror-descent schedule (``solver: published_mirror_descent``). ``gamma_dpo`` keeps the paper's
+equations: summed log-probs and the exact solver. γ-SimPO is length-normalised by definition.
+The published code's known defects (DESIGN §3.1: queue seeded with random numbers, evaluation
+batches queued, per-device queue) are not reproduced by either.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from noisypref.methods.base import PairLogps, check_positive, register
+from noisypref.methods.base import PairLogps, SequenceOptions, check_positive, register
 from noisypref.methods.dpo import DPO
 from noisypref.methods.margins import MarginEstimator
 from noisypref.methods.simpo import SimPO
@@ -41,10 +49,11 @@ class MarginHyperparameters:
 
 
 @dataclass(frozen=True)
-class GammaDPOConfig(MarginHyperparameters):
+class GammaDPOConfig(MarginHyperparameters, SequenceOptions):
     beta: float = 0.1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive("beta", self.beta)
         self.margin_estimator(seed=0)  # validates the margin settings
 
@@ -65,8 +74,24 @@ class GammaDPO(DPO):
     source = "Sun et al., Findings of ACL 2025"
     summary = "-log σ(h - (γ_i - γ0)), γ_i the dynamic target margin"
 
-    def __init__(self, config: GammaDPOConfig, margin_estimator: MarginEstimator | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, config: GammaDPOConfig, margin_estimator: MarginEstimator | None = None, seed: int = 0
+    ) -> None:
         super().__init__(config, margin_estimator or config.margin_estimator(seed))
+
+
+@dataclass(frozen=True)
+class PublishedGammaDPOConfig(GammaDPOConfig):
+    length_normalize: bool = field(default=True, kw_only=True)
+    solver: str = "published_mirror_descent"
+
+
+@register
+class PublishedGammaDPO(GammaDPO):
+    name = "gamma_dpo_published"
+    config_class = PublishedGammaDPOConfig
+    source = "Sun et al., Findings of ACL 2025; sunjie279/gammaPO scripts/xpo_trainer.py"
+    summary = "gamma_dpo with the published defaults: length-averaged log-probs, published mirror descent"
 
 
 @register
@@ -76,7 +101,9 @@ class GammaSimPO(SimPO):
     source = "Sun et al., Findings of ACL 2025"
     summary = "-log σ(β(lw/|yw| - ll/|yl|) - γ_i), γ_i the dynamic target margin"
 
-    def __init__(self, config: GammaSimPOConfig, margin_estimator: MarginEstimator | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, config: GammaSimPOConfig, margin_estimator: MarginEstimator | None = None, seed: int = 0
+    ) -> None:
         super().__init__(config, margin_estimator or config.margin_estimator(seed))
 
     def constant_margin(self, logps: PairLogps) -> torch.Tensor:

@@ -6,15 +6,16 @@ from dataclasses import dataclass
 
 import torch
 
-from noisypref.methods.base import PairLogps, PreferenceMethod, check_positive, register
+from noisypref.methods.base import PairLogps, PreferenceMethod, SequenceOptions, check_positive, register
 from noisypref.methods.dpo import implicit_rewards
 
 
 @dataclass(frozen=True)
-class HingeConfig:
+class HingeConfig(SequenceOptions):
     beta: float = 0.1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive("beta", self.beta)
 
 

@@ -1,6 +1,9 @@
 """IPO: Azar et al., "A General Theoretical Paradigm to Understand Learning from Human Preferences", 2023, eq. 17.
 
-As in TRL, ``beta`` plays IPO's τ: the loss is (h/β − 1/(2β))² with h = β·[(lw − rw) − (ll − rl)].
+``beta`` plays IPO's τ: the loss is (h/β − 1/(2β))² with h = β·[(lw − rw) − (ll − rl)], i.e.
+(Δ − 1/(2τ))² on the summed log-ratio gap Δ, as the paper's eq. 17 is written. TRL's ``ipo`` differs:
+it divides each log-ratio by its completion length first (TRL's comment says the IPO authors
+confirmed that their reported results used this form); ``length_normalize: true`` gives TRL's form.
 """
 
 from __future__ import annotations
@@ -9,15 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
-from noisypref.methods.base import PairLogps, PreferenceMethod, check_positive, register
+from noisypref.methods.base import PairLogps, PreferenceMethod, SequenceOptions, check_positive, register
 from noisypref.methods.dpo import implicit_rewards
 
 
 @dataclass(frozen=True)
-class IPOConfig:
+class IPOConfig(SequenceOptions):
     beta: float = 0.1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive("beta", self.beta)
 
 

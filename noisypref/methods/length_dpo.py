@@ -10,16 +10,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from noisypref.methods.base import PairLogps, PreferenceMethod, check_non_negative, check_positive, register
+from noisypref.methods.base import (
+    PairLogps,
+    PreferenceMethod,
+    SequenceOptions,
+    check_non_negative,
+    check_positive,
+    register,
+)
 from noisypref.methods.dpo import implicit_rewards
 
 
 @dataclass(frozen=True)
-class LengthDPOConfig:
+class LengthDPOConfig(SequenceOptions):
     beta: float = 0.1
     alpha: float = 0.01
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive("beta", self.beta)
         check_non_negative("alpha", self.alpha)
 

@@ -7,16 +7,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from noisypref.methods.base import PairLogps, PreferenceMethod, check_in_range, check_positive, register
+from noisypref.methods.base import (
+    PairLogps,
+    PreferenceMethod,
+    SequenceOptions,
+    check_in_range,
+    check_positive,
+    register,
+)
 from noisypref.methods.dpo import implicit_rewards
 
 
 @dataclass(frozen=True)
-class RobustDPOConfig:
+class RobustDPOConfig(SequenceOptions):
     beta: float = 0.1
     label_smoothing: float = 0.1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive("beta", self.beta)
         check_in_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
 

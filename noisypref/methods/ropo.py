@@ -1,6 +1,9 @@
 """ROPO: Liang et al., "Robust Preference Optimization through Iterative Alignment...", ICML 2025.
 
 Only the loss part: (4α/(1+α)²)·[−log σ(h) + α·σ(−h)]; the paper's sample filtering is not included.
+The loss and α = 14 are those of the public code that ships ROPO as a baseline (nissymori/SymPO,
+``alignment/train/trainers.py`` ``ROPOTrainer`` and ``alignment/config/loss/ropo.yaml``); ROPO's own
+code is not public.
 """
 
 from __future__ import annotations
@@ -10,16 +13,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from noisypref.methods.base import PairLogps, PreferenceMethod, check_positive, register
+from noisypref.methods.base import PairLogps, PreferenceMethod, SequenceOptions, check_positive, register
 from noisypref.methods.dpo import implicit_rewards
 
 
 @dataclass(frozen=True)
-class ROPOConfig:
+class ROPOConfig(SequenceOptions):
     beta: float = 0.1
-    alpha: float = 2.0
+    alpha: float = 14.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive("beta", self.beta)
         check_positive("alpha", self.alpha)
 
