@@ -25,11 +25,13 @@ SHOWN_VALUE_CHARACTERS = 80
 
 
 class Invalid(Exception):
-    """Raised by a check; `expected` completes the sentence "expected ..."."""
+    """Raised by a check; `expected` completes the sentence "expected ...". A check of a nested
+    section gives its own ``problems`` (field, value, expected), reported under the outer field."""
 
-    def __init__(self, expected: str):
+    def __init__(self, expected: str, problems: Sequence[tuple[str, Any, str]] = ()):
         super().__init__(expected)
         self.expected = expected
+        self.problems = list(problems)
 
 
 class StudyError(ValueError):
@@ -221,7 +223,8 @@ class Section:
             try:
                 object.__setattr__(self, settings_field.name, check(value))
             except Invalid as error:
-                problems.append((settings_field.name, value, error.expected))
+                nested = [(f"{settings_field.name}.{name}", item, expected) for name, item, expected in error.problems]
+                problems.extend(nested or [(settings_field.name, value, error.expected)])
         problems = problems or self.problems()
         if problems:
             raise SettingsError(self.section, problems)
@@ -234,11 +237,28 @@ class Section:
     def from_dict(cls, values: Mapping[str, Any], path: str | None = None) -> Any:
         """The section from a mapping (missing keys take their defaults); ``ValueError`` naming the
         unknown keys or the bad fields under ``path`` (default: the section's name)."""
-        errors = ErrorList()
-        settings = load_settings(cls, values, path or cls.section, errors)
-        if settings is None:
-            raise ValueError("; ".join(errors.problems))
-        return settings
+        path = path or cls.section
+        names = [settings_field.name for settings_field in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{path} = {show(values)} is invalid: expected a mapping with keys {', '.join(names)}")
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {unknown}; allowed keys are {', '.join(names)}")
+        for name in _required_fields(cls):
+            if name not in values:
+                raise ValueError(f"{path}.{name}: missing; it has no default")
+        try:
+            return cls(**values)
+        except SettingsError as error:
+            raise SettingsError(path, error.problems) from None
+
+
+def _required_fields(settings_type: type) -> list[str]:
+    return [
+        settings_field.name
+        for settings_field in dataclasses.fields(settings_type)  # type: ignore[arg-type]
+        if settings_field.default is dataclasses.MISSING and settings_field.default_factory is dataclasses.MISSING
+    ]
 
 
 def run_id_section(settings: Any) -> Any:
@@ -296,12 +316,7 @@ def load_settings(settings_type: type[SettingsT], raw: Any, path: str, errors: E
         return None
     names = [settings_field.name for settings_field in dataclasses.fields(settings_type)]  # type: ignore[arg-type]
     has_unknown_keys = unknown_keys(raw, names, path, errors)
-    required = [
-        settings_field.name
-        for settings_field in dataclasses.fields(settings_type)  # type: ignore[arg-type]
-        if settings_field.default is dataclasses.MISSING and settings_field.default_factory is dataclasses.MISSING
-    ]
-    missing = [name for name in required if name not in raw]
+    missing = [name for name in _required_fields(settings_type) if name not in raw]
     for name in missing:
         errors.message(f"{path}.{name}", "missing; it has no default")
     if missing:

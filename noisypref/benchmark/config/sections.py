@@ -19,6 +19,7 @@ from noisypref import methods as method_registry
 from noisypref.benchmark.config.checks import (
     Invalid,
     Section,
+    SettingsError,
     boolean,
     choice,
     from_known_keys,
@@ -156,6 +157,8 @@ def _lora_check(value: Any) -> LoraSettings | None:
         raise Invalid("null (full fine-tuning) or a mapping of LoRA settings r, alpha, dropout, target_modules")
     try:
         return LoraSettings.from_dict(value)
+    except SettingsError as error:
+        raise Invalid("valid LoRA settings", error.problems) from None
     except ValueError as error:
         raise Invalid(f"a valid value ({error})") from None
 
