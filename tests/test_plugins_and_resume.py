@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from test_study import TINY_TESTBED
 
 PLUGIN = textwrap.dedent(

@@ -36,7 +36,6 @@ from noisypref.collectives import all_gather_rows
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SHARDING_MODES = ("none", "fsdp")
 # How long a process waits for rank 0 outside training steps (the next run's broadcast, a cache that
 # rank 0 builds): rank 0 may evaluate a large model for hours while the others wait. Collectives of
 # a training step keep torch's default timeout.
