@@ -27,14 +27,13 @@ values give noisypref's behaviour before 0.2:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from noisypref.methods.base import (
-    SINCE_0_2,
     MethodOutput,
     PairLogps,
     PreferenceMethod,
@@ -56,9 +55,11 @@ class BetaDPOConfig(SequenceOptions):
     keep_fraction: float = 0.8
     momentum: float = 0.9
     min_beta_ratio: float = 0.01
-    discrepancy: str = field(default="log_ratio", metadata=SINCE_0_2)
-    kept_count: str = field(default="floor", metadata=SINCE_0_2)
-    statistics_start: str = field(default="zero", metadata=SINCE_0_2)
+    # Not marked since-0.2: their defaults (the published code's) change what a beta_dpo run computes,
+    # so its run id must change too, or a finished run of 0.1 would be taken for a run of today.
+    discrepancy: str = "log_ratio"
+    kept_count: str = "floor"
+    statistics_start: str = "zero"
 
     def __post_init__(self) -> None:
         super().__post_init__()
