@@ -392,3 +392,27 @@ def test_findings_need_no_items_lookup_beyond_the_files(tmp_path):
     found = findings(curve_runs(results), ["heldout_accuracy"], "dpo", read_metric_declarations(directory))
     assert set(found.loc[found["method_label"] == "gamma", "verdict"]) == {"better"}
     assert math.isclose(found["seeds_with_items"].max(), 0)
+
+
+def test_compare_puts_the_findings_of_two_studies_side_by_side(tmp_path, capsys):
+    first = make_study(tmp_path / "a", seeds=range(4), with_items=False)
+    second = make_study(tmp_path / "b", seeds=range(4), with_items=False, effects={"dpo": 0.0, "gamma": 0.0}, seed=9)
+    results = pd.read_parquet(second / "results.parquet").assign(noise_model="adversarial", study="other")
+    results.to_parquet(second / "results.parquet", index=False)
+    out = tmp_path / "comparison.md"
+    assert main(["compare", str(first), str(second), "--out", str(out)]) == 0
+    markdown = capsys.readouterr().out
+    assert out.read_text(encoding="utf-8") == markdown
+    assert "| ≠ noise_model | symmetric | adversarial |" in markdown and "| ≠ methods |" in markdown
+    assert "| dataset | testbed | testbed |" in markdown
+    table = markdown.split("## heldout_accuracy")[1].split("## ")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| gamma vs dpo | AUC"))
+    synthetic, other = [cell.strip() for cell in row.split("|")[3:5]]
+    assert synthetic.endswith("better") and other.endswith("no detectable difference")
+    # The same cell as the study's own report.
+    write_report(first)
+    found = pd.read_csv(first / "report" / "findings.csv")
+    auc = found[(found["metric"] == "heldout_accuracy") & (found["method_label"] == "gamma")
+                & (found["quantity"] == "auc")].iloc[0]  # fmt: skip
+    assert synthetic.startswith(f"{auc['mean_difference']:+.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]")
+    assert main(["compare", str(first)]) == 2
