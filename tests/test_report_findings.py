@@ -139,10 +139,10 @@ def items_of(directory: Path, run_id: str, metric: str) -> np.ndarray:
 # The findings table, number by number.
 
 
-def test_findings_differences_pvalues_and_holm_match_a_hand_computation(tmp_path):
-    directory = make_study(tmp_path / "study")
+def test_findings_differences_pvalues_and_holm_match_a_hand_computation(default_study):
+    directory = default_study
     results = pd.read_parquet(directory / "results.parquet")
-    found = write_and_read_findings(directory)
+    found = pd.read_csv(directory / "report" / "findings.csv")
     accuracy = found[found["metric"] == "heldout_accuracy"].reset_index(drop=True)
     assert len(accuracy) == 2 * (len(RATES) + 1)  # gamma and smooth, each rate and the AUC
     weights = trapezoid_weights(RATES)
@@ -168,9 +168,17 @@ def write_and_read_findings(directory: Path) -> pd.DataFrame:
     return pd.read_csv(directory / "report" / "findings.csv")
 
 
-def test_the_real_effect_is_better_and_the_null_is_no_detectable_difference(tmp_path):
-    directory = make_study(tmp_path / "study")
-    found = write_and_read_findings(directory)
+@pytest.fixture(scope="module")
+def default_study(tmp_path_factory) -> Path:
+    """The synthetic study with six seeds and items, its report written once for the tests that read it."""
+    directory = make_study(tmp_path_factory.mktemp("default") / "study")
+    write_report(directory)
+    return directory
+
+
+def test_the_real_effect_is_better_and_the_null_is_no_detectable_difference(default_study):
+    directory = default_study
+    found = pd.read_csv(directory / "report" / "findings.csv")
     accuracy = found[found["metric"] == "heldout_accuracy"]
     assert set(accuracy.loc[accuracy["method_label"] == "gamma", "verdict"]) == {"better"}
     assert set(accuracy.loc[accuracy["method_label"] == "smooth", "verdict"]) == {"no detectable difference"}
@@ -298,9 +306,8 @@ def numbers_in(text: str) -> list[str]:
     return re.findall(r"[+-]?\d+\.\d+", text)
 
 
-def test_findings_come_first_and_every_number_of_the_paragraph_is_in_a_table(tmp_path):
-    directory = make_study(tmp_path / "study")
-    markdown = Path(write_report(directory)).with_name("report.md").read_text(encoding="utf-8")
+def test_findings_come_first_and_every_number_of_the_paragraph_is_in_a_table(default_study):
+    markdown = (default_study / "report" / "report.md").read_text(encoding="utf-8")
     headings = re.findall(r"^## (.+)$", markdown, flags=re.MULTILINE)
     assert headings[0] == "Findings" and headings[1] == "Robustness curves" and headings[-1] == "Appendix"
     assert markdown.index("## Findings") < markdown.index("## Appendix") < markdown.index("name: synthetic")
@@ -313,9 +320,8 @@ def test_findings_come_first_and_every_number_of_the_paragraph_is_in_a_table(tmp
     assert "Ranking" not in paragraph and "smooth keeps" not in paragraph
 
 
-def test_ranking_orders_by_auc_and_gives_breaking_points(tmp_path):
-    directory = make_study(tmp_path / "study")
-    write_report(directory)
+def test_ranking_orders_by_auc_and_gives_breaking_points(default_study):
+    directory = default_study
     table = (directory / "report" / "tables" / "ranking-heldout-accuracy-testbed-symmetric-tiny.md").read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert lines[0].split("|")[2].strip() == "gamma"
@@ -329,10 +335,8 @@ def test_ranking_orders_by_auc_and_gives_breaking_points(tmp_path):
         assert line.rstrip(" |").endswith(expected)
 
 
-def test_every_figure_is_png_svg_and_in_one_pdf(tmp_path):
-    directory = make_study(tmp_path / "study")
-    write_report(directory)
-    report = directory / "report"
+def test_every_figure_is_png_svg_and_in_one_pdf(default_study):
+    report = default_study / "report"
     pngs = sorted((report / "figures").glob("*.png"))
     assert pngs and all(path.with_suffix(".svg").is_file() for path in pngs)
     pdf = (report / "figures.pdf").read_bytes()

@@ -447,7 +447,8 @@ def test_reports_never_import_torch(tmp_path):
     code = (
         "import sys, noisypref.reports as reports; "
         f"reports.write_report({str(study)!r}); "
-        "assert 'torch' not in sys.modules, 'noisypref.reports imported torch'"
+        "assert 'torch' not in sys.modules, 'noisypref.reports imported torch'; "
+        "assert not [m for m in sys.modules if m.startswith('noisypref.benchmark')], 'it imported the benchmark'"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     completed = subprocess.run(
