@@ -40,6 +40,7 @@ PANEL_WIDTH_IN = 3.3
 PANEL_HEIGHT_IN = 2.4
 MAX_COLUMNS = 3
 PNG_DPI = 200
+PAD_INCHES = 0.03
 PAPER_STYLE = {
     "font.size": 8,
     "axes.titlesize": 8,
@@ -105,18 +106,18 @@ class FigureFiles:
 
 
 def save_figure(figure: Figure, folder: Path, stem: str) -> FigureFiles:
-    """PNG and SVG of ``figure``; the saved area is the figure's tight bounding box, so that no legend
-    or label is cut even where a layout could not make room for it."""
+    """PNG and SVG of ``figure``, cut to its tight bounding box so that no legend or label is lost
+    even where the layout could not make room for it. The layout is computed once and then kept
+    (later saves, such as the PDF, reuse it)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = FigureFiles(folder / f"{stem}.png", folder / f"{stem}.svg")
     with matplotlib.rc_context(PAPER_STYLE):
-        FigureCanvasAgg(figure)
-        outside = texts_outside(figure)
-        if outside:
-            logger.warning("figure %s: %d text(s) reach outside the figure (%s); saved with a tight bounding box",
-                           stem, len(outside), ", ".join(outside[:3]))  # fmt: skip
-        figure.savefig(files.png, dpi=PNG_DPI, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.03)
-        figure.savefig(files.svg, metadata={"Date": None, "Creator": None}, bbox_inches="tight", pad_inches=0.03)
+        canvas = FigureCanvasAgg(figure)
+        figure.draw_without_rendering()  # runs the constrained layout
+        figure.set_layout_engine("none")  # keeps its result for every later draw
+        area = figure.get_tightbbox(canvas.get_renderer()).padded(PAD_INCHES)
+        figure.savefig(files.png, dpi=PNG_DPI, metadata={"Software": None}, bbox_inches=area)
+        figure.savefig(files.svg, metadata={"Date": None, "Creator": None}, bbox_inches=area)
     return files
 
 
@@ -124,7 +125,7 @@ def save_pdf(figures: list[Figure], path: Path) -> None:
     """All ``figures`` in one PDF, a page each (for a paper's appendix)."""
     with matplotlib.rc_context(PAPER_STYLE), PdfPages(path, metadata={"Creator": None, "Producer": None}) as pdf:
         for figure in figures:
-            pdf.savefig(figure, bbox_inches="tight", pad_inches=0.03)
+            pdf.savefig(figure, bbox_inches="tight", pad_inches=PAD_INCHES)
 
 
 def texts_outside(figure: Figure) -> list[str]:

@@ -271,9 +271,12 @@ class _ReportBuilder:
             f"Which methods hold up under label noise, against {self.baseline}: {len(self.results)} runs, "
             f"{self.results[METHOD].nunique()} methods, {len(seeds)} seed(s), target flip rates "
             f"{', '.join(percent(rate) for rate in sorted(set(self.results[RATE])))}; primary metric(s) "
-            f"{', '.join(self.primary) or 'none'}. Intervals: 95 % paired hierarchical bootstrap "
-            f"({self.resamples} replicates: seeds, then the items within each run); p-values: paired t-test "
-            "over seeds, Holm-adjusted per table."
+            f"{', '.join(self.primary) or 'none'}. "
+            + (
+                f"Intervals: 95 % paired hierarchical bootstrap ({self.resamples} replicates: seeds, then the "
+                "items within each run); p-values: paired t-test over seeds, Holm-adjusted per table."
+                if len(seeds) > 1 else "With one seed there are no intervals and no p-values."
+            )
         ))  # fmt: skip
         if not with_items:
             self.notes.append(
@@ -476,10 +479,11 @@ class _ReportBuilder:
         if figure is None:
             return Note(f"No value of {metric} for the γ runs.")
         files = self._figure(figure, "gamma", metric)
+        band = "band = 95 % interval over seeds" if summary["n_seeds"].max() > 1 else "one seed: no interval"
         return FigureBlock(files, (
             f"Noise detection by the γ methods ({metric}): AUROC of separating flipped from clean training "
-            "pairs against the realised flip rate (0.5 = chance; undefined at 0 %); band = 95 % t-interval "
-            "over seeds. A diagnostic: shown, not ranked."
+            f"pairs against the realised flip rate (0.5 = chance; undefined at 0 %); {band}. A diagnostic: "
+            "shown, not ranked."
         ))  # fmt: skip
 
     def _training(self) -> list[Section]:
