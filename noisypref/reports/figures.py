@@ -294,7 +294,6 @@ def gamma_figure(pairs_by_label: dict[str, pd.DataFrame]) -> Figure:
                                color=FLIPPED_COLOUR, linestyle="-", linewidth=1.4)  # fmt: skip
             histogram.set_xlabel("target margin γ")
             histogram.set_ylabel("density (per class)")
-            histogram.sharex(scatter)
         flipped_total = sum(int(frame["is_flipped"].astype(bool).sum()) for frame in pairs_by_label.values())
         total = sum(len(frame) for frame in pairs_by_label.values())
         handles = [

@@ -310,7 +310,8 @@ def ranking(
 ) -> pd.DataFrame:  # fmt: skip
     """Methods of one condition ordered by AUC (best first for a declared direction), with the AUC
     interval, the verdict of the AUC against the baseline and the breaking point: the lowest target
-    rate at which the method's mean is worse than the baseline's mean at the lowest rate."""
+    rate at which the method's whole 95 % interval (its mean, with one seed) is worse than the
+    baseline's mean at the lowest rate."""
     mask = (intervals["metric"] == metric).to_numpy().copy()
     for name, value in zip(CONDITION_KEYS, condition):
         mask &= (intervals[name] == value).to_numpy()
@@ -335,7 +336,10 @@ def ranking(
         curve = values[values[METHOD] == row[METHOD]].sort_values(RATE)
         breaking = np.nan
         if declaration.ranked and not np.isnan(clean_value):
-            worse = curve["mean"] * declaration.sign() < clean_value * declaration.sign()
+            # The whole interval on the worse side of the clean value (the mean, without an interval).
+            sign = declaration.sign()
+            far_end = (curve["ci_high"] if sign > 0 else curve["ci_low"]).fillna(curve["mean"])
+            worse = far_end * sign < clean_value * sign
             if worse.any():
                 breaking = float(curve.loc[worse, RATE].iloc[0])
         out.append({

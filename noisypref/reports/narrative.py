@@ -32,7 +32,7 @@ def _statistics(row: pd.Series) -> str:
         parts.append(f"95 % CI {format_interval(row['ci_low'], row['ci_high'])}")
     if not math.isnan(row["t_pvalue_holm"]):
         value = format_pvalue(row["t_pvalue_holm"])
-        parts.append(f"p {value}" if value.startswith("<") else f"p = {value}")
+        parts.append(f"p < {value[1:]}" if value.startswith("<") else f"p = {value}")
     parts.append(f"{int(row['n_pairs'])} seed{'s' if row['n_pairs'] != 1 else ''}")
     return ", ".join(parts)
 

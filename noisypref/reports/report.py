@@ -354,8 +354,12 @@ class _ReportBuilder:
             block = self._robustness_block(name, f"Diagnostic ({reason}; shown, not ranked): ")
             if block:
                 diagnostic_blocks.append(block)
-        if diagnostic_blocks:
-            sections.append(Section("Diagnostics", diagnostic_blocks))
+        intro = Text(
+            "Diagnostics describe the runs rather than rank the methods (metrics measured against the noisy "
+            "training labels, constants of the reference policy, γ margins, training curves): shown, never "
+            "given a verdict or a best."
+        )
+        sections.append(Section("Diagnostics", [intro, *diagnostic_blocks]))
         return sections
 
     def _summary_tables(self) -> list[Section]:

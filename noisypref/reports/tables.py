@@ -403,7 +403,8 @@ def ranking_table(ranked: pd.DataFrame, title: str, stem: str, declaration: Metr
     caption = (
         f"{title}: methods by robustness AUC of {declaration.label} ({metric_direction(declaration)}), "
         f"mean over seeds with its 95 % hierarchical bootstrap interval. Breaking point: the lowest target "
-        f"rate at which the method's mean is worse than {baseline}'s at {percent(ranked['clean_rate'].iloc[0])} "
+        f"rate at which the method's whole 95 % interval is worse than {baseline}'s mean at "
+        f"{percent(ranked['clean_rate'].iloc[0])} "
         f"({format_number(ranked['clean_value'].iloc[0])})."
     )
     notes = ["Bold only where the first method's interval overlaps no other's."] if declaration.ranked else [
