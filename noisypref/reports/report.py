@@ -47,7 +47,7 @@ from noisypref.reports.figures import (
     training_figure,
 )
 from noisypref.reports.findings import BOOTSTRAP_RESAMPLES, findings, method_intervals, ranking
-from noisypref.reports.narrative import condition_paragraph
+from noisypref.reports.narrative import condition_paragraphs
 from noisypref.reports.provenance import provenance, run_provenance
 from noisypref.reports.statistics import BOOTSTRAP_MIN_SEEDS, curve_runs, paired_tests, summarise
 from noisypref.reports.study import (
@@ -301,17 +301,21 @@ class _ReportBuilder:
                     ranked[metric], title, self._stem("ranking", metric, *condition), declaration, self.baseline,
                 )))  # fmt: skip
             noise_model = condition[CONDITION_KEYS.index("noise_model")]
-            paragraph = condition_paragraph(
+            paragraphs = condition_paragraphs(
                 self.found, ranked, condition, noise_model, self.primary,
                 {metric: self.declarations.get(metric) for metric in self.primary}, self.baseline,
             )  # fmt: skip
-            headline = [
-                self._table(headline_table(self.found, metric, condition, title,
-                                           self._stem("headline", metric, *condition), self.declarations.get(metric)))
-                for metric in self.primary
-            ]  # fmt: skip
-            blocks = [Text(paragraph)] if paragraph else [Note(f"{title}: no comparison with {self.baseline}.")]
-            blocks += [block for block in (*headline, *ranking_blocks) if block is not None]
+            blocks = []
+            for metric in self.primary:  # per metric: its paragraph, then its headline table
+                headline = self._table(headline_table(
+                    self.found, metric, condition, title, self._stem("headline", metric, *condition),
+                    self.declarations.get(metric),
+                ))  # fmt: skip
+                blocks += [block for block in (Text(paragraphs[metric]) if metric in paragraphs else None, headline)
+                           if block is not None]  # fmt: skip
+            if not blocks:
+                blocks.append(Note(f"{title}: no comparison with {self.baseline}."))
+            blocks += [block for block in ranking_blocks if block is not None]
             sections.append(Section(title, blocks, level=3))
         return sections
 

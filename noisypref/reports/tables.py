@@ -372,7 +372,8 @@ def headline_table(
             + ", ".join(f"{source} in {count} of {len(dominant)} cells" for source, count in counts.items())
             + " (items: the evaluation sample's noise explains ≥ half the seed-to-seed variance)."
         )
-    return Table(stem=stem, caption=caption, header=header, rows=cells, notes=notes, align="l" + "r" * (len(header) - 1))
+    # Left-aligned cells may wrap in HTML (right-aligned numbers do not), so the table fits a screen.
+    return Table(stem=stem, caption=caption, header=header, rows=cells, notes=notes, align="l" * len(header))
 
 
 def ranking_table(ranked: pd.DataFrame, title: str, stem: str, declaration: MetricDeclaration, baseline: str) -> Table | None:
