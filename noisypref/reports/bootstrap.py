@@ -13,13 +13,14 @@ One replicate (Davison & Hinkley 1997, §3.8, the two-stage bootstrap of a neste
 seeds with replacement; for each drawn seed and each of its parts draw ``n`` items with replacement
 and take their mean; average the weighted sums over the S drawn seeds. Resampling n items with
 replacement and averaging is drawing counts from Multinomial(n, share of each distinct value) and
-taking the count-weighted mean of the distinct values, which is what is computed (the same
-distribution, far fewer random numbers for 0/1 or 1/0.5/0 items). The interval is the (1−c)/2 and
+taking the count-weighted mean of the distinct values, which is what is computed where the items
+take few distinct values (the same distribution, far fewer random numbers for 0/1 or 1/0.5/0 items);
+items with many distinct values (gold rewards) are resampled by drawing indices. The interval is the (1−c)/2 and
 (1+c)/2 quantiles of the replicates.
 
 Random numbers: ``rng.integers(0, S, size=(resamples, S))`` picks the seeds first; then, seed by
-seed in order and part by part, ``rng.multinomial`` for the drawn slots of that seed. Without items
-only the first call is made: the seed-only percentile bootstrap.
+seed in order and part by part, ``rng.multinomial`` (or ``rng.integers``) for the drawn slots of
+that seed. Without items only the first call is made: the seed-only percentile bootstrap.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 CONFIDENCE = 0.95
+MULTINOMIAL_SHARE = 8  # counts over distinct values where there are at most n / 8 of them
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,18 @@ def hierarchical_bootstrap(
             if part.items is None or not len(part.items):
                 replicate += part.weight * part.point
                 continue
-            levels, counts = np.unique(part.items, return_counts=True)
-            total = len(part.items)
-            draws = rng.multinomial(total, counts / total, size=drawn)
-            replicate += part.weight * (draws @ levels) / total
+            replicate += part.weight * _resampled_means(part.items, drawn, rng)
         slot_values[slots] = replicate
     replicates = slot_values.mean(axis=1)
     low, high = np.quantile(replicates, [(1 - confidence) / 2, (1 + confidence) / 2])
     return BootstrapInterval(estimate, float(low), float(high), count, with_items, seed_variance, item_variance)
+
+
+def _resampled_means(items: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` means of ``len(items)`` items drawn with replacement: through multinomial counts of
+    the distinct values where there are few of them (0/1 or 1/½/0 items), by drawing indices otherwise."""
+    total = len(items)
+    levels, counts = np.unique(items, return_counts=True)
+    if len(levels) * MULTINOMIAL_SHARE <= total:
+        return rng.multinomial(total, counts / total, size=count) @ levels / total
+    return items[rng.integers(0, total, size=(count, total))].mean(axis=1)
