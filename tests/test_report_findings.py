@@ -263,17 +263,17 @@ def test_bootstrap_with_items_spreads_wider_than_seeds_alone_and_names_the_domin
     assert 0.0 <= with_items.low <= with_items.high <= 1.0
 
 
-@pytest.mark.parametrize("kind", ["binary", "continuous"])
-def test_both_ways_of_resampling_items_agree_with_the_textbook_bootstrap(kind):
-    # Few distinct values go through multinomial counts, many through index draws: same distribution.
+@pytest.mark.parametrize("kind, size", [("binary", 120), ("continuous", 120), ("continuous", 20)])
+def test_every_way_of_resampling_items_agrees_with_the_textbook_bootstrap(kind, size):
+    # Few distinct values: multinomial counts; many: the normal limit (≥ 30 items) or index draws.
     rng = np.random.default_rng(8)
-    draw = (lambda: rng.integers(0, 2, 120).astype(float)) if kind == "binary" else (lambda: rng.normal(2, 1, 120))
+    draw = (lambda: rng.integers(0, 2, size).astype(float)) if kind == "binary" else (lambda: rng.normal(2, 1, size))
     items = [draw() + 0.05 * seed for seed in range(5)]
     interval = hierarchical_bootstrap([[Part(1.0, values.mean(), values)] for values in items], 6000)
     replicates = textbook_bootstrap([[(1.0, values)] for values in items], 6000, np.random.default_rng(9))
     low, high = np.quantile(replicates, [0.025, 0.975])
-    assert interval.low == pytest.approx(low, abs=0.06 * (high - low))
-    assert interval.high == pytest.approx(high, abs=0.06 * (high - low))
+    assert interval.low == pytest.approx(low, abs=0.07 * (high - low))
+    assert interval.high == pytest.approx(high, abs=0.07 * (high - low))
 
 
 def test_intervals_of_bounded_metrics_stay_inside_their_bounds(tmp_path):

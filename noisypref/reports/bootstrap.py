@@ -15,11 +15,12 @@ and take their mean; average the weighted sums over the S drawn seeds. Resamplin
 replacement and averaging is drawing counts from Multinomial(n, share of each distinct value) and
 taking the count-weighted mean of the distinct values, which is what is computed where the items
 take few distinct values (the same distribution, far fewer random numbers for 0/1 or 1/0.5/0 items);
-items with many distinct values (gold rewards) are resampled by drawing indices. The interval is the (1−c)/2 and
+for items with many distinct values (gold rewards) the resampled mean is drawn from its normal limit
+(from 30 items; index draws below that), see ``_resampled_means``. The interval is the (1−c)/2 and
 (1+c)/2 quantiles of the replicates.
 
 Random numbers: ``rng.integers(0, S, size=(resamples, S))`` picks the seeds first; then, seed by
-seed in order and part by part, ``rng.multinomial`` (or ``rng.integers``) for the drawn slots of
+seed in order and part by part, ``rng.multinomial`` (or ``rng.standard_normal``, ``rng.integers``) for the drawn slots of
 that seed. Without items only the first call is made: the seed-only percentile bootstrap.
 """
 
@@ -31,6 +32,7 @@ import numpy as np
 
 CONFIDENCE = 0.95
 MULTINOMIAL_SHARE = 8  # counts over distinct values where there are at most n / 8 of them
+NORMAL_MIN_ITEMS = 30  # from this many items with many distinct values, the resampled mean's normal limit
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,17 @@ def hierarchical_bootstrap(
 
 
 def _resampled_means(items: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` means of ``len(items)`` items drawn with replacement: through multinomial counts of
-    the distinct values where there are few of them (0/1 or 1/½/0 items), by drawing indices otherwise."""
+    """``count`` means of ``len(items)`` items drawn with replacement.
+
+    Few distinct values (0/1 or 1/½/0 items): multinomial counts over them, exactly. Many distinct
+    values (gold rewards): from ``NORMAL_MIN_ITEMS`` items on, the normal limit of the resampled mean,
+    N(mean, var/n) with the plug-in variance (the central limit theorem for the bootstrap mean;
+    Davison & Hinkley 1997, §2.6), a hundredth of the random numbers; below that, index draws.
+    """
     total = len(items)
     levels, counts = np.unique(items, return_counts=True)
     if len(levels) * MULTINOMIAL_SHARE <= total:
         return rng.multinomial(total, counts / total, size=count) @ levels / total
+    if total >= NORMAL_MIN_ITEMS:
+        return items.mean() + np.sqrt(items.var() / total) * rng.standard_normal(count)
     return items[rng.integers(0, total, size=(count, total))].mean(axis=1)

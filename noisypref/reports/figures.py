@@ -34,6 +34,7 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#0
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 LINE_STYLES = ("-", "--", ":", "-.")
 FLIPPED_COLOUR, CLEAN_COLOUR = "#D55E00", "#0072B2"
+SCATTER_MAX_POINTS = 4000  # per γ panel; the histograms use every pair
 
 DODGE = 0.008  # share of the rate span between neighbouring methods' points
 PANEL_WIDTH_IN = 3.3
@@ -261,7 +262,7 @@ def gamma_figure(pairs_by_label: dict[str, pd.DataFrame]) -> Figure:
 
     Each frame holds the pairs of the method's runs (seeds pooled) with ``is_flipped``,
     ``reward_gap`` and ``gamma``. The scatter draws both classes as translucent open marks in a shuffled
-    order, so that neither class hides the other; the histograms share their bins and axis, clean pairs
+    order, so that neither class hides the other (at most ``SCATTER_MAX_POINTS`` pairs, drawn at random); the histograms share their bins and axis, clean pairs
     filled, flipped pairs as an outline, each normalised to its own count.
     """
     rng = np.random.default_rng(0)
@@ -275,7 +276,7 @@ def gamma_figure(pairs_by_label: dict[str, pd.DataFrame]) -> Figure:
             scatter, histogram = axes[0, column], axes[1, column]
             if "reward_gap" in pairs:
                 gap = pairs["reward_gap"].to_numpy(dtype=float)
-                order = rng.permutation(len(gap))
+                order = rng.permutation(len(gap))[:SCATTER_MAX_POINTS]  # a random subset, in random order
                 colours = np.where(flipped[order], FLIPPED_COLOUR, CLEAN_COLOUR)
                 scatter.scatter(gap[order], gamma[order], s=6, marker="o", facecolors="none",
                                 edgecolors=colours, alpha=0.5, linewidths=0.6, rasterized=True)  # fmt: skip

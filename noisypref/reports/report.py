@@ -38,6 +38,7 @@ from noisypref.reports.document import (
     render_markdown,
 )
 from noisypref.reports.figures import (
+    SCATTER_MAX_POINTS,
     gamma_figure,
     method_styles,
     metric_name,
@@ -461,7 +462,8 @@ class _ReportBuilder:
             files = self._figure(gamma_figure(pairs_by_label), "gamma", *condition, rate)
             section.blocks.append(FigureBlock(files, (
                 f"{title}, target flip rate {percent(rate)}, seeds pooled: target margin γ against the final "
-                "reward gap (top; both classes as open marks drawn in a shuffled order) and the histogram of γ "
+                "reward gap (top; both classes as open marks drawn in a shuffled order, at most "
+                f"{SCATTER_MAX_POINTS} pairs at random) and the histogram of γ "
                 "of each class on one axis with shared bins, each normalised to its own count (bottom; clean "
                 "filled, flipped as an outline)."
             )))  # fmt: skip
