@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.text
@@ -22,6 +23,7 @@ from scipy import stats
 
 from noisypref.cli import USER_ERROR_STATUS, main
 from noisypref.reports import holm_adjust, mean_interval, paired_tests, summarise, write_report
+from noisypref.reports.declarations import MetricDeclaration
 from noisypref.reports.figures import method_styles, robustness_figure
 from noisypref.reports.tables import summary_table
 
@@ -315,21 +317,31 @@ def test_unknown_baseline_is_an_error():
 # Tables and styles.
 
 
-def test_best_value_per_column_is_bold_in_the_direction_of_the_metric():
+def test_best_value_is_bold_only_where_its_interval_is_apart_and_the_metric_is_ranked():
     results = make_results()
-    summary = summarise(results, ["heldout_accuracy", "final_loss"])
+    gamma = results["method_label"] == "γ-DPO"
+    results.loc[gamma, "heldout_accuracy"] += 0.3
+    results.loc[gamma, "final_loss"] -= 0.3
+    summary = summarise(results, ["heldout_accuracy", "final_loss", "gold_win_rate"])
     condition = ("testbed", "symmetric", "tiny-llama")
-    for metric, pick in (("heldout_accuracy", max), ("final_loss", min)):
-        table = summary_table(summary, metric, condition, "t", "stem")
+    higher = MetricDeclaration("heldout_accuracy", "held-out accuracy", "higher", 0.0, 1.0)
+    lower = MetricDeclaration("final_loss", "final loss", "lower", 0.0, None)
+    for metric, declaration in (("heldout_accuracy", higher), ("final_loss", lower)):
+        table = summary_table(summary, metric, condition, "t", "stem", declaration)
         column = 1  # 0 % flips
-        means = {label: cell(results, label, 0.0, metric).mean() for label in METHODS}
-        best = pick(means, key=means.get)
         bold = [row[0] for r, row in enumerate(table.rows) if table.is_bold(r, column)]
-        assert bold == [best]
-        assert f"**{table.rows[[row[0] for row in table.rows].index(best)][column]}**" in table.to_markdown()
+        assert bold == ["γ-DPO"]
+        assert f"**{table.rows[[row[0] for row in table.rows].index('γ-DPO')][column]}**" in table.to_markdown()
         latex = table.to_latex()
         assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex
         assert "\\textbf{" in latex and "$\\gamma$-DPO" in latex
+        # The same numbers as a diagnostic, or without a declared direction: nothing is bold.
+        for unranked in (replace(declaration, diagnostic=True), replace(declaration, direction="none")):
+            table = summary_table(summary, metric, condition, "t", "stem", unranked)
+            assert not any(table.is_bold(r, c) for r in range(len(table.rows)) for c in range(len(table.header)))
+    # Win rates of all methods drawn alike: their intervals overlap, so no "best".
+    table = summary_table(summary, "gold_win_rate", condition, "t", "stem", replace(higher, name="gold_win_rate"))
+    assert not any(table.is_bold(r, c) for r in range(len(table.rows)) for c in range(len(table.header)))
 
 
 def test_method_styles_are_fixed_by_sorted_labels_and_distinct():
@@ -344,7 +356,8 @@ def test_robustness_figure_panels_are_a_column_wide_with_readable_text():
     results = make_results()
     summary = summarise(results, ["heldout_accuracy"])
     titles = {("testbed", "symmetric", "tiny-llama"): "testbed · symmetric"}
-    figure = robustness_figure(summary, "heldout_accuracy", method_styles(results["method_label"]), titles)
+    declaration = MetricDeclaration("heldout_accuracy", "held-out accuracy", "higher", 0.0, 1.0)
+    figure = robustness_figure(summary, "heldout_accuracy", method_styles(results["method_label"]), titles, declaration)
     assert figure.get_size_inches()[0] == pytest.approx(3.3)
     texts = [text for text in figure.findobj(matplotlib.text.Text) if text.get_text()]
     assert texts and min(text.get_fontsize() for text in texts) >= 7
@@ -399,7 +412,8 @@ def test_missing_optional_pieces_become_notes(tmp_path):
     study = write_study(tmp_path / "study", make_results(methods=methods), with_run_files=False)
     markdown = write_report(study).with_name("report.md").read_text(encoding="utf-8")
     assert "study.yaml not found" in markdown
-    assert "No method label 'dpo'" in markdown and "--baseline" in markdown
+    assert "The baseline 'dpo' is not a method label" in markdown and "'hinge', the first label" in markdown
+    assert "--baseline" in markdown and "Paired tests against hinge" in markdown
     assert "No γ method" in markdown
     assert "have no metrics.jsonl" in markdown and "no training curves" in markdown
 
@@ -419,7 +433,7 @@ def test_report_command(tmp_path, capsys):
     argv = ["report", str(study), "--baseline", "dpo", "--metric", "heldout_accuracy", "--rate", "0.2"]
     assert main(argv) == 0
     assert str(study / "report" / "report.html") in capsys.readouterr().out
-    assert (study / "report" / "figures" / "training-testbed-symmetric-tiny-llama-0.2.png").is_file()
+    assert (study / "report" / "figures" / "training-loss-testbed-symmetric-tiny-llama-0.2.png").is_file()
     assert not (study / "report" / "figures" / "robustness-final-loss.png").exists()
 
     for bad in (["--metric", "bleu"], ["--rate", "0.3"], ["--baseline", "ipo"]):
@@ -433,7 +447,8 @@ def test_reports_never_import_torch(tmp_path):
     code = (
         "import sys, noisypref.reports as reports; "
         f"reports.write_report({str(study)!r}); "
-        "assert 'torch' not in sys.modules, 'noisypref.reports imported torch'"
+        "assert 'torch' not in sys.modules, 'noisypref.reports imported torch'; "
+        "assert not [m for m in sys.modules if m.startswith('noisypref.benchmark')], 'it imported the benchmark'"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     completed = subprocess.run(
@@ -531,6 +546,10 @@ def console_errors(events: list[dict]) -> list[str]:
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install -y chromium)")
 def test_html_report_shows_every_figure_in_headless_chromium(tmp_path):
     study = write_study(tmp_path / "study", add_failed_run(make_results()))
+    declarations = {"heldout_accuracy": {"label": "held-out accuracy", "direction": "higher", "bounds": [0, 1]},
+                    "final_loss": {"label": "final loss", "direction": "lower", "bounds": [0, None],
+                                   "noisy_labels": True, "diagnostic": True}}  # fmt: skip
+    (study / "metrics.json").write_text(json.dumps({"version": 1, "metrics": declarations}), encoding="utf-8")
     html_path = write_report(study)
     figure_count = len(list((study / "report" / "figures").glob("*.png")))
     browser = DevToolsPipe(CHROMIUM, tmp_path / "profile")
@@ -552,9 +571,27 @@ def test_html_report_shows_every_figure_in_headless_chromium(tmp_path):
         images = json.loads(result["result"]["value"])
         title = browser.send("Runtime.evaluate", {"expression": "document.title", "returnByValue": True},
                              session=session)["result"]["value"]  # fmt: skip
+        # Document order: the section headings, and where the first table, paragraph and figure stand.
+        order = (
+            "JSON.stringify({headings: Array.from(document.querySelectorAll('h2')).map(h => h.textContent), "
+            "firstTable: document.querySelector('table caption').textContent, "
+            "tableBeforeFigure: !!(document.querySelector('table').compareDocumentPosition("
+            "document.querySelector('figure')) & Node.DOCUMENT_POSITION_FOLLOWING), "
+            "firstParagraph: document.querySelector('h3 + p').textContent, "
+            "findingsTop: document.querySelector('h2').getBoundingClientRect().top, "
+            "viewport: window.innerHeight})"
+        )
+        layout = json.loads(browser.send("Runtime.evaluate", {"expression": order, "returnByValue": True},
+                                         session=session)["result"]["value"])  # fmt: skip
     finally:
         browser.close()
     assert title == "noisypref report: tiny"
+    assert layout["headings"][0] == "Findings" and layout["headings"][-1] == "Appendix", layout["headings"]
+    assert layout["headings"].index("Robustness curves") == 1
+    assert layout["firstTable"].startswith("testbed · symmetric: held-out accuracy (heldout_accuracy; higher")
+    assert layout["tableBeforeFigure"]
+    assert layout["firstParagraph"].startswith("Under symmetric noise at 40 % flips")
+    assert layout["findingsTop"] < layout["viewport"]  # the findings start on the first screen
     assert len(images) == figure_count > 0
     assert all(image["complete"] and image["width"] > 0 and image["height"] > 0 for image in images), images
     assert all(image["shown"] > 0 for image in images), images

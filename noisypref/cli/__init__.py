@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "noisypref.cli.noise",
     "noisypref.cli.alpacaeval",
     "noisypref.cli.report",
+    "noisypref.cli.compare",
     "noisypref.cli.validate",
     "noisypref.cli.run",
     "noisypref.cli.status",

@@ -1,4 +1,5 @@
-"""`noisypref report`: robustness curves, tables, paired tests and diagnostics of a finished study."""
+"""`noisypref report`: the findings of a study first (which methods hold up, by how much, how sure),
+then robustness curves, diagnostics, detailed tables and an appendix."""
 
 from __future__ import annotations
 
@@ -9,19 +10,25 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "report",
-        help="write the report of a study folder (curves, tables, tests) into DIR/report/",
+        help="write the report of a study folder (findings, curves, tables, tests) into DIR/report/",
         description=(
-            "Read DIR/results.parquet (plus DIR/study.yaml and DIR/runs/<run_id>/ where present) and write "
-            "DIR/report/: report.html (one self-contained file), report.md, figures/ (PNG and SVG), "
-            "tables/ (Markdown and LaTeX), summary.csv and paired_tests.csv. Only result files are read; "
-            "sections whose inputs are missing are replaced by a note."
+            "Read DIR/results.parquet (plus DIR/metrics.json, DIR/study.yaml and DIR/runs/<run_id>/ where "
+            "present) and write DIR/report/: report.html (one self-contained file), report.md, figures/ "
+            "(PNG and SVG), figures.pdf, tables/ (Markdown and LaTeX), findings.csv, intervals.csv, "
+            "summary.csv and paired_tests.csv. The report opens with its findings: each method against the "
+            "baseline on the primary metrics with 95 % hierarchical bootstrap intervals, Holm-adjusted "
+            "p-values and a verdict. Only result files are read; sections whose inputs are missing are "
+            "replaced by a note."
         ),
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="study folder (the one `noisypref run` wrote)")
     parser.add_argument(
         "--baseline",
         metavar="LABEL",
-        help="method label the paired tests compare against (default: the label 'dpo' where present)",
+        help=(
+            "method label the findings and paired tests compare against (default: report.baseline of "
+            "study.yaml, else 'dpo'; a default that is not a label falls back to the first label, with a note)"
+        ),
     )
     parser.add_argument(
         "--metric",

@@ -1,22 +1,33 @@
-"""Result files in, tables, plots and statistics out. Never imports torch.
+"""Result files in, tables, plots and statistics out. Never imports torch or noisypref.benchmark.
 
-``write_report(study_dir)`` turns a study folder (results.parquet, study.yaml, runs/<run_id>/...)
-into DIR/report/ (report.html, report.md, figures, tables, CSVs). The numbers behind it are
-available as DataFrames: ``summarise(results)`` and ``paired_tests(results, baseline)`` on the
-table that ``load_study(study_dir).results`` returns. See docs/reports.md.
+``write_report(study_dir)`` turns a study folder (results.parquet, metrics.json, study.yaml,
+runs/<run_id>/...) into DIR/report/, findings first. The numbers behind it are DataFrames:
+``findings(runs, metrics, baseline, declarations)`` (each method against the baseline, with hierarchical
+bootstrap intervals, Holm p and verdicts), ``method_intervals``, ``summarise(results)`` and
+``paired_tests(results, baseline)``. ``compare_studies([DIR_A, DIR_B])`` puts studies side by side.
+See docs/reports.md.
 """
 
+from noisypref.reports.compare import compare_studies
+from noisypref.reports.declarations import read_metric_declarations, read_report_settings
+from noisypref.reports.findings import findings, method_intervals
 from noisypref.reports.report import write_report
-from noisypref.reports.statistics import holm_adjust, mean_interval, paired_tests, summarise
+from noisypref.reports.statistics import curve_runs, holm_adjust, mean_interval, paired_tests, summarise
 from noisypref.reports.study import load_study, metric_columns, normalise_results
 
 __all__ = [
+    "compare_studies",
+    "curve_runs",
+    "findings",
     "holm_adjust",
     "load_study",
     "mean_interval",
+    "method_intervals",
     "metric_columns",
     "normalise_results",
     "paired_tests",
+    "read_metric_declarations",
+    "read_report_settings",
     "summarise",
     "write_report",
 ]

@@ -7,6 +7,7 @@ greyscale. Panels are a paper column wide (3.3 in) with text of 7–8 pt.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,11 +17,16 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from noisypref.reports.declarations import MetricDeclaration
 from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, REALISED_RATE
+
+logger = logging.getLogger(__name__)
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision
 # deficiencies. Yellow last: it is the weakest on white.
@@ -28,11 +34,14 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#0
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 LINE_STYLES = ("-", "--", ":", "-.")
 FLIPPED_COLOUR, CLEAN_COLOUR = "#D55E00", "#0072B2"
+SCATTER_MAX_POINTS = 4000  # per γ panel; the histograms use every pair
 
+DODGE = 0.008  # share of the rate span between neighbouring methods' points
 PANEL_WIDTH_IN = 3.3
 PANEL_HEIGHT_IN = 2.4
 MAX_COLUMNS = 3
 PNG_DPI = 200
+PAD_INCHES = 0.03
 PAPER_STYLE = {
     "font.size": 8,
     "axes.titlesize": 8,
@@ -45,6 +54,7 @@ PAPER_STYLE = {
     "axes.grid": True,
     "grid.alpha": 0.3,
     "svg.hashsalt": "noisypref",  # stable ids in the SVG files
+    "svg.fonttype": "none",  # text stays text in the SVG: searchable, editable and quick to write
 }
 
 METRIC_NAMES = {
@@ -97,13 +107,65 @@ class FigureFiles:
 
 
 def save_figure(figure: Figure, folder: Path, stem: str) -> FigureFiles:
+    """PNG and SVG of ``figure``, cut to its tight bounding box so that no legend or label is lost
+    even where the layout could not make room for it. The layout is computed once and then kept
+    (later saves, such as the PDF, reuse it)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = FigureFiles(folder / f"{stem}.png", folder / f"{stem}.svg")
     with matplotlib.rc_context(PAPER_STYLE):
-        FigureCanvasAgg(figure)
-        figure.savefig(files.png, dpi=PNG_DPI, metadata={"Software": None})
-        figure.savefig(files.svg, metadata={"Date": None, "Creator": None})
+        canvas = FigureCanvasAgg(figure)
+        figure.draw_without_rendering()  # runs the constrained layout
+        figure.set_layout_engine("none")  # keeps its result for every later draw
+        area = figure.get_tightbbox(canvas.get_renderer()).padded(PAD_INCHES)
+        figure.savefig(files.png, dpi=PNG_DPI, metadata={"Software": None}, bbox_inches=area)
+        figure.savefig(files.svg, metadata={"Date": None, "Creator": None}, bbox_inches=area)
     return files
+
+
+def save_pdf(figures: list[Figure], path: Path) -> None:
+    """All ``figures`` in one PDF, a page each (for a paper's appendix)."""
+    with matplotlib.rc_context(PAPER_STYLE), PdfPages(path, metadata={"Creator": None, "Producer": None}) as pdf:
+        for figure in figures:
+            pdf.savefig(figure, bbox_inches="tight", pad_inches=PAD_INCHES)
+
+
+def texts_outside(figure: Figure) -> list[str]:
+    """The visible legends and texts of ``figure`` whose drawn extent is not inside the figure's area."""
+    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+    renderer = canvas.get_renderer()
+    figure.draw_without_rendering()
+    frame = figure.bbox
+    artists = [*figure.legends, *(legend for ax in figure.axes for legend in [ax.get_legend()] if legend)]
+    tick_labels, shown_ticks = set(), []
+    for ax in figure.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
+                tick_labels.update((id(tick.label1), id(tick.label2)))
+            if ax.get_visible():  # the labels of the ticks inside the view: the ones drawn
+                low, high = sorted(axis.get_view_interval())
+                locations = axis.get_majorticklocs()
+                labels = axis.get_majorticklabels()
+                shown_ticks += [label for location, label in zip(locations, labels) if low <= location <= high]
+    texts = [text for text in figure.findobj(Text) if id(text) not in tick_labels] + shown_ticks
+    artists += [text for text in texts if text.get_text() and text.get_visible()]
+    outside = []
+    for artist in artists:
+        if not artist.get_visible() or (isinstance(artist, Text) and not _shown(artist)):
+            continue
+        extent = artist.get_window_extent(renderer)
+        inside = (
+            extent.x0 >= frame.x0 - 0.5 and extent.y0 >= frame.y0 - 0.5
+            and extent.x1 <= frame.x1 + 0.5 and extent.y1 <= frame.y1 + 0.5
+        )  # fmt: skip
+        if not inside:
+            outside.append(artist.get_text() if isinstance(artist, Text) else "legend")
+    return outside
+
+
+def _shown(text: Text) -> bool:
+    """False for the texts of hidden axes (unused panels) and the like."""
+    axes = text.axes
+    return axes is None or axes.get_visible()
 
 
 def _panel_grid(count: int, rows_per_panel: int = 1) -> tuple[Figure, np.ndarray]:
@@ -120,8 +182,18 @@ def _hide_unused(axes: np.ndarray, used: int) -> None:
 
 
 def _method_legend(figure: Figure, labels: Sequence[str], styles: dict[str, MethodStyle]) -> None:
-    handles = [Line2D([], [], label=label, **styles[label].line_kwargs()) for label in labels]
-    figure.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), frameon=False)
+    """A legend under the panels with as many columns as fit the figure's width (never cut)."""
+    handles = [Line2D([], [], label=label, markerfacecolor="none", **styles[label].line_kwargs()) for label in labels]
+    _fitted_legend(figure, handles)
+
+
+def _fitted_legend(figure: Figure, handles: list) -> None:
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    for columns in range(min(4, len(handles)), 0, -1):
+        legend = figure.legend(handles=handles, loc="outside lower center", ncols=columns, frameon=False)
+        if legend.get_window_extent(renderer).width <= figure.bbox.width * 0.98 or columns == 1:
+            return
+        legend.remove()
 
 
 def robustness_figure(
@@ -129,12 +201,15 @@ def robustness_figure(
     metric: str,
     styles: dict[str, MethodStyle],
     titles: dict[tuple, str],
+    declaration: MetricDeclaration,
     labels: Sequence[str] | None = None,
     chance_level: float | None = None,
 ) -> Figure | None:
     """``metric`` against the mean realised flip rate, one panel per condition (keys of ``titles``).
 
-    One line per method label: the mean over seeds with its 95 % interval as a band.
+    One line per method label: the mean over seeds (open markers) with its 95 % interval as a band
+    where there is one. Methods are spread by ``DODGE`` of the rate span along x so that coinciding
+    lines stay visible. A metric with both bounds shows its whole range.
     """
     values = summary[(summary["metric"] == metric) & (summary["quantity"] == "value")]
     if labels is not None:
@@ -146,42 +221,33 @@ def robustness_figure(
         return None
     with matplotlib.rc_context(PAPER_STYLE):
         figure, axes = _panel_grid(len(panels))
-        shown = set()
+        shown = sorted(set(values[METHOD]))
         for ax, (condition, title) in zip(axes.flat, panels):
             rows = _condition_rows(values, condition)
+            span = max(float(rows[REALISED_RATE].max() - rows[REALISED_RATE].min()), 1e-9)
             for label, curve in rows.groupby(METHOD, sort=True):
                 curve = curve.sort_values(RATE)
                 style = styles[label]
-                ax.plot(curve[REALISED_RATE], curve["mean"], label=label, **style.line_kwargs())
-                ax.fill_between(
-                    curve[REALISED_RATE], curve["ci_low"], curve["ci_high"],
-                    color=style.colour, alpha=0.15, linewidth=0,
-                )  # fmt: skip
-                shown.add(label)
+                x = curve[REALISED_RATE] + DODGE * span * (shown.index(label) - (len(shown) - 1) / 2)
+                ax.plot(x, curve["mean"], label=label, markerfacecolor="none", **style.line_kwargs())
+                ax.fill_between(x, curve["ci_low"], curve["ci_high"], color=style.colour, alpha=0.12, linewidth=0)
             if chance_level is not None:
                 ax.axhline(chance_level, color="grey", linewidth=0.8, linestyle=(0, (1, 2)))
-            ax.set_title(title + (" (bands clipped)" if _clip_bands(ax, rows) else ""))
+            if declaration.low is not None and declaration.high is not None:
+                margin = 0.02 * (declaration.high - declaration.low)
+                ax.set_ylim(declaration.low - margin, declaration.high + margin)
+            elif declaration.low is not None:
+                ax.set_ylim(bottom=declaration.low)
+            elif declaration.high is not None:
+                ax.set_ylim(top=declaration.high)
+            ax.set_title(title)
             ax.set_xlabel("realised flip rate")
-            ax.set_ylabel(metric_name(metric))
+            ax.set_ylabel(declaration.label)
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda rate, _: f"{100 * rate:.4g}%"))
         _hide_unused(axes, len(panels))
-        _method_legend(figure, sorted(shown), styles)
+        _method_legend(figure, shown, styles)
     return figure
-
-
-def _clip_bands(ax, rows: pd.DataFrame) -> bool:
-    """Keep the y axis on the curves: bands reaching further than the spread of the means beyond
-    them (a t-interval from 2 seeds is ±12.7 sd/√2) are cut at the axes. True where it cut."""
-    if rows["ci_low"].isna().all():
-        return False
-    low, high = rows["mean"].min(), rows["mean"].max()
-    reach = max(high - low, 0.05 * max(abs(low), abs(high)), 1e-9)
-    limits = (low - reach, high + reach)
-    if rows["ci_low"].min() >= limits[0] and rows["ci_high"].max() <= limits[1]:
-        return False
-    ax.set_ylim(max(limits[0], rows["ci_low"].min()), min(limits[1], rows["ci_high"].max()))
-    return True
 
 
 def _condition_rows(frame: pd.DataFrame, condition: tuple) -> pd.DataFrame:
@@ -192,11 +258,14 @@ def _condition_rows(frame: pd.DataFrame, condition: tuple) -> pd.DataFrame:
 
 
 def gamma_figure(pairs_by_label: dict[str, pd.DataFrame]) -> Figure:
-    """Per γ method: target margin against reward gap (top) and margin histograms (bottom).
+    """Per γ method: target margin against reward gap (top) and one histogram per class (bottom).
 
     Each frame holds the pairs of the method's runs (seeds pooled) with ``is_flipped``,
-    ``reward_gap`` and ``gamma``; flipped pairs in vermillion crosses, clean in blue dots.
+    ``reward_gap`` and ``gamma``. The scatter draws both classes as translucent open marks in a shuffled
+    order, so that neither class hides the other (at most ``SCATTER_MAX_POINTS`` pairs, drawn at random); the histograms share their bins and axis, clean pairs
+    filled, flipped pairs as an outline, each normalised to its own count.
     """
+    rng = np.random.default_rng(0)
     with matplotlib.rc_context(PAPER_STYLE):
         count = len(pairs_by_label)
         figure = Figure(figsize=(PANEL_WIDTH_IN * count, PANEL_HEIGHT_IN * 2 + 0.4), layout="constrained")
@@ -207,52 +276,63 @@ def gamma_figure(pairs_by_label: dict[str, pd.DataFrame]) -> Figure:
             scatter, histogram = axes[0, column], axes[1, column]
             if "reward_gap" in pairs:
                 gap = pairs["reward_gap"].to_numpy(dtype=float)
-                scatter.scatter(gap[~flipped], gamma[~flipped], s=4, marker="o", color=CLEAN_COLOUR,
-                                alpha=0.4, linewidths=0, rasterized=True)  # fmt: skip
-                scatter.scatter(gap[flipped], gamma[flipped], s=8, marker="x", color=FLIPPED_COLOUR,
-                                alpha=0.6, linewidths=0.7, rasterized=True)  # fmt: skip
+                order = rng.permutation(len(gap))[:SCATTER_MAX_POINTS]  # a random subset, in random order
+                colours = np.where(flipped[order], FLIPPED_COLOUR, CLEAN_COLOUR)
+                scatter.scatter(gap[order], gamma[order], s=6, marker="o", facecolors="none",
+                                edgecolors=colours, alpha=0.5, linewidths=0.6, rasterized=True)  # fmt: skip
                 scatter.set_xlabel("reward gap")
             else:
                 scatter.text(0.5, 0.5, "no reward gap recorded", ha="center", va="center",
                              transform=scatter.transAxes)  # fmt: skip
             scatter.set_ylabel("target margin γ")
             scatter.set_title(label)
-            bins = np.histogram_bin_edges(gamma[np.isfinite(gamma)], bins=40)
-            histogram.hist(gamma[~flipped], bins=bins, density=True, histtype="step",
-                           color=CLEAN_COLOUR, linestyle="-", linewidth=1.2)  # fmt: skip
+            finite = gamma[np.isfinite(gamma)]
+            bins = np.histogram_bin_edges(finite, bins=40) if finite.size else 10
+            histogram.hist(gamma[~flipped], bins=bins, density=True, histtype="stepfilled",
+                           color=CLEAN_COLOUR, alpha=0.35, linewidth=0)  # fmt: skip
             if flipped.any():
                 histogram.hist(gamma[flipped], bins=bins, density=True, histtype="step",
-                               color=FLIPPED_COLOUR, linestyle="--", linewidth=1.2)  # fmt: skip
+                               color=FLIPPED_COLOUR, linestyle="-", linewidth=1.4)  # fmt: skip
             histogram.set_xlabel("target margin γ")
-            histogram.set_ylabel("density")
+            histogram.set_ylabel("density (per class)")
+        flipped_total = sum(int(frame["is_flipped"].astype(bool).sum()) for frame in pairs_by_label.values())
+        total = sum(len(frame) for frame in pairs_by_label.values())
         handles = [
-            Line2D([], [], color=CLEAN_COLOUR, marker="o", linestyle="-", label="clean pairs"),
-            Line2D([], [], color=FLIPPED_COLOUR, marker="x", linestyle="--", label="flipped pairs"),
-        ]
-        figure.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+            Line2D([], [], color=CLEAN_COLOUR, marker="s", linestyle="none", alpha=0.5,
+                   label=f"clean pairs ({total - flipped_total})"),
+            Line2D([], [], color=FLIPPED_COLOUR, marker="o", markerfacecolor="none", linestyle="-",
+                   label=f"flipped pairs ({flipped_total})"),
+        ]  # fmt: skip
+        _fitted_legend(figure, handles)
     return figure
 
 
-def training_figure(
-    curves: dict[str, dict[str, pd.DataFrame]], styles: dict[str, MethodStyle], title: str
-) -> Figure:
-    """Per logged quantity (``loss``, ``heldout_accuracy``) a panel of its mean over seeds by step.
+TRAINING_COLUMNS = 4
 
-    ``curves[quantity][label]`` has columns ``step`` and ``mean``.
-    """
+
+def training_figure(
+    curves: dict[str, pd.DataFrame], styles: dict[str, MethodStyle], title: str, quantity_label: str
+) -> Figure:
+    """One logged quantity by training step, one panel per method with its own y scale (a loss of ~20
+    for IPO would flatten every other method's curve on a shared axis). ``curves[label]`` has
+    columns ``step`` and ``mean``."""
     with matplotlib.rc_context(PAPER_STYLE):
-        figure, axes = _panel_grid(len(curves))
-        shown = set()
-        for ax, (quantity, by_label) in zip(axes.flat, curves.items()):
-            for label, curve in sorted(by_label.items()):
-                style = styles[label]
-                many_points = len(curve) > 30
-                ax.plot(curve["step"], curve["mean"], color=style.colour, linestyle=style.line_style,
-                        marker=style.marker, markevery=max(1, len(curve) // 8) if many_points else 1)  # fmt: skip
-                shown.add(label)
-            ax.set_xlabel("training step")
-            ax.set_ylabel(metric_name(quantity))
-            ax.set_title(title)
+        columns = min(TRAINING_COLUMNS, len(curves))
+        rows = math.ceil(len(curves) / columns)
+        figure = Figure(figsize=(2.3 * columns, 1.7 * rows + 0.5), layout="constrained")
+        axes = figure.subplots(rows, columns, squeeze=False, sharex=True)
+        for ax, (label, curve) in zip(axes.flat, sorted(curves.items())):
+            style = styles[label]
+            ax.plot(curve["step"], curve["mean"], color=style.colour, linestyle=style.line_style,
+                    marker=style.marker, markerfacecolor="none",
+                    markevery=max(1, len(curve) // 8) if len(curve) > 30 else 1)  # fmt: skip
+            ax.set_title(label)
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
+        for index, ax in enumerate(axes.flat[: len(curves)]):
+            if index + columns >= len(curves):  # the lowest panel of its column
+                ax.set_xlabel("training step")
+        for ax in axes[:, 0]:
+            ax.set_ylabel(quantity_label)
         _hide_unused(axes, len(curves))
-        _method_legend(figure, sorted(shown), styles)
+        figure.suptitle(title)
     return figure

@@ -59,15 +59,6 @@ PAIRED_COLUMNS = [
     "wilcoxon_statistic", "wilcoxon_pvalue", "wilcoxon_pvalue_holm", "wilcoxon_meaningful", "note",
 ]  # fmt: skip
 
-LOWER_IS_BETTER_MARKERS = ("loss", "kl")
-
-
-def higher_is_better(metric: str) -> bool:
-    """Loss- and KL-like metrics are better low; accuracy, win rate, AUROC and reward high."""
-    parts = metric.lower().split("_")
-    return not any(marker in parts for marker in LOWER_IS_BETTER_MARKERS)
-
-
 @dataclass(frozen=True)
 class Interval:
     n: int
@@ -127,8 +118,11 @@ def _per_seed(runs: pd.DataFrame, metric: str, rates) -> pd.DataFrame:
     return cells["mean"].unstack(RATE).reindex(columns=list(rates))
 
 
-def summarise(results: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+def summarise(results: pd.DataFrame, metrics: list[str] | None = None, declarations=None) -> pd.DataFrame:
     """Per condition, method label and metric: the value at each rate, the AUC and the drop.
+
+    With ``declarations`` (``declarations.MetricDeclarations``) the intervals of values and AUCs of
+    a bounded metric are cut at its bounds (``ci_method`` then ends in "clipped to bounds").
 
     One row per (condition, method, metric, quantity[, rate]) with ``quantity`` one of
     ``"value"`` (at ``target_flip_rate``; ``realised_flip_rate`` is the curve's x), ``"auc"`` and
@@ -153,7 +147,27 @@ def summarise(results: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
                     note = "one seed: no spread" if interval.n == 1 else ""
                     rows.append(_summary_row(base, "value", rate, realised, interval, note))
                 rows.extend(_curve_rows(base, per_seed, x))
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    if declarations is not None:
+        summary = _clip_to_bounds(summary, declarations)
+    return summary
+
+
+def _clip_to_bounds(summary: pd.DataFrame, declarations) -> pd.DataFrame:
+    """Cut the intervals of values and AUCs (a mean level) at the metric's bounds; drops stay."""
+    summary = summary.copy()
+    for metric in summary["metric"].unique():
+        declaration = declarations.get(metric)
+        if declaration.low is None and declaration.high is None:
+            continue
+        rows = (summary["metric"] == metric) & summary["quantity"].isin(["value", "auc"])
+        low = summary.loc[rows, "ci_low"].clip(lower=declaration.low, upper=declaration.high)
+        high = summary.loc[rows, "ci_high"].clip(lower=declaration.low, upper=declaration.high)
+        clipped = rows & ((summary["ci_low"] != low.reindex(summary.index)) | (summary["ci_high"] != high.reindex(summary.index)))
+        clipped &= summary["ci_low"].notna()
+        summary.loc[rows, "ci_low"], summary.loc[rows, "ci_high"] = low, high
+        summary.loc[clipped, "ci_method"] += " (clipped to bounds)"
+    return summary
 
 
 def _curve_rows(base: dict, per_seed: pd.DataFrame, x: pd.Series) -> list[dict]:

@@ -11,7 +11,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 logger = logging.getLogger(__name__)
@@ -21,6 +24,8 @@ STUDY_FILE = "study.yaml"
 RUNS_FOLDER = "runs"
 METRICS_LOG_FILE = "metrics.jsonl"
 PAIRS_FILE = "pairs.parquet"
+ITEMS_FILE = "items.parquet"
+ITEM_COLUMNS = ("metric", "item", "value")
 CONFIG_FILE = "config.json"
 RESULT_FILE = "result.json"
 
@@ -83,6 +88,10 @@ class Study:
 
     def pairs(self, run_id: str) -> pd.DataFrame | None:
         return read_pairs(self.run_dir(run_id) / PAIRS_FILE)
+
+    def items(self, run_id: str) -> dict[str, pd.Series] | None:
+        """A run's per-item values by metric (each a Series indexed by item id), or None."""
+        return read_items(self.run_dir(run_id) / ITEMS_FILE)
 
     def run_result(self, run_id: str) -> dict | None:
         """A run's result.json (metrics, config, library versions, device), or None."""
@@ -230,6 +239,32 @@ def read_pairs(path: Path) -> pd.DataFrame | None:
         logger.warning("%s has no `is_flipped` column; skipped", path)
         return None
     return pairs
+
+
+def read_items(path: Path) -> dict[str, pd.Series] | None:
+    """A run's items.parquet (long format: ``metric``, ``item``, ``value``): for each metric that is a
+    mean over items, its per-item values as a Series indexed by item id; None where absent or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError, pa.ArrowException) as error:
+        logger.warning("cannot read %s: %s", path, error)
+        return None
+    absent = [name for name in ITEM_COLUMNS if name not in table.column_names]
+    if absent:
+        logger.warning("%s lacks the column(s) %s; skipped", path, ", ".join(absent))
+        return None
+    metrics = table.column("metric").to_numpy(zero_copy_only=False).astype(str)
+    items = table.column("item").to_numpy(zero_copy_only=False).astype(str)
+    values = table.column("value").to_numpy(zero_copy_only=False).astype(float)
+    order = np.argsort(metrics, kind="stable")
+    names, starts = np.unique(metrics[order], return_index=True)
+    bounds = [*starts[1:], len(order)]
+    return {
+        str(name): pd.Series(values[order[start:stop]], index=pd.Index(items[order[start:stop]], name="item"))
+        for name, start, stop in zip(names, starts, bounds)
+    }
 
 
 def percent(rate: float) -> str:

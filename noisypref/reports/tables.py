@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from noisypref.reports.statistics import T_TEST_MIN_PAIRS, WILCOXON_MIN_PAIRS, higher_is_better
+from noisypref.reports.declarations import MetricDeclaration
+from noisypref.reports.statistics import T_TEST_MIN_PAIRS, WILCOXON_MIN_PAIRS
 from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, REALISED_RATE, percent
 
 DASH = "—"
@@ -138,9 +139,13 @@ def condition_rows(frame: pd.DataFrame, condition: tuple) -> pd.DataFrame:
 
 
 def summary_table(
-    summary: pd.DataFrame, metric: str, condition: tuple, title: str, stem: str
+    summary: pd.DataFrame, metric: str, condition: tuple, title: str, stem: str, declaration: MetricDeclaration
 ) -> Table | None:
-    """Methods × (each rate, AUC, drop) of one metric in one condition: mean ± std over seeds."""
+    """Methods × (each rate, AUC, drop) of one metric in one condition: mean ± std over seeds.
+
+    A cell is bold only for a ranked metric (a declared direction, not a diagnostic) and only where
+    the best mean's 95 % interval overlaps no other method's interval in that column.
+    """
     rows = condition_rows(summary, condition)
     rows = rows[rows["metric"] == metric]
     if rows.empty:
@@ -152,33 +157,32 @@ def summary_table(
         f"{percent(rate)} ({percent(realised)})" for rate, realised in zip(rates[RATE], rates[REALISED_RATE])
     ] + ["AUC", "drop"]  # fmt: skip
     labels = sorted(rows[METHOD].unique())
-    means = pd.DataFrame(float("nan"), index=labels, columns=range(len(columns)))
     cells = [[label] + [DASH] * len(columns) for label in labels]
+    bold = [[False] * (len(columns) + 1) for _ in labels]
     for c, (quantity, rate) in enumerate(columns):
         selected = rows[rows["quantity"] == quantity]
         if rate is not None:
             selected = selected[selected[RATE] == rate]
         for _, row in selected.iterrows():
-            r = labels.index(row[METHOD])
-            cells[r][c + 1] = format_mean_spread(row["mean"], row["std"])
-            means.loc[row[METHOD], c] = row["mean"]
-    higher = higher_is_better(metric)
-    bold = [[False] * (len(columns) + 1) for _ in labels]
-    for c, (quantity, _) in enumerate(columns):
-        column = means[c].dropna()
-        if len(column) < 2:
-            continue
-        # A smaller drop is better for a metric that is better high, and the reverse.
-        wants_max = higher if quantity != "drop" else not higher
-        best = format_number(column.max() if wants_max else column.min())
-        for label, mean in column.items():
-            bold[labels.index(label)][c + 1] = format_number(mean) == best  # ties as displayed
+            cells[labels.index(row[METHOD])][c + 1] = format_mean_spread(row["mean"], row["std"])
+        if declaration.ranked:
+            # A smaller drop is better for a metric that is better high, and the reverse.
+            sign = declaration.sign() * (-1 if quantity == "drop" else 1)
+            best = _separated_best(selected, sign)
+            if best is not None:
+                bold[labels.index(best)][c + 1] = True
     n_seeds = sorted(set(values["n_seeds"]))
     seeds_text = str(n_seeds[0]) if len(n_seeds) == 1 else f"{n_seeds[0]}–{n_seeds[-1]}"
-    direction = "higher is better" if higher else "lower is better"
+    if declaration.diagnostic:
+        kind = "a diagnostic, not ranked"
+    elif declaration.direction == "none":
+        kind = "no declared direction, not ranked"
+    else:
+        kind = f"{declaration.direction} is better"
     caption = (
-        f"{title}: {metric} ({direction}), mean ± std over {seeds_text} seed(s); columns are target flip "
-        "rates (mean realised rate). Best per column in bold."
+        f"{title}: {metric} ({kind}), mean ± std over {seeds_text} seed(s); columns are target flip "
+        "rates (mean realised rate)."
+        + (" Bold: the best mean where its 95 % interval overlaps no other's." if declaration.ranked else "")
     )
     notes = [
         "AUC: area under the robustness curve over the realised rates, divided by their span (a mean "
@@ -186,6 +190,20 @@ def summary_table(
         "95 % confidence intervals of every cell are in summary.csv.",
     ]
     return Table(stem=stem, caption=caption, header=header, rows=cells, bold=bold, notes=notes)
+
+
+def _separated_best(rows: pd.DataFrame, sign: float) -> str | None:
+    """The label of the best mean (``sign`` +1: highest) if its interval is disjoint from all others."""
+    rows = rows.dropna(subset=["mean"])
+    if len(rows) < 2 or rows["ci_low"].isna().any():
+        return None
+    ordered = rows.assign(score=sign * rows["mean"]).sort_values("score", ascending=False)
+    best, others = ordered.iloc[0], ordered.iloc[1:]
+    if sign > 0 and (best["ci_low"] > others["ci_high"]).all():
+        return best[METHOD]
+    if sign < 0 and (best["ci_high"] < others["ci_low"]).all():
+        return best[METHOD]
+    return None
 
 
 def paired_table(paired: pd.DataFrame, metric: str, condition: tuple, title: str, stem: str) -> Table | None:
@@ -280,3 +298,122 @@ def failures_table(results: pd.DataFrame, limit: int = 200) -> Table | None:
         rows=cells,
         align="llrrll",
     )
+
+
+def format_signed(value: float) -> str:
+    return DASH if value is None or math.isnan(value) else f"{value:+.3f}"
+
+
+def format_interval(low: float, high: float) -> str:
+    if math.isnan(low) or math.isnan(high):
+        return DASH
+    return f"[{format_number(low)}, {format_number(high)}]"
+
+
+def seeds_text(counts) -> str:
+    counts = sorted(set(int(count) for count in counts))
+    if not counts:
+        return DASH
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
+def finding_cell(row) -> str:
+    """One comparison: difference, interval, Holm p and verdict, e.g. '+0.150 [0.120, 0.180] p 0.003 better'."""
+    parts = [format_signed(row["mean_difference"])]
+    if row["n_pairs"] >= 2:
+        parts.append(format_interval(row["ci_low"], row["ci_high"]))
+    if not math.isnan(row["t_pvalue_holm"]):
+        parts.append(f"p {format_pvalue(row['t_pvalue_holm'])}")
+    parts.append(row["verdict"])
+    return " ".join(parts)
+
+
+def headline_table(
+    found: pd.DataFrame, metric: str, condition: tuple, title: str, stem: str, declaration: MetricDeclaration
+) -> Table | None:
+    """Methods × (each rate, AUC): each method minus the baseline with interval, Holm p and verdict."""
+    rows = condition_rows(found, condition)
+    rows = rows[rows["metric"] == metric]
+    if rows.empty:
+        return None
+    baseline = rows["baseline"].iloc[0]
+    rates = sorted(set(rows[RATE].dropna()))
+    header = ["method", *(percent(rate) for rate in rates), "AUC", "seeds"]
+    cells = []
+    for label, method_rows in rows.groupby(METHOD, sort=True):
+        line = [label]
+        for rate in rates:
+            at_rate = method_rows[method_rows[RATE] == rate]
+            line.append(finding_cell(at_rate.iloc[0]) if len(at_rate) else DASH)
+        auc = method_rows[method_rows["quantity"] == "auc"]
+        line.append(finding_cell(auc.iloc[0]) if len(auc) else DASH)
+        line.append(seeds_text(method_rows["n_pairs"]))
+        cells.append(line)
+    methods = sorted(set(rows["ci_method"]) - {"none"})
+    direction = (
+        f"{declaration.direction} is better" if declaration.ranked
+        else "no declared direction: differences without better/worse"
+    )  # fmt: skip
+    caption = (
+        f"{title}: {declaration.label} ({metric}; {direction}), each method minus {baseline}, paired by seed: "
+        "mean difference, 95 % interval, Holm-adjusted paired-t p, verdict."
+    )
+    notes = [
+        f"Intervals: {', '.join(methods) or 'none (one seed)'}, percentile (seeds resampled, then the items "
+        "within each run); p: paired t-test over seeds, Holm over this table.",
+        "Verdict better/worse: Holm p < 0.05 and the interval excludes 0; 'too few seeds' below "
+        f"{T_TEST_MIN_PAIRS} paired seeds. AUC: the normalised area under the robustness curve.",
+    ]
+    dominant = rows["dominant_source"].replace("", pd.NA).dropna()
+    if not dominant.empty:
+        counts = dominant.value_counts()
+        notes.append(
+            "Dominant variance source of the differences: "
+            + ", ".join(f"{source} in {count} of {len(dominant)} cells" for source, count in counts.items())
+            + " (items: the evaluation sample's noise explains ≥ half the seed-to-seed variance)."
+        )
+    # Left-aligned cells may wrap in HTML (right-aligned numbers do not), so the table fits a screen.
+    return Table(stem=stem, caption=caption, header=header, rows=cells, notes=notes, align="l" * len(header))
+
+
+def ranking_table(ranked: pd.DataFrame, title: str, stem: str, declaration: MetricDeclaration, baseline: str) -> Table | None:
+    """Methods by robustness AUC with intervals, the value at the highest rate and the breaking point."""
+    if ranked.empty:
+        return None
+    highest = ranked["highest_rate"].max()
+    header = ["rank", "method", "AUC", "95 % interval", f"value at {percent(highest)}", "AUC vs baseline", "breaking point"]
+    cells, bold = [], []
+    for rank, (_, row) in enumerate(ranked.iterrows(), start=1):
+        breaking = (
+            DASH if not declaration.ranked
+            else f"{percent(row['breaking_rate'])}" if not math.isnan(row["breaking_rate"])
+            else f"none up to {percent(row['highest_rate'])}"
+        )  # fmt: skip
+        cells.append([
+            str(rank) if declaration.ranked else DASH, row[METHOD], format_number(row["auc"]),
+            format_interval(row["ci_low"], row["ci_high"]), format_number(row["value_at_highest"]),
+            row["verdict"] or DASH, breaking,
+        ])  # fmt: skip
+        bold.append([False] * len(header))
+    if declaration.ranked and len(ranked) > 1:
+        first, others = ranked.iloc[0], ranked.iloc[1:]
+        separated = (first["ci_low"] > others["ci_high"]).all() if declaration.sign() > 0 else (
+            first["ci_high"] < others["ci_low"]).all()  # fmt: skip
+        if separated:
+            bold[0][2] = True
+    caption = (
+        f"{title}: methods by robustness AUC of {declaration.label} ({metric_direction(declaration)}), "
+        f"mean over seeds with its 95 % hierarchical bootstrap interval. Breaking point: the lowest target "
+        f"rate at which the method's whole 95 % interval is worse than {baseline}'s mean at "
+        f"{percent(ranked['clean_rate'].iloc[0])} "
+        f"({format_number(ranked['clean_value'].iloc[0])})."
+    )
+    notes = ["Bold only where the first method's interval overlaps no other's."] if declaration.ranked else [
+        "The metric declares no direction: listed by AUC, not ranked."]  # fmt: skip
+    return Table(stem=stem, caption=caption, header=header, rows=cells, bold=bold, notes=notes, align="rlrrrll")
+
+
+def metric_direction(declaration: MetricDeclaration) -> str:
+    if declaration.diagnostic:
+        return "a diagnostic"
+    return f"{declaration.direction} is better" if declaration.direction != "none" else "no declared direction"

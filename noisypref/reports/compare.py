@@ -1,0 +1,127 @@
+"""Studies side by side: the findings table of each, one column per study and condition.
+
+``compare_studies([DIR_A, DIR_B, ...])`` computes the findings of every study folder as its report
+does (same baseline rule, same bootstrap, same verdicts) and returns a Markdown document: what
+differs between the studies (conditions, rates, seeds, methods, declarations), then per primary
+metric a table with one row per method and rate (and the AUC) and one column per study condition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from noisypref.reports.declarations import read_metric_declarations, read_report_settings
+from noisypref.reports.findings import AUC, BOOTSTRAP_RESAMPLES, findings
+from noisypref.reports.statistics import curve_runs
+from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, SEED, load_study, metric_columns, percent
+from noisypref.reports.tables import DASH, Table, finding_cell
+
+
+@dataclass
+class StudyFindings:
+    name: str
+    directory: Path
+    baseline: str
+    primary: list[str]
+    found: pd.DataFrame
+    facts: dict[str, str]
+
+
+def _study_findings(directory: Path, baseline: str | None, resamples: int) -> StudyFindings:
+    study = load_study(directory)
+    declarations = read_metric_declarations(study.directory)
+    settings = read_report_settings(study.study_yaml)
+    labels = sorted(set(study.results[METHOD]))
+    chosen = baseline or settings.baseline
+    if chosen not in labels:
+        if baseline is not None:
+            raise ValueError(f"{directory}: baseline {baseline!r} is not a method label (labels: {', '.join(labels)})")
+        chosen = labels[0]
+    available = metric_columns(study.results)
+    primary = [name for name in settings.primary_metrics if name in available]
+    runs = curve_runs(study.results)
+
+    def items(run_id: str, metric: str):
+        return (study.items(run_id) or {}).get(metric)
+
+    found = findings(runs, primary, chosen, declarations, items, resamples)
+    facts = {key: ", ".join(sorted(set(runs[key]))) for key in CONDITION_KEYS}
+    facts["target flip rates"] = ", ".join(percent(rate) for rate in sorted(set(runs[RATE])))
+    facts["seeds"] = str(runs[SEED].nunique())
+    facts["methods"] = ", ".join(labels)
+    facts["baseline"] = chosen
+    facts["metrics.json"] = "present" if declarations.found else "absent (no verdicts)"
+    return StudyFindings(study.name, study.directory, chosen, primary, found, facts)
+
+
+def compare_studies(
+    directories: list[str | Path], baseline: str | None = None, resamples: int = BOOTSTRAP_RESAMPLES
+) -> str:
+    """The comparison of two or more study folders as Markdown (see the module docstring)."""
+    if len(directories) < 2:
+        raise ValueError("compare needs at least two study folders")
+    studies = [_study_findings(Path(directory), baseline, resamples) for directory in directories]
+    names = _unique_names(studies)
+    parts = [f"# noisypref comparison: {' vs '.join(names)}", ""]
+    facts = Table(
+        stem="differences",
+        caption="What differs between the studies (rows whose values differ are marked ≠).",
+        header=["", *names],
+        rows=[
+            [("≠ " if len({s.facts[key] for s in studies}) > 1 else "") + key, *(s.facts[key] for s in studies)]
+            for key in studies[0].facts
+        ],
+        align="l" * (len(studies) + 1),
+    )
+    parts += [facts.to_markdown(), ""]
+    metrics = list(dict.fromkeys(metric for s in studies for metric in s.primary))
+    for metric in metrics:
+        table = _metric_table(studies, names, metric)
+        if table is not None:
+            parts += [f"## {metric}", "", table.to_markdown(), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _unique_names(studies: list[StudyFindings]) -> list[str]:
+    names = [s.name for s in studies]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{s.name} ({s.directory})" for s in studies]
+
+
+def _metric_table(studies: list[StudyFindings], names: list[str], metric: str) -> Table | None:
+    columns, cells = [], {}
+    for name, study in zip(names, studies):
+        rows = study.found[study.found["metric"] == metric]
+        conditions = sorted(set(map(tuple, rows[list(CONDITION_KEYS)].itertuples(index=False))))
+        for condition in conditions:
+            varying = [value for value in condition if len(conditions) > 1]
+            column = f"{name}" + (f": {' · '.join(varying)}" if varying else "")
+            columns.append(column)
+            mask = pd.Series(True, index=rows.index)
+            for key, value in zip(CONDITION_KEYS, condition):
+                mask &= rows[key] == value
+            for _, row in rows[mask].iterrows():
+                where = "AUC" if row["quantity"] == AUC else percent(row[RATE])
+                cells[(f"{row[METHOD]} vs {row['baseline']}", where, column)] = finding_cell(row)
+    if not cells:
+        return None
+    keys = sorted({(method, where) for method, where, _ in cells}, key=lambda key: (key[0], _order(key[1])))
+    body = [[method, where, *(cells.get((method, where, column), DASH) for column in columns)] for method, where in keys]
+    return Table(
+        stem=f"compare-{metric}",
+        caption=(
+            f"{metric}: each method minus the baseline, paired by seed — mean difference, 95 % hierarchical "
+            "bootstrap interval, Holm-adjusted p (per study and condition), verdict."
+        ),
+        header=["comparison", "rate", *columns],
+        rows=body,
+        align="ll" + "r" * len(columns),
+    )
+
+
+def _order(where: str) -> float:
+    return float("inf") if where == "AUC" else float(where.split()[0])
