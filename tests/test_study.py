@@ -666,3 +666,14 @@ def test_run_ids_do_not_depend_on_the_order_of_the_study_file():
     runs = plan_runs(parse_study(SMALL_STUDY))
     reordered = parse_study(dict(reversed(list(SMALL_STUDY.items()))))
     assert [run.run_id for run in plan_runs(reordered)] == [run.run_id for run in runs]
+
+
+@pytest.mark.parametrize("option", [{"ld_alpha": 0.5}, {"use_weighting": True}])
+def test_method_options_the_engine_cannot_feed_yet_are_refused_at_load(option):
+    (name, value), = option.items()
+    raw = {**SMALL_STUDY, "methods": [{"name": "dpo", "hyperparameters": option}]}
+    with pytest.raises(StudyError) as caught:
+        parse_study(raw)
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"methods[0].hyperparameters.{name} = {value!r}")
+    assert "the engine does not yet compute" in problem

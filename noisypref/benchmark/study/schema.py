@@ -67,7 +67,7 @@ from noisypref.benchmark.config.sections import (
     ModelSettings,
     ReportSettings,
     TrainingSettings,
-    _match_default_type,
+    match_default_type,
     method_config,
     seed_check,
 )
@@ -432,7 +432,7 @@ def _report_testbed_fields(raw: Mapping[str, Any], path: str, errors: ErrorList)
     """Unknown keys, each value that fails on its own, or else the combination that fails."""
     defaults = {field.name: field.default for field in dataclasses.fields(TestbedConfig)}
     unknown_keys(raw, list(defaults), path, errors)
-    values = {key: _match_default_type(value, defaults[key]) for key, value in raw.items() if key in defaults}
+    values = {key: match_default_type(value, defaults[key]) for key, value in raw.items() if key in defaults}
     _validate_each_then_all(
         values, path, lambda given: TestbedConfig.from_dict(given).to_dict(), errors, "testbed settings"
     )
@@ -488,7 +488,7 @@ def _load_noise_options(model: str, raw: Any, path: str, errors: ErrorList) -> d
     noise_model = NOISE_MODELS[model]
     defaults = {field.name: field.default for field in dataclasses.fields(noise_model.options_type)}
     unknown_keys(raw, list(defaults), path, errors)
-    values = {key: _match_default_type(value, defaults[key]) for key, value in raw.items() if key in defaults}
+    values = {key: match_default_type(value, defaults[key]) for key, value in raw.items() if key in defaults}
     return _validate_each_then_all(
         values, path, lambda given: dataclasses.asdict(noise_model.make_options(given)), errors, "options"
     )
@@ -593,7 +593,7 @@ def _load_hyperparameters(
         if not values:
             errors.invalid(f"{path}.{key}", value, "a value, or a non-empty list of values to sweep")
             continue
-        values = [_match_default_type(item, default) for item in values]
+        values = [match_default_type(item, default) for item in values]
         if len({json.dumps(item, sort_keys=True) for item in values}) < len(values):
             errors.invalid(f"{path}.{key}", value, "distinct values to sweep (a value is listed twice)")
             continue
@@ -606,7 +606,7 @@ def _load_hyperparameters(
     for combination in itertools.product(*candidates.values()):
         hyperparameters = dict(zip(candidates, combination, strict=True))
         try:
-            method_config(name, hyperparameters)
+            _check_method(name, hyperparameters)
         except (ValueError, TypeError) as error:
             failures.append(f"{_show_changed(hyperparameters, defaults)}: {error}")
     if not failures:
@@ -615,7 +615,7 @@ def _load_hyperparameters(
     for key in (key for key in raw if key in defaults):
         for index, item in enumerate(candidates[key]):
             try:
-                method_config(name, {key: item})
+                _check_method(name, {key: item})
             except (ValueError, TypeError) as error:
                 item_path = f"{path}.{key}[{index}]" if key in swept_keys else f"{path}.{key}"
                 errors.invalid(item_path, item, f"a valid {key} for {name!r} ({error})")
@@ -625,6 +625,12 @@ def _load_hyperparameters(
             shown += f"; and {len(failures) - COMBINATION_PROBLEMS_SHOWN} more"
         errors.message(path, f"{len(failures)} combination(s) of values do not work together: {shown}")
     return None
+
+
+def _check_method(name: str, hyperparameters: dict[str, Any]) -> None:
+    """The method's own checks (in their own words), then what a run of it needs (MethodSettings)."""
+    method_config(name, hyperparameters)
+    MethodSettings(label=name, name=name, hyperparameters=hyperparameters)
 
 
 def _show_changed(hyperparameters: dict[str, Any], defaults: dict[str, Any]) -> str:
