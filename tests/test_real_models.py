@@ -358,9 +358,14 @@ def test_lora_runs_end_to_end_with_cached_or_live_reference_and_checkpointing(tm
         ]
     ]
     full = execute_run(tiny_testbed_run(), tmp_path / "full", tmp_path / "cache", device="cpu")
+    # An AUROC is a rank statistic: the live reference's log-probs differ from the cached ones by
+    # float32 noise (~2e-7, other batch shapes), which can break a tie between two pairs' γ. With 8
+    # flipped and 32 clean training pairs one pair of ranks moves an AUROC by 1 / (8 · 32).
+    one_pair_of_ranks = 1 / (8 * 32)
     for result in results[1:]:
         for name, value in results[0]["metrics"].items():
-            assert result["metrics"][name] == pytest.approx(value, abs=1e-5), name
+            tolerance = one_pair_of_ranks if name.startswith("noise_detection_auroc") else 1e-5
+            assert result["metrics"][name] == pytest.approx(value, abs=tolerance), name
     assert results[0]["metrics"]["final_loss"] != pytest.approx(full["metrics"]["final_loss"], abs=1e-7)
 
 
