@@ -25,7 +25,8 @@ import yaml
 
 from noisypref.benchmark.storage import file_lock, is_locked, write_text_atomic
 from noisypref.benchmark.study.grid import PlannedRun
-from noisypref.benchmark.study.schema import Study, load_study, parse_study, read_yaml
+from noisypref.benchmark.study.schema import Study, load_study, parse_study
+from noisypref.benchmark.study.yaml_io import read_yaml
 
 STUDY_FILE = "study.yaml"
 RUNS_FOLDER = "runs"
