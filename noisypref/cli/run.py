@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=None,
-        help="worker processes on the CPU, each with its share of the cores (default: one per CPU core; "
-        "1 runs everything in this process)",
+        help="worker processes on the CPU, each with its share of the cores (default: one per CPU core, "
+        "or one per listed device with --devices; 1 runs everything in this process)",
     )
     parser.add_argument(
         "--devices",
@@ -95,8 +95,9 @@ def run_run(args: argparse.Namespace) -> int:
     if launched > 1:
         check_launch_arguments(args, launched)
         args.workers = 1
-    if args.workers is None:
-        args.workers = os.cpu_count() or 1
+    check_devices_visible(devices)
+    if args.workers is None:  # with --devices: one process per listed device
+        args.workers = len(devices) or os.cpu_count() or 1
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: give a number of processes >= 1")
     cache_dir = args.cache_dir or default_cache_dir(out)
@@ -221,6 +222,28 @@ def parse_devices(text: str | None) -> list[str]:
     if not devices or not all(device.isdigit() for device in devices):
         raise UserError(f"--devices {text!r}: give comma-separated CUDA device indices, e.g. 0,1")
     return devices
+
+
+def check_devices_visible(devices: list[str]) -> None:
+    """Refuse --devices before any work when this torch has no CUDA or fewer devices than listed."""
+    if not devices:
+        return
+    import torch
+
+    listed = f"--devices {','.join(devices)}"
+    if not torch.cuda.is_available():
+        reason = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise UserError(
+            f"{listed}: {reason} (torch {torch.__version__}); drop --devices to run on the CPU "
+            "(--workers N chooses the number of CPU processes)"
+        )
+    visible = torch.cuda.device_count()
+    beyond = sorted({device for device in devices if int(device) >= visible}, key=int)
+    if beyond:
+        raise UserError(
+            f"{listed}: device(s) {', '.join(beyond)} do not exist; {visible} CUDA device(s) are visible, "
+            f"so the allowed indices are 0 to {visible - 1}"
+        )
 
 
 def job_command(study_file: Path, out: Path, cache_dir: Path, run_id: str) -> str:
