@@ -167,7 +167,16 @@ def length_controlled_win_rate(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn deprecation and convergence chatter
         model = fit_LogisticRegressionCV(design_train, "preference", is_ytrue_proba=True, **glm["kwargs"])
+    if not np.any(model.coef_):
+        raise NothingToFit(
+            f"the length-controlled GLM fitted no coefficient on {len(train)} comparisons (its cross-validated "
+            "L1 penalty shrank every one to 0), so its 0.5 says nothing about the policy"
+        )
     return float(model.predict_proba(design_test)[:, 1].mean())
+
+
+class NothingToFit(ValueError):
+    """The length-controlled GLM found nothing in the comparisons: its win rate would be a bare 0.5."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,15 +259,18 @@ def gold_reward_metrics(
         "gold_reward_mean": float(policy_rewards.mean()),
         "gold_reward_reference_mean": float(reference_rewards.mean()),
         "gold_win_rate": win_rate(policy_rewards, reference_rewards),
-        "gold_lc_win_rate": length_controlled_win_rate(
-            policy_wins,
-            np.array([len(response) for response in policy_responses]),
-            np.array([len(response) for response in reference_responses]),
-        ),
         "policy_response_words_mean": float(
             np.mean([len(response.split()) for response in policy_responses])
         ),
     }
+    try:
+        metrics["gold_lc_win_rate"] = length_controlled_win_rate(
+            policy_wins,
+            np.array([len(response) for response in policy_responses]),
+            np.array([len(response) for response in reference_responses]),
+        )
+    except NothingToFit as reason:
+        logger.warning("gold_lc_win_rate is missing: %s", reason)
     if config.kl_samples > 0:
         metrics["kl_estimate"] = kl_estimate(
             policy,

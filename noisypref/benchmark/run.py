@@ -688,10 +688,27 @@ def evaluate_run(
     )
     if pairs_path is not None and _is_main_process():
         write_pair_diagnostics(pairs_path, run.train_tokens.pair_ids, run.flips, train_outputs)
+    # Pairs whose two responses are the same tokens carry no preference: no metric counts them.
+    informative = informative_pairs(run.train_tokens)
+    informative_heldout = informative_pairs(run.heldout_tokens)
+    if not informative.any():
+        raise ValueError(
+            f"all {len(informative)} training pairs have identical chosen and rejected token ids: no metric "
+            "means anything (does the tokenizer read this data? is max_length long enough for the responses?)"
+        )
+    excluded = int((~informative).sum() + (~informative_heldout).sum())
+    if excluded:
+        metrics["identical_pairs_excluded"] = excluded
+        logger.warning(
+            "%d pair(s) (%d training, %d held-out) have identical responses and are excluded from every metric",
+            excluded, (~informative).sum(), (~informative_heldout).sum(),
+        )  # fmt: skip
+    train_outputs = {name: values[informative] for name, values in train_outputs.items()}
     metrics["train_accuracy"] = float(np.mean(train_outputs["reward_gap"] > 0))
     if config.evaluation.noise_detection:
-        metrics.update(noise_detection(train_outputs, run.flips.table["is_flipped"].to_numpy()))
-    if config.evaluation.heldout_accuracy:
+        is_flipped = run.flips.table["is_flipped"].to_numpy()[informative]
+        metrics.update(noise_detection(train_outputs, is_flipped))
+    if config.evaluation.heldout_accuracy and informative_heldout.any():
         heldout = method_outputs(
             run.policy,
             run.method,
@@ -701,7 +718,7 @@ def evaluate_run(
             batch_size,
         )
         metrics["heldout_accuracy"] = preference_accuracy(
-            heldout["chosen_reward"], heldout["rejected_reward"]
+            heldout["chosen_reward"][informative_heldout], heldout["rejected_reward"][informative_heldout]
         )
     testbed = run.data.testbed
     if config.evaluation.gold_reward and testbed is not None:
@@ -733,6 +750,12 @@ def evaluate_run(
     if not_finite:
         raise ValueError(f"non-finite evaluation metrics: {not_finite}")
     return metrics
+
+
+def informative_pairs(pairs: TokenizedPairs) -> np.ndarray:
+    """True for each pair whose two responses differ in their token ids."""
+    differ = [a != b for a, b in zip(pairs.response_a_ids, pairs.response_b_ids, strict=True)]
+    return np.array(differ, dtype=bool)
 
 
 def write_pair_diagnostics(

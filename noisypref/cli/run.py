@@ -85,6 +85,7 @@ def run_run(args: argparse.Namespace) -> int:
         run_study,
     )
     from noisypref.benchmark.study.launch import Leader, control_group, follow
+    from noisypref.benchmark.study.preflight import check_preflight
     from noisypref.benchmark.study.scheduler import default_cache_dir, resolve_executor
 
     study = load_study(args.study or default_study_path())
@@ -100,6 +101,7 @@ def run_run(args: argparse.Namespace) -> int:
         args.workers = len(devices) or os.cpu_count() or 1
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: give a number of processes >= 1")
+    check_preflight(study, args.study or default_study_path())  # before any folder is written
     cache_dir = args.cache_dir or default_cache_dir(out)
     make_output_folder(out, "the output folder (--out)")
     make_output_folder(cache_dir, "the cache folder (--cache-dir)")
@@ -140,7 +142,17 @@ def run_run(args: argparse.Namespace) -> int:
     print(summary.report())
     status = 0 if summary.all_succeeded else 1
     if args.run_id is None and not args.no_report:
-        write_study_report(out)
+        try:
+            write_study_report(out)
+        except KeyboardInterrupt:
+            finished = summary.succeeded + summary.already_done + summary.done_elsewhere
+            command = shlex.join(["noisypref", "report", str(out)])
+            print(
+                f"noisypref run: interrupted while writing the report. All runs are kept ({finished} of "
+                f"{summary.total} finished) in {out}, with results.parquet; to write the report, run: {command}",
+                file=sys.stderr,
+            )
+            return INTERRUPTED_STATUS
     return status
 
 

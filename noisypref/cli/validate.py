@@ -25,11 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_validate(args: argparse.Namespace) -> int:
     from noisypref.benchmark.study import default_study_path, grid_point_count, load_study, plan_runs
+    from noisypref.benchmark.study.preflight import check_preflight
     from noisypref.cli.run import check_data_files
 
     path = args.study or default_study_path()
     study = load_study(path)
     check_data_files(study, path)
+    check_preflight(study, path)
     runs = plan_runs(study)
     print(f"{path}: study {study.name!r} is valid")
     print(describe_grid(study, grid_point_count(study), len(runs)))
