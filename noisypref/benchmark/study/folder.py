@@ -8,15 +8,18 @@ DIR/runs/<run_id>/          one folder per run
     result.json             written last, atomically: the run is complete only when it exists
     failure.json            reason and traceback, when the run failed
 DIR/results.parquet         one row per run (`noisypref collect`)
+DIR/superseded/<time>/      a previous study's study.yaml, results.parquet and run folders, moved by --force
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from noisypref.benchmark.study.grid import PlannedRun
+from noisypref.benchmark.study.grid import PlannedRun, plan_runs
 from noisypref.benchmark.study.schema import Study, load_study, read_yaml
 
 STUDY_FILE = "study.yaml"
@@ -35,8 +38,11 @@ FAILURE_FILE = "failure.json"
 LOCK_FILE = ".lock"
 LOG_FILE = "run.log"
 RESULTS_TABLE = "results.parquet"
+SUPERSEDED_FOLDER = "superseded"  # DIR/superseded/<UTC time>/: what --force moved aside
 
 FILE_MODE = 0o644
+
+logger = logging.getLogger(__name__)
 
 DONE, RUNNING, FAILED, PENDING = "done", "running", "failed", "pending"
 STATES = (DONE, RUNNING, FAILED, PENDING)
@@ -79,7 +85,9 @@ class StudyFolder:
             existing = read_yaml(self.study_file)
             if existing == resolved:
                 return
-            if not force:
+            if force:
+                self._supersede(study)
+            else:
                 differing = _differing_sections(existing, resolved)
                 raise StudyFolderError(
                     f"{self.root} already holds a different study ({self.study_file}: name "
@@ -97,6 +105,35 @@ class StudyFolder:
                 f"the output folder {self.root} cannot be written ({error.filename}: {error.strerror})"
             ) from None
 
+    def _supersede(self, study: Study) -> None:
+        """Move what belongs to the study in the folder and not to `study` -- its study.yaml, its
+        results.parquet and the run folders `study` does not have -- into superseded/<UTC time>/.
+        Nothing is deleted; a run folder whose lock is held (a run computing now) stays."""
+        kept = {run.run_id for run in plan_runs(study)}
+        runs_dir = self.root / RUNS_FOLDER
+        entries = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
+        old_runs = [entry for entry in entries if entry.is_dir() and entry.name not in kept]
+        busy = [entry for entry in old_runs if lock_is_held(entry)]
+        stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+        target = self.root / SUPERSEDED_FOLDER / stamp
+        suffix = 1
+        while target.exists():
+            suffix += 1
+            target = self.root / SUPERSEDED_FOLDER / f"{stamp}-{suffix}"
+        (target / RUNS_FOLDER).mkdir(parents=True)
+        shutil.copy2(self.study_file, target / STUDY_FILE)
+        if self.results_table.is_file():
+            self.results_table.rename(target / RESULTS_TABLE)
+        for entry in old_runs:
+            if entry not in busy:
+                entry.rename(target / RUNS_FOLDER / entry.name)
+        logger.warning(
+            "--force: %s held another study; its study.yaml and %d run folder(s) the new study does not "
+            "have were moved into %s (nothing deleted); %d finished run(s) the new study shares are kept%s",
+            self.root, len(old_runs) - len(busy), target, len(entries) - len(old_runs),
+            f"; {len(busy)} run folder(s) being computed now were left in place" if busy else "",
+        )  # fmt: skip
+
     def load_study(self) -> Study:
         if not self.study_file.is_file():
             raise FileNotFoundError(f"{self.root} is not a study folder: it has no {STUDY_FILE}")
@@ -109,11 +146,12 @@ class StudyFolder:
         return read_json(self.run_dir(run_id) / FAILURE_FILE)
 
     def is_done(self, run_id: str) -> bool:
-        return (self.run_dir(run_id) / RESULT_FILE).is_file()
+        """Whether the run's result.json exists and reads; a torn or unreadable one is not done (rerun)."""
+        return self.read_result(run_id) is not None
 
     def status(self, run: PlannedRun) -> RunStatus:
         run_dir = self.run_dir(run.run_id)
-        if (run_dir / RESULT_FILE).is_file():
+        if self.is_done(run.run_id):
             return RunStatus(run, DONE)
         if lock_is_held(run_dir):
             return RunStatus(run, RUNNING)
@@ -201,7 +239,15 @@ def write_json_atomically(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when the file is absent, or torn or unreadable (logged, naming it)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        logger.warning("%s is unreadable (%s): its run counts as not done and is run again", path, error)
+        return None
+    if not isinstance(value, dict):
+        logger.warning("%s holds no JSON object: its run counts as not done and is run again", path)
+        return None
+    return value
