@@ -34,6 +34,7 @@ reward model (``HFRewardModel``).
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -66,9 +67,16 @@ API_KEY_VARIABLES = ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_CLIENT_CONFIG_
 
 
 def read_json_records(path: Path, lines: bool = False) -> list[dict[str, Any]]:
-    """The records of a JSON array file (or a JSON-lines file); malformed JSON raises ``ValueError``
-    naming the file, the line and the column."""
-    text = path.read_text(encoding="utf-8")
+    """The records of a JSON array file (or a JSON-lines file), either gzip-compressed or not; malformed
+    JSON raises ``ValueError`` naming the file, the line and the column."""
+    try:
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as error:
+        raise ValueError(
+            f"{path}: cannot be read as UTF-8 JSON text ({error}); expected a .json array or .jsonl lines, "
+            "plain or gzip-compressed"
+        ) from None
     if lines:
         records = [
             _parse_json(line, path, number)
@@ -362,6 +370,7 @@ class AlpacaEvalScore:
     lc_variant: str  # "official" | "offline-glm"
     lc_note: str
     avg_length: int
+    n_dropped_null: int = 0  # annotations with a null preference (failed judgements), left out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -371,8 +380,27 @@ def load_annotations(source: str | os.PathLike | Sequence[dict[str, Any]] | pd.D
     if isinstance(source, pd.DataFrame):
         return source.copy()
     if isinstance(source, (str, os.PathLike)):
-        return pd.DataFrame(read_json_records(Path(source)))
+        lines = Path(source).name.endswith((".jsonl", ".jsonl.gz"))
+        return pd.DataFrame(read_json_records(Path(source), lines=lines))
     return pd.DataFrame(list(source))
+
+
+def check_preferences(annotations: pd.DataFrame, source: str) -> None:
+    """Refuse a ``preference`` that is neither null, 0 (a tie, as alpaca-eval reads it) nor in [1, 2],
+    naming the rows (0-based, in the file's order) and their values."""
+    if "preference" not in annotations.columns:
+        return  # select_pair names the missing column
+    values = pd.to_numeric(annotations["preference"], errors="coerce")
+    given = annotations["preference"].notna()
+    bad = given & ~((values == 0) | values.between(1, 2))
+    if bad.any():
+        given_values = annotations["preference"].tolist()
+        rows = [f"row {row}: {given_values[row]!r}" for row in np.flatnonzero(bad)[:5]]
+        raise ValueError(
+            f"{source}: {int(bad.sum())} annotation(s) have a preference outside AlpacaEval's range "
+            f"({'; '.join(rows)}{'; ...' if bad.sum() > 5 else ''}); allowed: a number in [1, 2] (1: "
+            "output_1 wins, 2: output_2 wins), 0 for a tie, or null for a failed annotation"
+        )
 
 
 def select_pair(annotations: pd.DataFrame, model: str | None, baseline: str | None) -> pd.DataFrame:
@@ -452,10 +480,18 @@ def score_annotations(
     if lc_variant not in ("auto", "official", "offline-glm"):
         raise ValueError(f"lc_variant must be 'auto', 'official' or 'offline-glm', got {lc_variant!r}")
     loaded = load_annotations(annotations)
+    source = str(annotations) if isinstance(annotations, (str, os.PathLike)) else "annotations"
     if loaded.empty:
-        raise ValueError("no annotations to score")
+        raise ValueError(f"{source}: no annotations to score")
+    check_preferences(loaded, source)
     pair = select_pair(loaded, model, baseline)
     pair["preference"] = pair["preference"].astype(float)
+    dropped_null = int(pair["preference"].isna().sum())
+    if dropped_null:
+        logger.warning("%s: %d annotation(s) have a null preference and are left out", source, dropped_null)
+        pair = pair[pair["preference"].notna()].reset_index(drop=True)
+        if pair.empty:
+            raise ValueError(f"{source}: every annotation of this model has a null preference")
     head_to_head = get_winrate(pair)
 
     note = ""
@@ -503,6 +539,7 @@ def score_annotations(
         lc_variant=used_variant,
         lc_note=note,
         avg_length=int(pair["output_2"].str.len().mean()),
+        n_dropped_null=dropped_null,
     )
 
 
