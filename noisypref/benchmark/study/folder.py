@@ -242,9 +242,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in `path`; None when the file is absent, or torn or unreadable (logged, naming it)."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as error:
         logger.warning("%s is unreadable (%s): its run counts as not done and is run again", path, error)
         return None
     if not isinstance(value, dict):
