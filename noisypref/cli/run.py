@@ -53,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cache-dir", type=Path, help="cache of shared artefacts (default: .cache beside the output folder)"
     )
     parser.add_argument(
-        "--force", action="store_true", help="reuse an output folder that holds a different study"
+        "--force",
+        action="store_true",
+        help="reuse an output folder that holds a different study (its other runs move to DIR/superseded/)",
     )
     parser.add_argument(
         "--no-report", action="store_true", help="do not write OUT/report/ (`noisypref report OUT` writes it)"
@@ -244,7 +246,9 @@ def check_devices_visible(devices: list[str]) -> None:
 
     listed = f"--devices {','.join(devices)}"
     if not torch.cuda.is_available():
-        reason = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        reason = (
+            "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        )
         raise UserError(
             f"{listed}: {reason} (torch {torch.__version__}); drop --devices to run on the CPU "
             "(--workers N chooses the number of CPU processes)"
