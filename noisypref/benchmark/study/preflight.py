@@ -221,7 +221,7 @@ def small_sample_warnings(study: Study, files: dict[int, Any]) -> list[str]:
         else:
             continue  # a hub dataset's size is known only once it is downloaded
         if heldout is not None and 0 < heldout < MIN_METRIC_SAMPLE:
-            warnings.append(f"{where}: heldout_accuracy {_too_small(heldout)}")
+            warnings.append(f"{where}: heldout_accuracy is computed {_too_small(heldout)}")
     if any(dataset.kind == TESTBED for dataset in study.datasets):
         sizes = {
             (evaluation.num_eval_prompts, evaluation.samples_per_prompt)
@@ -232,13 +232,13 @@ def small_sample_warnings(study: Study, files: dict[int, Any]) -> list[str]:
             if prompts * samples < MIN_METRIC_SAMPLE:
                 warnings.append(
                     f"evaluation.num_eval_prompts = {prompts} x samples_per_prompt = {samples}: "
-                    f"gold_win_rate and gold_lc_win_rate {_too_small(prompts * samples)}"
+                    f"gold_win_rate and gold_lc_win_rate are computed {_too_small(prompts * samples)}"
                 )
     return warnings
 
 
 def _too_small(sample: int) -> str:
     return (
-        f"rests on {sample} comparisons (standard error up to {0.5 / math.sqrt(sample):.3f}); "
+        f"on {sample} comparisons only (standard error up to {0.5 / math.sqrt(sample):.3f}); "
         f"at least {MIN_METRIC_SAMPLE} give a standard error below 0.05"
     )
