@@ -114,6 +114,7 @@ if [ "$CPU_DRY_RUN" = "1" ]; then
     SHAPE=tiny
     DEVICES=()
     TESTS_LIMIT=300
+    MODEL_LIMIT=300
     STUDY_LIMIT=900
     SMOLLM2_LIMIT=900
 else
@@ -121,6 +122,7 @@ else
     SHAPE=0.5b
     DEVICES=(--devices 0)
     TESTS_LIMIT=120
+    MODEL_LIMIT=60
     STUDY_LIMIT=150
     SMOLLM2_LIMIT=120
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
@@ -150,7 +152,7 @@ study["training"].update(steps=2)
 study["evaluation"].update(num_eval_prompts=8)
 study["datasets"][0]["testbed"] = {"sft_steps": 20, "num_train_pairs": 128, "num_heldout_pairs": 32}'
 fi
-step model 60 "$PY" scripts/random_qwen2_model.py "$MODEL_DIR" --shape "$SHAPE" --cache-dir "$CACHE_DIR"
+step model "$MODEL_LIMIT" "$PY" scripts/random_qwen2_model.py "$MODEL_DIR" --shape "$SHAPE" --cache-dir "$CACHE_DIR"
 step study "$STUDY_LIMIT" "$PY" -m noisypref run "$STUDY_FILE" --out "$WORK/study" --cache-dir "$CACHE_DIR" \
     --force "${DEVICES[@]}"
 
