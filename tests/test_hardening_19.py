@@ -107,6 +107,8 @@ def test_a_model_neither_alias_nor_folder_nor_on_the_hub_is_refused_offline(tmp_
         "smollm2-135m-instruct",
         "HF_HUB_OFFLINE",
     )
+    # validate --elsewhere (a study meant for another machine) does not look for the model here.
+    assert cli(capsys, "validate", study, "--elsewhere")[0] == 0
     # A local folder and a packaged alias are accepted.
     for name in (str(local_model_folder(tmp_path)), "smollm2-135m-instruct"):
         status, out, err = cli(capsys, "validate", file_study(tmp_path, data, models=[{"name": name}]))

@@ -35,23 +35,28 @@ MIN_METRIC_SAMPLE = 100
 SHOWN_ROWS = 5
 
 
-def check_preflight(study: Study, source: str | Path) -> None:
-    """Raise StudyError naming `source` with every preflight problem; log the small-sample warnings."""
+def check_preflight(study: Study, source: str | Path, *, machine: bool = True) -> None:
+    """Raise StudyError naming `source` with every preflight problem; log the small-sample warnings.
+    `machine=False` leaves out what depends on this machine (model names, CUDA): for a study meant
+    for another one."""
     files = load_local_files(study)
     errors = ErrorList()
-    for path, value, expected in preflight_problems(study, files):
+    for path, value, expected in preflight_problems(study, files, machine=machine):
         errors.invalid(path, value, expected)
     errors.raise_if_any(str(source))
     for warning in small_sample_warnings(study, files):
         logger.warning("%s: %s", source, warning)
 
 
-def preflight_problems(study: Study, files: dict[int, Any] | None = None) -> list[Problem]:
+def preflight_problems(
+    study: Study, files: dict[int, Any] | None = None, *, machine: bool = True
+) -> list[Problem]:
     """Every problem of `study` that only the machine and its files reveal (see the module doc).
-    `files`: the study's local data files as `load_local_files` returns them (read here if None)."""
+    `files`: the study's local data files as `load_local_files` returns them (read here if None);
+    `machine=False`: the local files only, not the model names or CUDA."""
     files = load_local_files(study) if files is None else files
     problems: list[Problem] = []
-    for index, model in enumerate(study.models):
+    for index, model in enumerate(study.models if machine else ()):
         path = f"models[{index}]"
         if model.attn_implementation == "flex_attention" and not _cuda_available():
             problems.append(
