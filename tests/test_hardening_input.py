@@ -116,7 +116,10 @@ def write_rows(path: Path, rows: list, corruption: tuple[int, bytes] | None = No
 
 
 def noise_cli(capsys, data: object, out: Path, *flags: object) -> tuple[int, str, str]:
-    return cli(capsys, "noise", "--data", data, "--model", "symmetric", "--rate", "0.4", "--out", out, *flags)
+    """`noisypref noise` into `out`, overwriting an earlier example's output (--force)."""
+    return cli(
+        capsys, "noise", "--data", data, "--model", "symmetric", "--rate", "0.4", "--out", out, "--force", *flags
+    )
 
 
 def assert_noise_succeeded_or_named(status: int, err: str, data: object, out: Path) -> None:

@@ -523,7 +523,8 @@ CONFIG_FILES = sorted((REPO / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=[path.name for path in CONFIG_FILES])
 def test_noisypref_validate_accepts_every_config_file(path, capsys):
-    assert main(["validate", str(path), "--count"]) == 0
+    # --elsewhere: the paper configs name hub models this offline machine cannot reach.
+    assert main(["validate", str(path), "--count", "--elsewhere"]) == 0
     assert "is valid" in capsys.readouterr().out
 
 

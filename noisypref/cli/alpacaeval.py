@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "annotations alone; not comparable with the leaderboard's LC). See docs/benchmarks.md."
         ),
     )
-    parser.add_argument("--annotations", required=True, type=Path, metavar="FILE", help="annotations.json")
+    parser.add_argument("--annotations", required=True, type=Path, metavar="FILE", help="annotations.json (or .jsonl, plain or .gz)")
     parser.add_argument("--baseline", help="baseline generator (generator_1) to score against, if several")
     parser.add_argument("--model", help="model generator (generator_2) to score, if several")
     parser.add_argument(
@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"  length-controlled win rate   {lc_value} [{score.lc_variant}]")
     print(f"  wins / losses / draws        {score.n_wins} / {score.n_wins_base} / {score.n_draws}")
+    if score.n_dropped_null:
+        print(f"  left out (null preference)   {score.n_dropped_null}")
     if score.lc_note:
         print(f"  note: {score.lc_note}")
     return 0

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+from noisypref.benchmark.config.checks import Invalid
+from noisypref.benchmark.config.sections import MAX_SEED, seed_check
 from noisypref.benchmark.data.loaders import load_preferences, write_preferences
 from noisypref.cli import UserError, make_output_folder
 from noisypref.noise_injection import NOISE_MODELS, get_noise_model, inject
+from noisypref.noise_injection.base import realised_rate_warning
 
 NOISY_DATA_STEM = "noisy"
 FLIP_TABLE_NAME = "flips.csv"
@@ -41,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", help=f"noise model: {', '.join(sorted(NOISE_MODELS))}")
     parser.add_argument("--rate", type=float, help="target flip rate in [0, 1]")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the keyed draws (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help=f"seed of the keyed draws, 0 to {MAX_SEED} (default 0)"
+    )
     parser.add_argument(
         "--option",
         action="append",
@@ -50,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="noise-model option, VALUE read as JSON where it parses (mode=bernoulli, accuracy=[0.9,0.8,0.7])",
     )
     parser.add_argument("--out", type=Path, help="output folder (created if missing)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite the noisy data and flip record of an earlier run in --out",
+    )
     parser.add_argument(
         "--format",
         choices=("jsonl", "parquet"),
@@ -77,6 +88,18 @@ def run_noise(args: argparse.Namespace) -> int:
         raise UserError(f"--option: {error}") from None
     if not 0.0 <= args.rate <= 1.0:
         raise UserError(f"--rate: flip rate {args.rate} is not allowed; it must be a number in [0, 1]")
+    try:
+        seed_check(args.seed)
+    except Invalid as error:
+        raise UserError(
+            f"--seed {args.seed} is not allowed: expected {error.expected}, as in study files"
+        ) from None
+    if args.split is not None and Path(args.data).is_file():
+        raise UserError(
+            f"--split {args.split!r}: {args.data} is a local file, which holds one split; "
+            "--split chooses the split of a hub dataset only (drop it)"
+        )
+    check_earlier_output(args.out, args.force)
     make_output_folder(args.out, "the output folder (--out)")
     dataset = load_preferences(args.data, args.split, **parse_key_values(args.data_option, "--data-option"))
     try:
@@ -99,7 +122,21 @@ def run_noise(args: argparse.Namespace) -> int:
             f"{record.identical_pairs} pair(s) have chosen equal to rejected: flipping them changes nothing"
         )
     print(f"wrote {data_path}, {args.out / FLIP_TABLE_NAME} and {args.out / FLIP_SUMMARY_NAME}")
+    warning = realised_rate_warning(record)
+    if warning:
+        print(f"noisypref noise: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def check_earlier_output(out: Path, force: bool) -> None:
+    """Refuse, unless `force`, an output folder that holds the files of an earlier `noisypref noise`."""
+    names = [f"{NOISY_DATA_STEM}.jsonl", f"{NOISY_DATA_STEM}.parquet", FLIP_TABLE_NAME, FLIP_SUMMARY_NAME]
+    earlier = [str(out / name) for name in names if (out / name).exists()]
+    if earlier and not force:
+        raise UserError(
+            f"--out {out} holds the output of an earlier run ({', '.join(earlier)}); choose another folder, "
+            "or pass --force to overwrite it"
+        )
 
 
 def parse_key_values(pairs: list[str], flag: str) -> dict[str, Any]:

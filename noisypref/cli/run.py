@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=None,
-        help="worker processes on the CPU, each with its share of the cores (default: one per CPU core; "
-        "1 runs everything in this process)",
+        help="worker processes on the CPU, each with its share of the cores (default: one per CPU core, "
+        "or one per listed device with --devices; 1 runs everything in this process)",
     )
     parser.add_argument(
         "--devices",
@@ -53,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cache-dir", type=Path, help="cache of shared artefacts (default: .cache beside the output folder)"
     )
     parser.add_argument(
-        "--force", action="store_true", help="reuse an output folder that holds a different study"
+        "--force",
+        action="store_true",
+        help="reuse an output folder that holds a different study (its other runs move to DIR/superseded/)",
     )
     parser.add_argument(
         "--no-report", action="store_true", help="do not write OUT/report/ (`noisypref report OUT` writes it)"
@@ -85,6 +87,7 @@ def run_run(args: argparse.Namespace) -> int:
         run_study,
     )
     from noisypref.benchmark.study.launch import Leader, control_group, follow
+    from noisypref.benchmark.study.preflight import check_preflight
     from noisypref.benchmark.study.scheduler import default_cache_dir, resolve_executor
 
     study = load_study(args.study or default_study_path())
@@ -95,10 +98,12 @@ def run_run(args: argparse.Namespace) -> int:
     if launched > 1:
         check_launch_arguments(args, launched)
         args.workers = 1
-    if args.workers is None:
-        args.workers = os.cpu_count() or 1
+    check_devices_visible(devices)
+    if args.workers is None:  # with --devices: one process per listed device
+        args.workers = len(devices) or os.cpu_count() or 1
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: give a number of processes >= 1")
+    check_preflight(study, args.study or default_study_path())  # before any folder is written
     cache_dir = args.cache_dir or default_cache_dir(out)
     make_output_folder(out, "the output folder (--out)")
     make_output_folder(cache_dir, "the cache folder (--cache-dir)")
@@ -139,7 +144,17 @@ def run_run(args: argparse.Namespace) -> int:
     print(summary.report())
     status = 0 if summary.all_succeeded else 1
     if args.run_id is None and not args.no_report:
-        write_study_report(out)
+        try:
+            write_study_report(out)
+        except KeyboardInterrupt:
+            finished = summary.succeeded + summary.already_done + summary.done_elsewhere
+            command = shlex.join(["noisypref", "report", str(out)])
+            print(
+                f"noisypref run: interrupted while writing the report. All runs are kept ({finished} of "
+                f"{summary.total} finished) in {out}, with results.parquet; to write the report, run: {command}",
+                file=sys.stderr,
+            )
+            return INTERRUPTED_STATUS
     return status
 
 
@@ -221,6 +236,30 @@ def parse_devices(text: str | None) -> list[str]:
     if not devices or not all(device.isdigit() for device in devices):
         raise UserError(f"--devices {text!r}: give comma-separated CUDA device indices, e.g. 0,1")
     return devices
+
+
+def check_devices_visible(devices: list[str]) -> None:
+    """Refuse --devices before any work when this torch has no CUDA or fewer devices than listed."""
+    if not devices:
+        return
+    import torch
+
+    listed = f"--devices {','.join(devices)}"
+    if not torch.cuda.is_available():
+        reason = (
+            "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        )
+        raise UserError(
+            f"{listed}: {reason} (torch {torch.__version__}); drop --devices to run on the CPU "
+            "(--workers N chooses the number of CPU processes)"
+        )
+    visible = torch.cuda.device_count()
+    beyond = sorted({device for device in devices if int(device) >= visible}, key=int)
+    if beyond:
+        raise UserError(
+            f"{listed}: device(s) {', '.join(beyond)} do not exist; {visible} CUDA device(s) are visible, "
+            f"so the allowed indices are 0 to {visible - 1}"
+        )
 
 
 def job_command(study_file: Path, out: Path, cache_dir: Path, run_id: str) -> str:

@@ -20,16 +20,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "study", nargs="?", type=Path, help="study YAML file (default: the embedded default study)"
     )
     parser.add_argument("--count", action="store_true", help="print the counts only, not the table")
+    parser.add_argument(
+        "--elsewhere",
+        action="store_true",
+        help="the study is meant for another machine: do not check that its models resolve here "
+        "(alias, local folder, cached or reachable hub id) or that flex_attention has CUDA",
+    )
     parser.set_defaults(func=run_validate)
 
 
 def run_validate(args: argparse.Namespace) -> int:
     from noisypref.benchmark.study import default_study_path, grid_point_count, load_study, plan_runs
+    from noisypref.benchmark.study.preflight import check_preflight
     from noisypref.cli.run import check_data_files
 
     path = args.study or default_study_path()
     study = load_study(path)
     check_data_files(study, path)
+    check_preflight(study, path, machine=not args.elsewhere)
     runs = plan_runs(study)
     print(f"{path}: study {study.name!r} is valid")
     print(describe_grid(study, grid_point_count(study), len(runs)))

@@ -17,6 +17,7 @@ import numpy as np
 from noisypref.noise_injection.base import (
     SCORE_COLUMNS,
     FlipDraw,
+    FlipRecord,
     NoiseOptions,
     PreferencePairs,
     check_integer,
@@ -76,6 +77,20 @@ class AnnotatorsOptions(NoiseOptions):
     @property
     def required_columns(self) -> tuple[str, ...]:
         return SCORE_COLUMNS if self.temperature is not None else ()
+
+    def rate_gap_reason(self, record: FlipRecord) -> str:
+        expected = float(record.table["flip_probability"].mean())
+        if self.accuracy is not None:
+            given = f"accuracy {list(self.accuracy) if isinstance(self.accuracy, tuple) else self.accuracy}"
+        elif self.temperature is not None:
+            given = f"Bradley-Terry agreement at temperature {self.temperature} on this data's scores"
+        else:
+            return f"the vote of {self.panel_size} annotators is random; its expected rate here is {expected:.4f}"
+        return (
+            f"the majority vote of {self.panel_size} annotator(s) with {given} sets the flip rate, not the "
+            f"target (its expected rate is {expected:.4f}); leave accuracy and temperature unset to have "
+            "one shared accuracy solved for the target rate"
+        )
 
 
 def majority_error_probability(wrong_probabilities: np.ndarray) -> np.ndarray:

@@ -78,6 +78,14 @@ class NoiseOptions:
         """Dataset columns, beyond pair_id / prompt / chosen / rejected, that the model reads."""
         return ()
 
+    def rate_gap_reason(self, record: FlipRecord) -> str:
+        """Why this model's realised rate can be far from the target (see `realised_rate_warning`);
+        a model whose options can set the rate themselves says so."""
+        return (
+            f"{record.model} noise is calibrated to the target rate, so this data leaves it too few pairs "
+            "to flip (or too many it must flip)"
+        )
+
 
 # ---------------------------------------------------------------------------------------------
 # What a model sees and what it returns.
@@ -271,6 +279,17 @@ def _flip_summary_beside(table_path: Path) -> tuple[dict[str, Any], Path]:
 
 # ---------------------------------------------------------------------------------------------
 # inject
+
+
+def realised_rate_warning(record: FlipRecord) -> str | None:
+    """A sentence saying why, when the realised flip rate is farther from the target than rounding
+    and sampling explain (1/N, 0.01 and three binomial standard errors); None otherwise."""
+    num_pairs, target, realised = record.num_pairs, record.target_rate, record.realised_rate
+    standard_error = math.sqrt(target * (1.0 - target) / num_pairs)
+    if abs(realised - target) <= max(1.0 / num_pairs, 0.01, 3.0 * standard_error):
+        return None
+    reason = get_noise_model(record.model).make_options(record.options).rate_gap_reason(record)
+    return f"the realised flip rate {realised:.4f} is far from the target {target} ({num_pairs} pairs): {reason}"
 
 
 def inject(

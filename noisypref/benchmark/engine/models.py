@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from noisypref.benchmark.config.sections import LoraSettings
 from noisypref.benchmark.storage import build_once
@@ -118,6 +124,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """AutoTokenizer's tokenizer, except for a local folder whose tokenizer_config.json declares the
+    generic TokenizersBackend: that one is loaded as exactly its tokenizer.json. (transformers 5 gives
+    such a folder with a qwen2 config.json Qwen2Tokenizer, whose byte-level pre-tokenizer reads the
+    testbed's word vocabulary as no tokens at all: scripts/random_qwen2_model.py's folder.)"""
+    config_path = Path(name_or_path) / "tokenizer_config.json"
+    if config_path.is_file() and json.loads(config_path.read_text()).get("tokenizer_class") == "TokenizersBackend":
+        return PreTrainedTokenizerFast.from_pretrained(name_or_path)
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
 def load_causal_lm(
     name_or_path: str | os.PathLike,
     dtype: str | torch.dtype = "auto",
@@ -134,7 +151,7 @@ def load_causal_lm(
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer = load_tokenizer(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, dtype=dtype, attn_implementation=attn_implementation
     )

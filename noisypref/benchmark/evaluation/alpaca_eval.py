@@ -34,6 +34,7 @@ reward model (``HFRewardModel``).
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -67,9 +68,16 @@ API_KEY_VARIABLES = ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_CLIENT_CONFIG_
 
 
 def read_json_records(path: Path, lines: bool = False) -> list[dict[str, Any]]:
-    """The records of a JSON array file (or a JSON-lines file); malformed JSON raises ``ValueError``
-    naming the file, the line and the column."""
-    text = path.read_text(encoding="utf-8")
+    """The records of a JSON array file (or a JSON-lines file), either gzip-compressed or not; malformed
+    JSON raises ``ValueError`` naming the file, the line and the column."""
+    try:
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as error:
+        raise ValueError(
+            f"{path}: cannot be read as UTF-8 JSON text ({error}); expected a .json array or .jsonl lines, "
+            "plain or gzip-compressed"
+        ) from None
     if lines:
         records = [
             _parse_json(line, path, number)
@@ -363,6 +371,7 @@ class AlpacaEvalScore:
     lc_variant: str  # "official" | "offline-glm"
     lc_note: str
     avg_length: int
+    n_dropped_null: int = 0  # annotations with a null preference (failed judgements), left out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -372,8 +381,27 @@ def load_annotations(source: str | os.PathLike | Sequence[dict[str, Any]] | pd.D
     if isinstance(source, pd.DataFrame):
         return source.copy()
     if isinstance(source, (str, os.PathLike)):
-        return pd.DataFrame(read_json_records(Path(source)))
+        lines = Path(source).name.endswith((".jsonl", ".jsonl.gz"))
+        return pd.DataFrame(read_json_records(Path(source), lines=lines))
     return pd.DataFrame(list(source))
+
+
+def check_preferences(annotations: pd.DataFrame, source: str) -> None:
+    """Refuse a ``preference`` that is neither null, 0 (a tie, as alpaca-eval reads it) nor in [1, 2],
+    naming the rows (0-based, in the file's order) and their values."""
+    if "preference" not in annotations.columns:
+        return  # select_pair names the missing column
+    values = pd.to_numeric(annotations["preference"], errors="coerce")
+    given = annotations["preference"].notna()
+    bad = given & ~((values == 0) | values.between(1, 2))
+    if bad.any():
+        given_values = annotations["preference"].tolist()
+        rows = [f"row {row}: {given_values[row]!r}" for row in np.flatnonzero(bad)[:5]]
+        raise ValueError(
+            f"{source}: {int(bad.sum())} annotation(s) have a preference outside AlpacaEval's range "
+            f"({'; '.join(rows)}{'; ...' if bad.sum() > 5 else ''}); allowed: a number in [1, 2] (1: "
+            "output_1 wins, 2: output_2 wins), 0 for a tie, or null for a failed annotation"
+        )
 
 
 def select_pair(annotations: pd.DataFrame, model: str | None, baseline: str | None) -> pd.DataFrame:
@@ -401,20 +429,29 @@ def offline_length_controlled_winrate(annotations: pd.DataFrame) -> dict[str, fl
     model_wins = annotations["preference"].astype(float).replace({0.0: 1.5}) - 1
     delta_length = annotations["output_1"].str.len() - annotations["output_2"].str.len()
     known = model_wins.notna().to_numpy()
-    rate = length_controlled_minimal_winrate(model_wins.to_numpy()[known], delta_length.to_numpy()[known])
+    try:
+        rate = length_controlled_minimal_winrate(model_wins.to_numpy()[known], delta_length.to_numpy()[known])
+    except NothingToFit as reason:
+        logger.warning("no length-controlled win rate: %s", reason)
+        rate = None
     # Every test row has the same features, so every prediction is the same: no spread to take a
     # standard error of (the package's formula would give 0).
     return {"length_controlled_winrate": None if rate is None else rate * 100, "lc_standard_error": None}
 
 
-def length_controlled_minimal_winrate(model_wins: np.ndarray, baseline_minus_model_length: np.ndarray) -> float | None:
+class NothingToFit(ValueError):
+    """The length-controlled GLM has nothing to fit: its win rate would be a bare 0.5 (the reason says why)."""
+
+
+def length_controlled_minimal_winrate(model_wins: np.ndarray, baseline_minus_model_length: np.ndarray) -> float:
     """The model's win rate against the baseline at equal length, in [0, 1]: the package's
     ``length_controlled_minimal`` GLM (``tanh(std_delta_len) + not_gamed_baseline``), featurised as in
     ``alpaca_eval.metrics.glm_winrate._get_featurized_data`` minus the hub data, fitted with the
     package's ``fit_LogisticRegressionCV``, predicted at equal lengths. ``model_wins`` holds 1, 0 or
-    0.5 (a tie) per comparison, lengths are in characters. ``None`` where the lengths do not vary
-    (fewer than two comparisons, or all length differences equal): the GLM then has no length
-    effect to remove and its answer would be the intercept alone, not a length-controlled rate."""
+    0.5 (a tie) per comparison, lengths are in characters. Raises ``NothingToFit`` where the lengths
+    do not vary (fewer than two comparisons, or all length differences equal: no length effect to
+    remove) or where the cross-validated L1 penalty shrinks every coefficient to 0: the answer would
+    be a bare 0.5, not a length-controlled rate."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # alpaca_eval imports the deprecated pkg_resources
         from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model
@@ -422,7 +459,10 @@ def length_controlled_minimal_winrate(model_wins: np.ndarray, baseline_minus_mod
     delta_length = np.asarray(baseline_minus_model_length, dtype=np.float64)
     spread = delta_length.std(ddof=1) if delta_length.size > 1 else 0.0
     if not spread > 0:
-        return None
+        raise NothingToFit(
+            f"the length differences of the {delta_length.size} comparisons do not vary, so there is no "
+            "length effect to control for"
+        )
     glm = GLM_INFO["length_controlled_minimal"]
     features = pd.DataFrame(
         {
@@ -436,6 +476,11 @@ def length_controlled_minimal_winrate(model_wins: np.ndarray, baseline_minus_mod
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn deprecation and convergence chatter
         model = fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True, **glm["kwargs"])
+    if not np.any(model.coef_):
+        raise NothingToFit(
+            f"the length-controlled GLM fitted no coefficient on {len(train)} comparisons (its cross-validated "
+            "L1 penalty shrank every one to 0), so its 0.5 says nothing about the policy"
+        )
     return float(model.predict_proba(test)[:, 1].mean())
 
 
@@ -471,10 +516,18 @@ def score_annotations(
     if lc_variant not in ("auto", "official", "offline-glm"):
         raise ValueError(f"lc_variant must be 'auto', 'official' or 'offline-glm', got {lc_variant!r}")
     loaded = load_annotations(annotations)
+    source = str(annotations) if isinstance(annotations, (str, os.PathLike)) else "annotations"
     if loaded.empty:
-        raise ValueError("no annotations to score")
+        raise ValueError(f"{source}: no annotations to score")
+    check_preferences(loaded, source)
     pair = select_pair(loaded, model, baseline)
     pair["preference"] = pair["preference"].astype(float)
+    dropped_null = int(pair["preference"].isna().sum())
+    if dropped_null:
+        logger.warning("%s: %d annotation(s) have a null preference and are left out", source, dropped_null)
+        pair = pair[pair["preference"].notna()].reset_index(drop=True)
+        if pair.empty:
+            raise ValueError(f"{source}: every annotation of this model has a null preference")
     head_to_head = get_winrate(pair)
 
     note = ""
@@ -522,6 +575,7 @@ def score_annotations(
         lc_variant=used_variant,
         lc_note=note,
         avg_length=int(pair["output_2"].str.len().mean()),
+        n_dropped_null=dropped_null,
     )
 
 

@@ -26,7 +26,7 @@ from noisypref.benchmark.config.sections import EvaluationSettings
 from noisypref.benchmark.engine.logps import SequenceLogps, sequence_logps
 from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
-from noisypref.benchmark.evaluation.alpaca_eval import length_controlled_minimal_winrate
+from noisypref.benchmark.evaluation.alpaca_eval import NothingToFit, length_controlled_minimal_winrate
 from noisypref.benchmark.testbed import GoldReward, sample_responses
 from noisypref.methods import PreferenceMethod
 
@@ -166,11 +166,13 @@ def gold_reward_metrics(
     config: EvaluationSettings,
     seed: int,
     items: dict[str, tuple[list[str], np.ndarray]] | None = None,
+    missing: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Gold reward, win rate, length-controlled win rate and KL estimate of ``policy`` (plain-text prompts).
 
     ``items``, when given, receives the per-sample values of the metrics that are means over samples
-    (``gold_win_rate``, ``gold_reward_mean``), keyed by metric: (sample ids, values)."""
+    (``gold_win_rate``, ``gold_reward_mean``), keyed by metric: (sample ids, values); ``missing``, the
+    reason for each metric left out (``gold_lc_win_rate`` when the GLM has nothing to fit)."""
     sampling = dict(
         num_samples=config.samples_per_prompt,
         temperature=config.temperature,
@@ -192,15 +194,16 @@ def gold_reward_metrics(
         ),
     }
     # alpaca_eval's length-controlled GLM, the reference policy as the baseline (Dubois et al. 2024)
-    lc_win_rate = length_controlled_minimal_winrate(
-        policy_wins,
-        np.array([len(response) for response in reference_responses])
-        - np.array([len(response) for response in policy_responses]),
-    )
-    if lc_win_rate is None:
-        logger.warning("gold_lc_win_rate is missing: the responses' length differences do not vary (nothing to fit)")
-    else:
-        metrics["gold_lc_win_rate"] = lc_win_rate
+    try:
+        metrics["gold_lc_win_rate"] = length_controlled_minimal_winrate(
+            policy_wins,
+            np.array([len(response) for response in reference_responses])
+            - np.array([len(response) for response in policy_responses]),
+        )
+    except NothingToFit as reason:
+        logger.warning("gold_lc_win_rate is missing: %s", reason)
+        if missing is not None:
+            missing["gold_lc_win_rate"] = str(reason)
     if items is not None:
         sample_ids = [f"{index}:{sample}" for index in range(len(prompts)) for sample in range(config.samples_per_prompt)]
         items["gold_win_rate"] = (sample_ids, np.asarray(policy_wins, dtype=np.float64))

@@ -15,6 +15,7 @@ from noisypref.benchmark.config.metrics import declare
 from noisypref.benchmark.config.run_config import RunConfig
 from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.models import load_causal_lm
+from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.evaluation.metrics import (
     gold_reward_metrics,
     method_outputs,
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 declare("realised_flip_rate", "realised flip rate", "none", bounds=(0.0, 1.0), diagnostic=True,
         description="share of training pairs the noise model flipped")
+declare("identical_pairs_excluded", "pairs with identical responses (excluded)", "none", bounds=(0.0, None),
+        diagnostic=True, description="training and held-out pairs whose two responses are the same tokens, left out of every metric")
 declare("train_accuracy", "training accuracy (noisy labels)", "higher", bounds=(0.0, 1.0), noisy_labels=True,
         description="share of training pairs, as labelled after noise, whose chosen response the policy prefers")
 
@@ -40,12 +43,14 @@ def evaluate_run(
     device: torch.device,
     pairs_path: Path | None = None,
     items_path: Path | None = None,
+    missing: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """The metrics of DESIGN §5 that the config asks for (gold-reward metrics on the testbed only).
 
     ``pairs_path``: where to write the per-pair diagnostics of the training pairs (pairs.parquet);
     ``items_path``: where to write the per-item values of the metrics that are means over items
-    (items.parquet: metric, item, value), for the reports' hierarchical bootstrap.
+    (items.parquet: metric, item, value), for the reports' hierarchical bootstrap; ``missing``
+    receives the reason for each metric the config asks for that could not be computed.
     """
     metrics = {"realised_flip_rate": run.flips.realised_rate}
     items: dict[str, tuple[list[str], np.ndarray]] = {}
@@ -56,10 +61,27 @@ def evaluate_run(
     )
     if pairs_path is not None and _is_main_process():
         write_pair_diagnostics(pairs_path, run.train_tokens.pair_ids, run.flips, train_outputs)
+    # Pairs whose two responses are the same tokens carry no preference: no metric counts them.
+    informative = informative_pairs(run.train_tokens)
+    informative_heldout = informative_pairs(run.heldout_tokens)
+    if not informative.any():
+        raise ValueError(
+            f"all {len(informative)} training pairs have identical chosen and rejected token ids: no metric "
+            "means anything (does the tokenizer read this data? is max_length long enough for the responses?)"
+        )
+    excluded = int((~informative).sum() + (~informative_heldout).sum())
+    if excluded:
+        metrics["identical_pairs_excluded"] = excluded
+        logger.warning(
+            "%d pair(s) (%d training, %d held-out) have identical responses and are excluded from every metric",
+            excluded, (~informative).sum(), (~informative_heldout).sum(),
+        )  # fmt: skip
+    train_outputs = {name: values[informative] for name, values in train_outputs.items()}
     metrics["train_accuracy"] = float(np.mean(train_outputs["reward_gap"] > 0))
     if config.evaluation.noise_detection:
-        metrics.update(noise_detection(train_outputs, run.flips.table["is_flipped"].to_numpy()))
-    if config.evaluation.heldout_accuracy:
+        is_flipped = run.flips.table["is_flipped"].to_numpy()[informative]
+        metrics.update(noise_detection(train_outputs, is_flipped))
+    if config.evaluation.heldout_accuracy and informative_heldout.any():
         heldout = method_outputs(
             run.policy,
             run.method,
@@ -68,11 +90,11 @@ def evaluate_run(
             run.pad_token_id,
             batch_size,
         )
-        metrics["heldout_accuracy"] = preference_accuracy(
-            heldout["chosen_reward"], heldout["rejected_reward"]
-        )
-        chosen, rejected = heldout["chosen_reward"], heldout["rejected_reward"]
-        items["heldout_accuracy"] = (list(run.heldout_tokens.pair_ids), (chosen > rejected) + 0.5 * (chosen == rejected))
+        chosen = heldout["chosen_reward"][informative_heldout]
+        rejected = heldout["rejected_reward"][informative_heldout]
+        metrics["heldout_accuracy"] = preference_accuracy(chosen, rejected)
+        pair_ids = [pair_id for pair_id, keep in zip(run.heldout_tokens.pair_ids, informative_heldout, strict=True) if keep]
+        items["heldout_accuracy"] = (pair_ids, (chosen > rejected) + 0.5 * (chosen == rejected))
     testbed = run.data.testbed
     if config.evaluation.gold_reward and testbed is not None:
         prompts = testbed.eval_prompts[: config.evaluation.num_eval_prompts]
@@ -98,6 +120,7 @@ def evaluate_run(
                 config.evaluation,
                 seed=config.seed,
                 items=items,
+                missing=missing,
             )
         )
     not_finite = {name: value for name, value in metrics.items() if not math.isfinite(value)}
@@ -106,6 +129,12 @@ def evaluate_run(
     if items_path is not None and _is_main_process():
         write_items(items_path, items)
     return metrics
+
+
+def informative_pairs(pairs: TokenizedPairs) -> np.ndarray:
+    """True for each pair whose two responses differ in their token ids."""
+    differ = [a != b for a, b in zip(pairs.response_a_ids, pairs.response_b_ids, strict=True)]
+    return np.array(differ, dtype=bool)
 
 
 def write_items(path: Path, items: Mapping[str, tuple[list[str], np.ndarray]]) -> None:

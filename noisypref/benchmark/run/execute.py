@@ -200,6 +200,7 @@ def _train_and_evaluate(
             prepared.train_reference = prepared.heldout_reference = live_reference(
                 config, prepared.data, prepared.policy, prepared.pad_token_id, cache_dir, device
             )
+    missing: dict[str, str] = {}  # metric -> why it could not be computed
     metrics = {
         "final_loss": training.final_metrics["loss"],
         **evaluate_run(
@@ -209,6 +210,7 @@ def _train_and_evaluate(
             device,
             pairs_path=run_dir / "pairs.parquet",
             items_path=run_dir / "items.parquet",
+            missing=missing,
         ),
     }
     if config.training.save_model:  # the trained policy, loadable with from_pretrained
@@ -241,6 +243,8 @@ def _train_and_evaluate(
     }
     if benchmark_details:
         details["benchmarks"] = benchmark_details
+    if missing:
+        details["missing_metrics"] = missing
     return metrics, details
 
 

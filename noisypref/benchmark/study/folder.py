@@ -9,12 +9,15 @@ DIR/runs/<run_id>/          one folder per run
     failure.json            reason and traceback, when the run failed
 DIR/results.parquet         one row per run (`noisypref collect`)
 DIR/metrics.json            what each metric of the table means: direction, bounds, ...
+DIR/superseded/<time>/      a previous study's study.yaml, results.parquet and run folders, moved by --force
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from typing import Any
 import yaml
 
 from noisypref.benchmark.storage import file_lock, is_locked, write_text_atomic
-from noisypref.benchmark.study.grid import PlannedRun
+from noisypref.benchmark.study.grid import PlannedRun, plan_runs
 from noisypref.benchmark.study.schema import Study, load_study, parse_study
 from noisypref.benchmark.study.yaml_io import read_yaml
 
@@ -36,9 +39,12 @@ LOCK_FILE = ".lock"
 LOG_FILE = "run.log"
 RESULTS_TABLE = "results.parquet"
 METRICS_FILE = "metrics.json"  # the declarations of the results' metrics (noisypref.benchmark.config.metrics)
+SUPERSEDED_FOLDER = "superseded"  # DIR/superseded/<UTC time>/: what --force moved aside
 
 CHECKPOINT_FOLDER = "checkpoint"  # the engine's mid-run checkpoint (noisypref.benchmark.run.execute)
 METRICS_LOG_FILE = "metrics.jsonl"
+
+logger = logging.getLogger(__name__)
 
 DONE, RUNNING, FAILED, PENDING = "done", "running", "failed", "pending"
 STATES = (DONE, RUNNING, FAILED, PENDING)
@@ -85,7 +91,9 @@ class StudyFolder:
             existing = _resolved_again(read_yaml(self.study_file))
             if existing == resolved:
                 return
-            if not force:
+            if force:
+                self._supersede(study)
+            else:
                 differing = _differing_sections(existing, resolved)
                 raise StudyFolderError(
                     f"{self.root} already holds a different study ({self.study_file}: name "
@@ -101,6 +109,36 @@ class StudyFolder:
                 f"the output folder {self.root} cannot be written ({error.filename}: {error.strerror})"
             ) from None
 
+    def _supersede(self, study: Study) -> None:
+        """Move what belongs to the study in the folder and not to `study` -- its study.yaml, its
+        results.parquet and the run folders `study` does not have -- into superseded/<UTC time>/.
+        Nothing is deleted; a run folder whose lock is held (a run computing now) stays."""
+        kept = {run.run_id for run in plan_runs(study)}
+        runs_dir = self.root / RUNS_FOLDER
+        entries = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
+        old_runs = [entry for entry in entries if entry.is_dir() and entry.name not in kept]
+        busy = [entry for entry in old_runs if lock_is_held(entry)]
+        stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+        target = self.root / SUPERSEDED_FOLDER / stamp
+        suffix = 1
+        while target.exists():
+            suffix += 1
+            target = self.root / SUPERSEDED_FOLDER / f"{stamp}-{suffix}"
+        (target / RUNS_FOLDER).mkdir(parents=True)
+        shutil.copy2(self.study_file, target / STUDY_FILE)
+        for table in (self.results_table, self.metrics_file):
+            if table.is_file():
+                table.rename(target / table.name)
+        for entry in old_runs:
+            if entry not in busy:
+                entry.rename(target / RUNS_FOLDER / entry.name)
+        logger.warning(
+            "--force: %s held another study; its study.yaml and %d run folder(s) the new study does not "
+            "have were moved into %s (nothing deleted); %d finished run(s) the new study shares are kept%s",
+            self.root, len(old_runs) - len(busy), target, len(entries) - len(old_runs),
+            f"; {len(busy)} run folder(s) being computed now were left in place" if busy else "",
+        )  # fmt: skip
+
     def load_study(self) -> Study:
         if not self.study_file.is_file():
             raise FileNotFoundError(f"{self.root} is not a study folder: it has no {STUDY_FILE}")
@@ -113,11 +151,12 @@ class StudyFolder:
         return read_json(self.run_dir(run_id) / FAILURE_FILE)
 
     def is_done(self, run_id: str) -> bool:
-        return (self.run_dir(run_id) / RESULT_FILE).is_file()
+        """Whether the run's result.json exists and reads; a torn or unreadable one is not done (rerun)."""
+        return self.read_result(run_id) is not None
 
     def status(self, run: PlannedRun) -> RunStatus:
         run_dir = self.run_dir(run.run_id)
-        if (run_dir / RESULT_FILE).is_file():
+        if self.is_done(run.run_id):
             return RunStatus(run, DONE)
         if lock_is_held(run_dir):
             return RunStatus(run, RUNNING)
@@ -182,7 +221,15 @@ def clear_run_dir(run_dir: Path) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when the file is absent, or torn or unreadable (logged, naming it)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as error:
+        logger.warning("%s is unreadable (%s): its run counts as not done and is run again", path, error)
+        return None
+    if not isinstance(value, dict):
+        logger.warning("%s holds no JSON object: its run counts as not done and is run again", path)
+        return None
+    return value
