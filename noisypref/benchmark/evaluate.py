@@ -232,16 +232,16 @@ def gold_reward_metrics(
     gold_reward: GoldReward,
     config: EvaluationConfig,
     seed: int,
+    reference_responses: list[str] | None = None,
 ) -> dict[str, float]:
-    """Gold reward, win rate, length-controlled win rate and KL estimate of ``policy`` (plain-text prompts)."""
-    sampling = dict(
-        num_samples=config.samples_per_prompt,
-        temperature=config.temperature,
-        max_new_tokens=config.max_new_tokens,
-        seed=seed,
-    )
-    policy_responses = _flatten(sample_responses(policy, tokenizer, list(prompts), **sampling))
-    reference_responses = _flatten(sample_responses(reference_model, tokenizer, list(prompts), **sampling))
+    """Gold reward, win rate, length-controlled win rate and KL estimate of ``policy`` (plain-text prompts).
+
+    ``reference_responses``: the reference policy's samples for these prompts, settings and seed
+    (``reference_samples``), when the caller has them already; ``reference_model`` is then only used
+    for the KL estimate and may be None when ``config.kl_samples`` is 0."""
+    policy_responses = _flatten(sample_responses(policy, tokenizer, list(prompts), **_sampling(config, seed)))
+    if reference_responses is None:
+        reference_responses = reference_samples(reference_model, tokenizer, prompts, config, seed)
     repeated_prompts = [prompt for prompt in prompts for _ in range(config.samples_per_prompt)]
     policy_rewards = gold_reward.score_many(repeated_prompts, policy_responses)
     reference_rewards = gold_reward.score_many(repeated_prompts, reference_responses)
@@ -270,6 +270,27 @@ def gold_reward_metrics(
             seed=seed + 1,
         )
     return metrics
+
+
+def reference_samples(
+    reference_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    config: EvaluationConfig,
+    seed: int,
+) -> list[str]:
+    """The reference policy's responses that ``gold_reward_metrics`` compares the policy with, flattened
+    (``config.samples_per_prompt`` per prompt, prompt by prompt)."""
+    return _flatten(sample_responses(reference_model, tokenizer, list(prompts), **_sampling(config, seed)))
+
+
+def _sampling(config: EvaluationConfig, seed: int) -> dict[str, Any]:
+    return dict(
+        num_samples=config.samples_per_prompt,
+        temperature=config.temperature,
+        max_new_tokens=config.max_new_tokens,
+        seed=seed,
+    )
 
 
 def kl_estimate(

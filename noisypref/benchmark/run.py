@@ -36,7 +36,7 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from noisypref.benchmark.evaluate import (
     method_outputs,
     noise_detection,
     preference_accuracy,
+    reference_samples,
 )
 from noisypref.benchmark.models import (
     LoraSettings,
@@ -86,6 +87,11 @@ DATASET_KEYS = ("kind", "testbed", "source", "split", "heldout_fraction", "max_p
 MODEL_KEYS = ("name", "dtype", "attn_implementation", "gradient_checkpointing", "lora", "reference")
 HELDOUT_SPLIT_SEED = 0
 RUN_ID_HEX_DIGITS = 12
+# The reference policy's gold-reward samples depend only on the reference model, the prompts, the
+# sampling settings and the seed, so every method and flip rate of a seed shares them: a process keeps
+# the last REFERENCE_SAMPLES_KEPT of them (0 samples afresh every run; benchmarks/study_cost.py).
+REFERENCE_SAMPLES_KEPT = 64
+_reference_samples: dict[str, list[str]] = {}
 
 
 class RunFailed(RuntimeError):
@@ -712,27 +718,67 @@ def evaluate_run(
                 len(prompts),
                 config.evaluation.num_eval_prompts,
             )
-        reference_model, _ = load_causal_lm(
-            reference_model_location(config, run.data, cache_dir),
-            config.model.dtype,
-            attn_implementation=config.model.attn_implementation,
-            device=device,
-        )
+        location = reference_model_location(config, run.data, cache_dir)
+        reference_model = None
+
+        def load_reference() -> PreTrainedModel:
+            nonlocal reference_model
+            if reference_model is None:
+                reference_model, _ = load_causal_lm(
+                    location,
+                    config.model.dtype,
+                    attn_implementation=config.model.attn_implementation,
+                    device=device,
+                )
+            return reference_model
+
+        responses = cached_reference_samples(config, location, prompts, device, load_reference, run.tokenizer)
         metrics.update(
             gold_reward_metrics(
                 run.policy,
-                reference_model,
+                load_reference() if config.evaluation.kl_samples > 0 else None,
                 run.tokenizer,
                 prompts,
                 testbed.gold_reward,
                 config.evaluation,
                 seed=config.seed,
+                reference_responses=responses,
             )
         )
     not_finite = {name: value for name, value in metrics.items() if not math.isfinite(value)}
     if not_finite:
         raise ValueError(f"non-finite evaluation metrics: {not_finite}")
     return metrics
+
+
+def cached_reference_samples(
+    config: RunConfig,
+    location: str,
+    prompts: list[str],
+    device: torch.device,
+    load_reference: Callable[[], PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+) -> list[str]:
+    """``reference_samples`` of the reference model at ``location``, from this process's memory when
+    an earlier run sampled the same model (by its files' sizes and times), prompts, settings and seed."""
+    evaluation = config.evaluation
+    identity = [
+        checkpoint_identity(location),
+        config.model.dtype,
+        config.model.attn_implementation,
+        device.type,
+        prompts,
+        [evaluation.samples_per_prompt, evaluation.temperature, evaluation.max_new_tokens, config.seed],
+    ]
+    key = hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()
+    if key not in _reference_samples:
+        responses = reference_samples(load_reference(), tokenizer, prompts, evaluation, config.seed)
+        if REFERENCE_SAMPLES_KEPT == 0:
+            return responses
+        while len(_reference_samples) >= REFERENCE_SAMPLES_KEPT:
+            del _reference_samples[next(iter(_reference_samples))]
+        _reference_samples[key] = responses
+    return list(_reference_samples[key])
 
 
 def write_pair_diagnostics(
