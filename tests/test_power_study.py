@@ -39,7 +39,7 @@ def test_power_at_no_difference_is_the_test_size() -> None:
 
 @pytest.mark.parametrize("seeds", [5, 8, 12])
 def test_minimum_detectable_difference_solves_the_power_equation(seeds) -> None:
-    expected = optimize.brentq(lambda delta: scipy_nct_power(delta, 1.0, seeds, 0.05) - 0.8, 0.5, 3.0)
+    expected = optimize.brentq(lambda delta: scipy_nct_power(delta, 1.0, seeds, 0.05) - 0.8, 0.5, 2.0)
     assert study_power.minimum_detectable_difference(1.0, seeds) == pytest.approx(expected, rel=1e-6)
 
 
