@@ -168,8 +168,8 @@ def test_the_packaged_default_study_is_configs_default_yaml():
 def test_the_default_study_is_the_design_default():
     study = load_study(default_study_path())
     runs = plan_runs(study)
-    # testbed x symmetric at 5 rates x 7 methods x 2 seeds
-    assert len(runs) == 1 * 5 * 7 * 2
+    # testbed x symmetric at 5 rates x 7 methods x 6 seeds
+    assert len(runs) == 1 * 5 * 7 * 6
     assert {run.method for run in runs} == {
         "dpo",
         "cdpo",
@@ -180,7 +180,7 @@ def test_the_default_study_is_the_design_default():
         "gamma_simpo",
     }
     assert sorted({run.noise_rate for run in runs}) == [0.0, 0.1, 0.2, 0.3, 0.4]
-    assert {run.seed for run in runs} == {0, 1}
+    assert {run.seed for run in runs} == set(range(6))
     assert {run.config["dataset"]["kind"] for run in runs} == {"testbed"}
     assert {run.config["model"]["name"] for run in runs} == {"testbed"}
 

@@ -57,6 +57,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 
 StepCallback = Callable[[dict[str, float]], None]
+# AdamW's fused CPU kernel: the same update as the per-parameter loop up to float round-off, about
+# 5x cheaper on the testbed's 20 small tensors (1.8 -> 0.34 ms a step). CUDA keeps torch's default.
+FUSED_ADAMW_ON_CPU = True
 
 
 @dataclass
@@ -179,7 +182,10 @@ def train(
         logps_model = torch.nn.parallel.DistributedDataParallel(logps_model, device_ids=device_ids)
     step_context = _StepContext(logps_model, run_device, sharding, processes, process_index)
     optimizer = torch.optim.AdamW(
-        logps_model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        logps_model.parameters(),
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        fused=True if FUSED_ADAMW_ON_CPU and run_device.type == "cpu" and sharding == "none" else None,
     )
     order = PairOrder(len(pairs), config.batch_size, seed)
     start_step = 0

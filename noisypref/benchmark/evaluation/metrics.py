@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,20 +168,19 @@ def gold_reward_metrics(
     seed: int,
     items: dict[str, tuple[list[str], np.ndarray]] | None = None,
     missing: dict[str, str] | None = None,
+    reference_responses: list[str] | None = None,
 ) -> dict[str, float]:
     """Gold reward, win rate, length-controlled win rate and KL estimate of ``policy`` (plain-text prompts).
 
     ``items``, when given, receives the per-sample values of the metrics that are means over samples
     (``gold_win_rate``, ``gold_reward_mean``), keyed by metric: (sample ids, values); ``missing``, the
-    reason for each metric left out (``gold_lc_win_rate`` when the GLM has nothing to fit)."""
-    sampling = dict(
-        num_samples=config.samples_per_prompt,
-        temperature=config.temperature,
-        max_new_tokens=config.max_new_tokens,
-        seed=seed,
-    )
-    policy_responses = _flatten(sample_responses(policy, tokenizer, list(prompts), **sampling))
-    reference_responses = _flatten(sample_responses(reference_model, tokenizer, list(prompts), **sampling))
+    reason for each metric left out (``gold_lc_win_rate`` when the GLM has nothing to fit).
+    ``reference_responses``: the reference policy's samples for these prompts, settings and seed
+    (``reference_samples``), when the caller has them already; ``reference_model`` is then only used
+    for the KL estimate and may be None when ``config.kl_samples`` is 0."""
+    policy_responses = _flatten(sample_responses(policy, tokenizer, list(prompts), **_sampling(config, seed)))
+    if reference_responses is None:
+        reference_responses = reference_samples(reference_model, tokenizer, prompts, config, seed)
     repeated_prompts = [prompt for prompt in prompts for _ in range(config.samples_per_prompt)]
     policy_rewards = gold_reward.score_many(repeated_prompts, policy_responses)
     reference_rewards = gold_reward.score_many(repeated_prompts, reference_responses)
@@ -219,6 +219,27 @@ def gold_reward_metrics(
             seed=seed + 1,
         )
     return metrics
+
+
+def reference_samples(
+    reference_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    config: EvaluationSettings,
+    seed: int,
+) -> list[str]:
+    """The reference policy's responses that ``gold_reward_metrics`` compares the policy with, flattened
+    (``config.samples_per_prompt`` per prompt, prompt by prompt)."""
+    return _flatten(sample_responses(reference_model, tokenizer, list(prompts), **_sampling(config, seed)))
+
+
+def _sampling(config: EvaluationSettings, seed: int) -> dict[str, Any]:
+    return dict(
+        num_samples=config.samples_per_prompt,
+        temperature=config.temperature,
+        max_new_tokens=config.max_new_tokens,
+        seed=seed,
+    )
 
 
 def kl_estimate(

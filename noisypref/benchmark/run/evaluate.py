@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from noisypref.benchmark.config.metrics import declare
 from noisypref.benchmark.config.run_config import RunConfig
@@ -21,12 +24,19 @@ from noisypref.benchmark.evaluation.metrics import (
     method_outputs,
     noise_detection,
     preference_accuracy,
+    reference_samples,
 )
-from noisypref.benchmark.run.prepare import PreparedRun, reference_model_location
+from noisypref.benchmark.run.prepare import PreparedRun, checkpoint_identity, reference_model_location
 from noisypref.benchmark.storage import atomic_path
 from noisypref.noise_injection import FlipRecord
 
 logger = logging.getLogger(__name__)
+
+# The reference policy's gold-reward samples depend only on the reference model, the prompts, the
+# sampling settings and the seed, so every method and flip rate of a seed shares them: a process keeps
+# the last REFERENCE_SAMPLES_KEPT of them (0 samples afresh every run; benchmarks/study_cost.py).
+REFERENCE_SAMPLES_KEPT = 64
+_reference_samples: dict[str, list[str]] = {}
 
 declare("realised_flip_rate", "realised flip rate", "none", bounds=(0.0, 1.0), diagnostic=True,
         description="share of training pairs the noise model flipped")
@@ -104,16 +114,25 @@ def evaluate_run(
                 len(prompts),
                 config.evaluation.num_eval_prompts,
             )
-        reference_model, _ = load_causal_lm(
-            reference_model_location(config, run.data, cache_dir),
-            config.model.dtype,
-            attn_implementation=config.model.attn_implementation,
-            device=device,
-        )
+        location = reference_model_location(config, run.data, cache_dir)
+        reference_model = None
+
+        def load_reference() -> PreTrainedModel:
+            nonlocal reference_model
+            if reference_model is None:
+                reference_model, _ = load_causal_lm(
+                    location,
+                    config.model.dtype,
+                    attn_implementation=config.model.attn_implementation,
+                    device=device,
+                )
+            return reference_model
+
+        responses = cached_reference_samples(config, location, prompts, device, load_reference, run.tokenizer)
         metrics.update(
             gold_reward_metrics(
                 run.policy,
-                reference_model,
+                load_reference() if config.evaluation.kl_samples > 0 else None,
                 run.tokenizer,
                 prompts,
                 testbed.gold_reward,
@@ -121,6 +140,7 @@ def evaluate_run(
                 seed=config.seed,
                 items=items,
                 missing=missing,
+                reference_responses=responses,
             )
         )
     not_finite = {name: value for name, value in metrics.items() if not math.isfinite(value)}
@@ -129,6 +149,36 @@ def evaluate_run(
     if items_path is not None and _is_main_process():
         write_items(items_path, items)
     return metrics
+
+
+def cached_reference_samples(
+    config: RunConfig,
+    location: str,
+    prompts: list[str],
+    device: torch.device,
+    load_reference: Callable[[], PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+) -> list[str]:
+    """``reference_samples`` of the reference model at ``location``, from this process's memory when
+    an earlier run sampled the same model (by its files' sizes and times), prompts, settings and seed."""
+    evaluation = config.evaluation
+    identity = [
+        checkpoint_identity(location),
+        config.model.dtype,
+        config.model.attn_implementation,
+        device.type,
+        prompts,
+        [evaluation.samples_per_prompt, evaluation.temperature, evaluation.max_new_tokens, config.seed],
+    ]
+    key = hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()
+    if key not in _reference_samples:
+        responses = reference_samples(load_reference(), tokenizer, prompts, evaluation, config.seed)
+        if REFERENCE_SAMPLES_KEPT == 0:
+            return responses
+        while len(_reference_samples) >= REFERENCE_SAMPLES_KEPT:
+            del _reference_samples[next(iter(_reference_samples))]
+        _reference_samples[key] = responses
+    return list(_reference_samples[key])
 
 
 def informative_pairs(pairs: TokenizedPairs) -> np.ndarray:

@@ -1,0 +1,183 @@
+"""Statistical power of the default study: how large a paired difference its seeds can resolve.
+
+Runs the embedded default study's grid on a subset (default: dpo, simpo and gamma_dpo at flip rates 0
+and 0.4, every seed of the default; one process, caches in ``--cache-dir``), or reads a finished study
+folder (``--results runs/default``). For the main metric (held-out accuracy) and each method against
+dpo at each rate it prints the mean paired difference over seeds, the seed-to-seed standard deviation
+of the paired differences ``sd``, and the smallest true difference that the report's paired t-test
+detects with 80 % power at α = 0.05 (two-sided), for the default's number of seeds and for 2 seeds
+(the default before issue 14), both with this ``sd``; and the same at α = 0.05 / 30, the Bonferroni
+bound of the report's Holm family (6 methods x 5 rates of one metric). Power of the paired t-test
+with n seeds at difference δ: P(|T| > t_{1-α/2, n-1}) for T noncentral t with n − 1 degrees of freedom
+and noncentrality δ·√n / sd.
+
+    PYTHONPATH=. python benchmarks/study_power.py [--methods dpo,simpo] [--rates 0,0.4] [--results DIR]
+
+Prints a table; the last line is the same figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import integrate, optimize, stats
+
+from noisypref.benchmark.run.execute import execute_run
+from noisypref.benchmark.study import default_study_path, load_study, plan_runs
+
+METRIC = "heldout_accuracy"
+BASELINE = "dpo"
+ALPHA = 0.05
+POWER = 0.8
+HOLM_FAMILY = 30  # tests of one metric in one condition: 6 methods x 5 rates
+
+
+def paired_t_power(difference: float, sd: float, seeds: int, alpha: float) -> float:
+    """Power of the two-sided paired t-test with ``seeds`` pairs when the true mean difference is
+    ``difference`` and the differences' standard deviation ``sd``.
+
+    T = (Z + λ) / √(V/ν), Z standard normal, V χ² with ν = n − 1 degrees of freedom, λ = δ√n/sd, so
+    P(|T| > c) = E_V[Φ(λ − c√(V/ν)) + Φ(−λ − c√(V/ν))], integrated over V (scipy's noncentral t
+    loses its accuracy at the large λ that 2 seeds need)."""
+    df = seeds - 1
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    noncentrality = difference * math.sqrt(seeds) / sd
+
+    def rejection_given(v: float) -> float:
+        scale = critical * math.sqrt(v / df)
+        return (
+            stats.norm.cdf(noncentrality - scale) + stats.norm.cdf(-noncentrality - scale)
+        ) * stats.chi2.pdf(v, df)
+
+    return float(integrate.quad(rejection_given, 0, np.inf, limit=200)[0])
+
+
+def minimum_detectable_difference(sd: float, seeds: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The difference the paired t-test detects with probability ``power`` (needs seeds >= 2)."""
+    if not sd > 0:
+        return 0.0
+    upper = sd
+    while paired_t_power(upper, sd, seeds, alpha) < power:
+        upper *= 2
+    return float(optimize.brentq(lambda delta: paired_t_power(delta, sd, seeds, alpha) - power, 0.0, upper))
+
+
+def run_subset(methods: list[str], rates: list[float], cache_dir: Path) -> pd.DataFrame:
+    study = load_study(default_study_path())
+    runs = [run for run in plan_runs(study) if run.method in methods and run.noise_rate in rates]
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for index, run in enumerate(runs):
+            result = execute_run(run.config, Path(scratch) / run.run_id, cache_dir, device="cpu")
+            rows.append(
+                {
+                    "method_label": run.method,
+                    "target_flip_rate": run.noise_rate,
+                    "seed": run.seed,
+                    METRIC: result["metrics"][METRIC],
+                }
+            )
+            print(f"run {index + 1}/{len(runs)}: {run.describe()}: {METRIC} {result['metrics'][METRIC]:.4f}")
+    return pd.DataFrame(rows)
+
+
+def read_results(folder: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(folder / "results.parquet")
+    return frame[frame["status"] == "succeeded"][["method_label", "target_flip_rate", "seed", METRIC]]
+
+
+def power_table(results: pd.DataFrame, default_seeds: int) -> pd.DataFrame:
+    values = results.pivot_table(index=["target_flip_rate", "seed"], columns="method_label", values=METRIC)
+    rows = []
+    for rate, per_seed in values.groupby(level="target_flip_rate"):
+        for method in per_seed.columns:
+            if method == BASELINE:
+                continue
+            differences = (per_seed[method] - per_seed[BASELINE]).dropna().to_numpy()
+            sd = float(np.std(differences, ddof=1))
+            rows.append(
+                {
+                    "rate": rate,
+                    "method": method,
+                    "seeds": len(differences),
+                    "mean_difference": float(differences.mean()),
+                    "sd_difference": sd,
+                    f"mdd_{default_seeds}_seeds": minimum_detectable_difference(sd, default_seeds),
+                    "mdd_2_seeds": minimum_detectable_difference(sd, 2),
+                    f"mdd_{default_seeds}_seeds_bonferroni": minimum_detectable_difference(
+                        sd, default_seeds, ALPHA / HOLM_FAMILY
+                    ),
+                    "mdd_2_seeds_bonferroni": minimum_detectable_difference(sd, 2, ALPHA / HOLM_FAMILY),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--methods", default="dpo,simpo,gamma_dpo", help="method labels; must include dpo")
+    parser.add_argument("--rates", default="0,0.4", help="flip rates of the default study")
+    parser.add_argument("--results", type=Path, help="a finished study folder to read instead of running")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/study_power"))
+    args = parser.parse_args()
+
+    default_seeds = len(load_study(default_study_path()).seeds)
+    started_wall, started_cpu = time.perf_counter(), time.process_time()
+    if args.results is not None:
+        results = read_results(args.results)
+    else:
+        methods = args.methods.split(",")
+        if BASELINE not in methods:
+            parser.error(f"--methods must include the baseline {BASELINE}")
+        results = run_subset(methods, [float(rate) for rate in args.rates.split(",")], args.cache_dir)
+    table = power_table(results, default_seeds)
+    load = os.getloadavg()
+
+    print(
+        f"\n{METRIC}: paired differences against {BASELINE} over seeds; smallest difference detectable with "
+        f"{POWER:.0%} power by the paired t-test at alpha {ALPHA} (and {ALPHA}/{HOLM_FAMILY}, Bonferroni)"
+    )
+    header = (
+        f"{'rate':>5} {'method':<12} {'seeds':>5} {'mean diff':>10} {'sd diff':>8} "
+        f"{f'MDD {default_seeds} seeds':>12} {'MDD 2 seeds':>12} {f'MDD {default_seeds}, /30':>12} {'MDD 2, /30':>11}"
+    )
+    print(header)
+    for row in table.itertuples(index=False):
+        row = row._asdict()
+        print(
+            f"{row['rate']:>5.2f} {row['method']:<12} {row['seeds']:>5d} {row['mean_difference']:>+10.4f} "
+            f"{row['sd_difference']:>8.4f} {row[f'mdd_{default_seeds}_seeds']:>12.4f} {row['mdd_2_seeds']:>12.4f} "
+            f"{row[f'mdd_{default_seeds}_seeds_bonferroni']:>12.4f} {row['mdd_2_seeds_bonferroni']:>11.4f}"
+        )
+    elapsed = {"wall_s": time.perf_counter() - started_wall, "cpu_s": time.process_time() - started_cpu}
+    print(
+        f"{len(results)} runs, {elapsed['wall_s']:.0f} s wall, {elapsed['cpu_s']:.0f} CPU-s; "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    print(
+        json.dumps(
+            {
+                "metric": METRIC,
+                "baseline": BASELINE,
+                "default_seeds": default_seeds,
+                "rows": table.to_dict(orient="records"),
+                "runs": len(results),
+                **elapsed,
+                "load_average": load,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
