@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerF
 from noisypref.benchmark.config.sections import EvaluationSettings
 from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.engine.tokenization import tokenize_pairs
-from noisypref.benchmark.evaluation.alpaca_eval import length_controlled_minimal_winrate
+from noisypref.benchmark.evaluation.alpaca_eval import NothingToFit, length_controlled_minimal_winrate
 from noisypref.benchmark.evaluation.metrics import (
     auroc,
     average_ranks,
@@ -87,7 +87,8 @@ def test_length_controlled_win_rate_removes_a_length_effect() -> None:
     reference_lengths = rng.integers(10, 60, size=400).astype(float)
     # Equal lengths: nothing to fit (missing); lengths unrelated to wins: the raw win rate.
     wins = (rng.random(400) < 0.7).astype(float)
-    assert length_controlled_minimal_winrate(wins, reference_lengths - reference_lengths) is None
+    with pytest.raises(NothingToFit, match="do not vary"):
+        length_controlled_minimal_winrate(wins, reference_lengths - reference_lengths)
     assert length_controlled_minimal_winrate(wins, rng.normal(0, 5, size=400)) == pytest.approx(wins.mean(), abs=0.03)
     # Wins explained by length only: the longer the policy's response, the likelier it wins.
     policy_lengths = reference_lengths + rng.normal(15, 20, size=400)

@@ -219,7 +219,7 @@ def small_sample_warnings(study: Study, files: dict[int, Any]) -> list[str]:
     warnings = []
     for index, dataset in enumerate(study.datasets):
         if dataset.kind == TESTBED:
-            heldout = dataset.testbed["num_heldout_pairs"]
+            heldout = dataset.testbed.num_heldout_pairs
             where = f"datasets[{index}].testbed.num_heldout_pairs = {heldout}"
         elif files.get(index) is not None:
             heldout = flip_count(dataset.heldout_fraction, len(files[index]))
