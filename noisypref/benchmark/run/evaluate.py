@@ -21,6 +21,7 @@ from noisypref.benchmark.evaluation.metrics import (
     noise_detection,
     preference_accuracy,
 )
+from noisypref.benchmark.progress import phase
 from noisypref.benchmark.run.prepare import PreparedRun, reference_model_location
 from noisypref.benchmark.storage import atomic_path
 from noisypref.noise_injection import FlipRecord
@@ -51,23 +52,28 @@ def evaluate_run(
     items: dict[str, tuple[list[str], np.ndarray]] = {}
     # Batches of the training micro-batch size: a γ method's candidate set is then as in training.
     batch_size = config.training.batch_size // config.training.gradient_accumulation
-    train_outputs = method_outputs(
-        run.policy, run.method, run.train_tokens, run.train_reference, run.pad_token_id, batch_size
-    )
+    with phase(f"evaluation of {len(run.train_tokens)} training pairs", len(run.train_tokens), "pair") as progress:
+        train_outputs = method_outputs(
+            run.policy, run.method, run.train_tokens, run.train_reference, run.pad_token_id, batch_size,
+            progress.advance,
+        )  # fmt: skip
     if pairs_path is not None and _is_main_process():
         write_pair_diagnostics(pairs_path, run.train_tokens.pair_ids, run.flips, train_outputs)
     metrics["train_accuracy"] = float(np.mean(train_outputs["reward_gap"] > 0))
     if config.evaluation.noise_detection:
         metrics.update(noise_detection(train_outputs, run.flips.table["is_flipped"].to_numpy()))
     if config.evaluation.heldout_accuracy:
-        heldout = method_outputs(
-            run.policy,
-            run.method,
-            run.heldout_tokens,
-            run.heldout_reference,
-            run.pad_token_id,
-            batch_size,
-        )
+        pairs = len(run.heldout_tokens)
+        with phase(f"evaluation of {pairs} held-out pairs", pairs, "pair") as progress:
+            heldout = method_outputs(
+                run.policy,
+                run.method,
+                run.heldout_tokens,
+                run.heldout_reference,
+                run.pad_token_id,
+                batch_size,
+                progress.advance,
+            )
         metrics["heldout_accuracy"] = preference_accuracy(
             heldout["chosen_reward"], heldout["rejected_reward"]
         )
@@ -88,18 +94,19 @@ def evaluate_run(
             attn_implementation=config.model.attn_implementation,
             device=device,
         )
-        metrics.update(
-            gold_reward_metrics(
-                run.policy,
-                reference_model,
-                run.tokenizer,
-                prompts,
-                testbed.gold_reward,
-                config.evaluation,
-                seed=config.seed,
-                items=items,
+        with phase(f"gold-reward evaluation on {len(prompts)} prompts"):
+            metrics.update(
+                gold_reward_metrics(
+                    run.policy,
+                    reference_model,
+                    run.tokenizer,
+                    prompts,
+                    testbed.gold_reward,
+                    config.evaluation,
+                    seed=config.seed,
+                    items=items,
+                )
             )
-        )
     not_finite = {name: value for name, value in metrics.items() if not math.isfinite(value)}
     if not_finite:
         raise ValueError(f"non-finite evaluation metrics: {not_finite}")
