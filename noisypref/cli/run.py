@@ -58,6 +58,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-report", action="store_true", help="do not write OUT/report/ (`noisypref report OUT` writes it)"
     )
+    parser.add_argument(
+        "--track",
+        metavar="TRACKERS",
+        help="send each run's training curve, final metrics and config to these trackers, comma-separated: "
+        "tensorboard (OUT/tensorboard/), wandb (honours WANDB_MODE=offline), trackio; replaces the "
+        "study's tracking.trackers (pip install 'noisypref[track]')",
+    )
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument(
         "--emit-jobs",
@@ -74,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    if not sys.stderr.isatty():  # a log file gets noisypref's plain progress lines, not the libraries' bars
+        disable_library_progress_bars()
     from noisypref.benchmark.engine import distributed
     from noisypref.benchmark.engine.distributed import launched_world_size
     from noisypref.benchmark.study import (
@@ -129,6 +138,7 @@ def run_run(args: argparse.Namespace) -> int:
             force=args.force,
             run_ids=args.run_id,
             collect=args.run_id is None,
+            tracking=parse_track(study, args.track),
         )
     except KeyboardInterrupt:
         print(describe_interruption(study, out, args), file=sys.stderr)
@@ -141,6 +151,18 @@ def run_run(args: argparse.Namespace) -> int:
     if args.run_id is None and not args.no_report:
         write_study_report(out)
     return status
+
+
+def disable_library_progress_bars() -> None:
+    """No tqdm bars from datasets, transformers and the hub (their carriage returns garble a log file)."""
+    import datasets
+    import huggingface_hub
+    import transformers
+
+    os.environ["TQDM_DISABLE"] = "1"  # spawned workers, and tqdm bars created from now on
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
 
 
 def write_study_report(out: Path) -> Path | None:
@@ -212,6 +234,19 @@ def check_launch_arguments(args: argparse.Namespace, processes: int) -> None:
             "(WORLD_SIZE), and every run is spread across all of them; drop the option, or run "
             "`noisypref run` without torchrun/accelerate launch to use it"
         )
+
+
+def parse_track(study, text: str | None):
+    """The study's tracking settings with the trackers of ``--track`` (None: the study's own)."""
+    import dataclasses
+
+    if text is None:
+        return None
+    trackers = [name.strip() for name in text.split(",") if name.strip()]
+    try:
+        return dataclasses.replace(study.tracking, trackers=tuple(trackers))
+    except ValueError as error:
+        raise UserError(f"--track {text!r}: {error}") from None
 
 
 def parse_devices(text: str | None) -> list[str]:

@@ -61,6 +61,7 @@ from noisypref.benchmark.config.sections import (
     MethodSettings,
     ModelSettings,
     ReportSettings,
+    TrackingSettings,
     TrainingSettings,
     _match_default_type,
     method_config,
@@ -84,6 +85,7 @@ STUDY_KEYS = (
     "training",
     "evaluation",
     "report",
+    "tracking",
 )
 NOISE_KEYS = ("model", "rates", "options")
 METHOD_KEYS = ("label", "name", "hyperparameters", "training", "evaluation")
@@ -175,6 +177,9 @@ class Study:
     evaluation: EvaluationSettings
     plugins: tuple[str, ...] = ()
     report: ReportSettings = ReportSettings()
+    # how runs are watched (trackers), not what they compute: left out of study.yaml (to_dict), so
+    # that `--track` never makes a study folder hold "another study"
+    tracking: TrackingSettings = TrackingSettings()
 
     def method_variants(self) -> list[MethodVariant]:
         return [variant for method in self.methods for variant in method.variants()]
@@ -300,6 +305,7 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
     training = load_settings(TrainingSettings, raw.get("training"), "training", errors)
     evaluation = load_settings(EvaluationSettings, raw.get("evaluation"), "evaluation", errors)
     report = load_settings(ReportSettings, raw.get("report"), "report", errors)
+    tracking = load_settings(TrackingSettings, raw.get("tracking"), "tracking", errors)
     datasets = _load_datasets(raw.get("datasets", [{"kind": TESTBED}]), check_files, errors)
     noise = _load_noise(raw.get("noise", []), errors)
     methods = _load_methods(raw.get("methods", []), raw, training, evaluation, errors)
@@ -321,6 +327,7 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
         evaluation=evaluation,
         plugins=plugins,
         report=report,
+        tracking=tracking,
     )
 
 
