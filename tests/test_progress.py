@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_study import TINY_TESTBED
 
 from noisypref.benchmark import progress
 from noisypref.benchmark.config.run_config import parse_run_config
@@ -17,13 +18,6 @@ from noisypref.benchmark.progress import HEARTBEAT_FILE, heartbeat, phase
 from noisypref.benchmark.study import StudyFolder, parse_study, plan_runs, run_study
 from noisypref.benchmark.study.folder import claim_run
 from noisypref.cli import main
-
-TINY_TESTBED = {
-    "num_topics": 2, "num_words": 8, "relevant_words_per_topic": 2, "off_topic_words_per_topic": 2,
-    "max_response_words": 4, "hidden_size": 16, "num_attention_heads": 2, "num_layers": 1, "intermediate_size": 32,
-    "sft_steps": 5, "sft_batch_size": 8, "num_train_pairs": 40, "num_heldout_pairs": 16, "num_eval_prompts": 8,
-    "max_new_tokens": 5,
-}  # fmt: skip
 
 
 class Clock:
