@@ -140,3 +140,31 @@ def test_tracking_is_checked_and_is_not_part_of_the_study_folder():
     assert tracked.tracking == TrackingSettings(trackers=("tensorboard", "wandb"))
     assert tracked.to_dict() == parse_study(STUDY).to_dict()  # --track never makes "another study"
     assert [run.run_id for run in plan_runs(tracked)] == [run.run_id for run in plan_runs(parse_study(STUDY))]
+
+
+def test_trackio_offline_gets_the_curve_final_metrics_and_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is imported
+    pytest.importorskip("trackio", reason="trackio (the trackio extra) is not installed")
+    import sqlite3
+
+    import trackio.sqlite_storage
+    import trackio.utils
+
+    for module in (trackio.utils, trackio.sqlite_storage):
+        monkeypatch.setattr(module, "TRACKIO_DIR", tmp_path / "trackio", raising=False)
+    study = parse_study({**STUDY, "tracking": {"trackers": ["trackio"], "project": "noisypref-test"}})
+    assert run_study(study, tmp_path / "out", executor=tracked_execute, progress=False, collect=False).all_succeeded
+    database = trackio.sqlite_storage.SQLiteStorage.get_project_db_path("noisypref-test")
+    assert Path(database).parent == tmp_path / "trackio"
+    with sqlite3.connect(database) as connection:
+        metrics = connection.execute("select run_name, step, metrics from metrics order by id").fetchall()
+        configs = dict(connection.execute("select run_name, config from configs").fetchall())
+    for run in plan_runs(study):
+        name = run_name(run.describe(), run.run_id)
+        logged = [(step, json.loads(values)) for run_name_, step, values in metrics if run_name_ == name]
+        curve = [(step, values["train/loss"]) for step, values in logged if "train/loss" in values]
+        assert curve == [(line["step"], line["loss"]) for line in curve_of(run.config)]
+        final = [values for _, values in logged if "final/heldout_accuracy" in values]
+        assert final[0]["final/heldout_accuracy"] == final_of(run.config)["heldout_accuracy"]
+        config = json.loads(configs[name])
+        assert config["method"] == run.config["method"] and config["_Group"] == "tracked"

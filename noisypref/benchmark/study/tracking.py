@@ -139,7 +139,8 @@ def write_trackio(
         for line in curve:
             trackio.log({f"train/{name}": value for name, value in line.items() if name != "step"}, step=int(line["step"]))
         if final:
-            trackio.log({f"final/{name}": value for name, value in final.items()})
+            last_step = max((int(line["step"]) for line in curve), default=0)
+            trackio.log({f"final/{name}": value for name, value in final.items()}, step=last_step)
     finally:
         trackio.finish()
 
