@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from test_study import TINY_TESTBED
 
 from noisypref.benchmark import progress
@@ -237,3 +238,17 @@ def test_training_seed_varies_training_and_leaves_the_noise_draw(tmp_path):
     assert run_seed[2] != same[2]  # a training seed given is part of the run's id
     pd.testing.assert_frame_equal(run_seed[0], other[0])  # the same flips
     assert run_seed[1] != other[1]  # a different pair order: different losses
+
+
+def test_a_study_folder_of_0_1_with_path_labels_is_the_same_study(tmp_path):
+    source = str(_write_pairs(tmp_path / "prefs.jsonl", 4))
+    raw = {"name": "labels", "datasets": [{"kind": "file", "source": source}], "methods": [{"name": "dpo"}],
+           "noise": [{"model": "symmetric", "rates": [0.1]}], "models": [{"name": "some-org/some-model"}]}  # fmt: skip
+    folder = StudyFolder(tmp_path / "out")
+    folder.prepare(parse_study(raw))
+    written = yaml.safe_load(folder.study_file.read_text())
+    written["datasets"][0]["label"] = source  # as 0.1 resolved a file dataset without a label
+    folder.study_file.write_text(yaml.safe_dump(written))
+    folder.prepare(parse_study(raw))  # not "another study"
+    with pytest.raises(ValueError, match="already holds a different study"):
+        folder.prepare(parse_study({**raw, "datasets": [{"kind": "file", "source": source, "label": "other"}]}))
