@@ -121,9 +121,9 @@ class Phase:
         parts += [f"{name} {value:.4g}" for name, value in self.values.items()]
         if self.rate is not None:
             if self.items_per_unit is not None:
-                parts.append(f"{self.rate * self.items_per_unit:.1f} {self.items}/s")
+                parts.append(f"{self.rate * self.items_per_unit:.3g} {self.items}/s")
             else:
-                parts.append(f"{self.rate:.2f} {self.unit}s/s")
+                parts.append(f"{self.rate:.3g} {self.unit}s/s")
         if eta and self.eta_s is not None:
             parts.append(f"ETA {format_duration(self.eta_s)}")
         return f"{self.name}: " + ", ".join(parts)
