@@ -612,10 +612,9 @@ def test_smollm2_hh_slice_trains_evaluates_and_scores_alpaca_eval_on_the_cpu(
     started = time.perf_counter()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     raw = yaml.safe_load((REPO / "configs" / "smollm2_hh.yaml").read_text())
-    num_pairs = sum(1 for _ in gzip.open(HH_FILE, "rt"))
     raw["datasets"][0].update(
-        kind="file", source=str(HH_FILE), heldout_fraction=4 / num_pairs, max_pairs=8
-    )  # 4 held-out pairs, 8 training pairs
+        kind="file", source=str(HH_FILE), heldout_fraction=0.5, max_pairs=8
+    )  # 8 training pairs; max_pairs bounds the held-out pairs too: ceil(0.5 * 8) = 4
     for key in ("split", "hub_options"):
         raw["datasets"][0].pop(key)
     raw["noise"][0]["rates"] = [0.2]

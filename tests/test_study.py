@@ -282,7 +282,7 @@ def test_file_datasets_are_checked_where_the_study_runs(tmp_path, monkeypatch):
         "models": [{"name": "org/model"}],
     }
     run = plan_runs(parse_study(raw))[0]
-    assert run.dataset == "pairs.jsonl" and run.model == "org/model"
+    assert run.dataset == "pairs" and run.model == "org/model"
     assert run.config["dataset"] == {
         "kind": "file", "testbed": None, "source": "pairs.jsonl", "split": None, "heldout_fraction": 0.1,
         "max_pairs": None, "hub_options": {},

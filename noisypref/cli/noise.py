@@ -10,7 +10,13 @@ from typing import Any
 
 from noisypref.benchmark.config.checks import Invalid
 from noisypref.benchmark.config.sections import MAX_SEED, seed_check
-from noisypref.benchmark.data.loaders import load_preferences, write_preferences
+from noisypref.benchmark.data.loaders import (
+    load_preferences,
+    source_records,
+    swap_labels,
+    write_preferences,
+    write_records,
+)
 from noisypref.cli import UserError, make_output_folder
 from noisypref.noise_injection import NOISE_MODELS, get_noise_model, inject
 from noisypref.noise_injection.base import realised_rate_warning
@@ -18,6 +24,8 @@ from noisypref.noise_injection.base import realised_rate_warning
 NOISY_DATA_STEM = "noisy"
 FLIP_TABLE_NAME = "flips.csv"
 FLIP_SUMMARY_NAME = "flips.json"
+LAYOUT_FORMATS = ("trl", "same")
+FILE_TYPES = ("jsonl", "parquet")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Flip chosen/rejected on a controlled share of the pairs of a preference dataset and write "
             f"OUT/{NOISY_DATA_STEM}.jsonl (or .parquet), OUT/{FLIP_TABLE_NAME} (pair_id, is_flipped, "
             f"flip_probability) and OUT/{FLIP_SUMMARY_NAME} (model, options, seed, target and realised rate). "
-            "The noisy data can be trained with any tool; the flip record is for evaluation only."
+            "The noisy data can be trained with any tool; the flip record is for evaluation only. "
+            "--format trl (the default) writes TRL's preference format: prompt / chosen / rejected, plain "
+            "strings or message lists; --format same keeps the input's own layout (ShareGPT stays ShareGPT, "
+            "HH-RLHF transcripts stay transcripts), its rows in the input's order with the flipped ones' "
+            "chosen and rejected swapped. docs/data.md describes every layout."
         ),
     )
     parser.add_argument(
@@ -63,9 +75,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=("jsonl", "parquet"),
-        default="jsonl",
-        help="format of the noisy data (default jsonl)",
+        choices=LAYOUT_FORMATS + FILE_TYPES,
+        default="trl",
+        help="layout of the noisy data: trl (TRL's preference format prompt/chosen/rejected; the default) "
+        "or same (the input's own layout). jsonl and parquet, 0.1's values of this flag, still choose the "
+        "file type (as --file-type does) with the trl layout",
+    )
+    parser.add_argument(
+        "--file-type", choices=FILE_TYPES, help="file type of the noisy data (default jsonl)"
     )
     parser.set_defaults(func=run_noise)
 
@@ -108,8 +125,22 @@ def run_noise(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UserError(f"{args.data}: {error}") from None
-    data_path = args.out / f"{NOISY_DATA_STEM}.{args.format}"
-    write_preferences(noisy, data_path)
+    layout_format = args.format if args.format in LAYOUT_FORMATS else "trl"
+    file_type = args.file_type or (args.format if args.format in FILE_TYPES else "jsonl")
+    data_path = args.out / f"{NOISY_DATA_STEM}.{file_type}"
+    if layout_format == "same":
+        layout, records = source_records(
+            args.data, args.split, **parse_key_values(args.data_option, "--data-option")
+        )
+        flipped = record.table["is_flipped"].tolist()
+        write_records(
+            [swap_labels(row) if is_flipped else row for row, is_flipped in zip(records, flipped, strict=True)],
+            data_path,
+        )
+        written_layout = f"the input's layout, {layout}"
+    else:
+        write_preferences(noisy, data_path)
+        written_layout = "TRL's preference format"
     record.to_csv(args.out / FLIP_TABLE_NAME)
     summary = {"data": str(args.data), "split": args.split, **record.summary()}
     (args.out / FLIP_SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -121,7 +152,9 @@ def run_noise(args: argparse.Namespace) -> int:
         print(
             f"{record.identical_pairs} pair(s) have chosen equal to rejected: flipping them changes nothing"
         )
-    print(f"wrote {data_path}, {args.out / FLIP_TABLE_NAME} and {args.out / FLIP_SUMMARY_NAME}")
+    print(
+        f"wrote {data_path} ({written_layout}), {args.out / FLIP_TABLE_NAME} and {args.out / FLIP_SUMMARY_NAME}"
+    )
     warning = realised_rate_warning(record)
     if warning:
         print(f"noisypref noise: warning: {warning}", file=sys.stderr)

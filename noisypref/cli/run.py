@@ -60,6 +60,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-report", action="store_true", help="do not write OUT/report/ (`noisypref report OUT` writes it)"
     )
+    parser.add_argument(
+        "--track",
+        metavar="TRACKERS",
+        help="send each run's training curve, final metrics and config to these trackers, comma-separated: "
+        "tensorboard (OUT/tensorboard/), wandb (honours WANDB_MODE=offline), trackio; replaces the "
+        "study's tracking.trackers (pip install 'noisypref[track]')",
+    )
+    cluster = parser.add_argument_group(
+        "clusters", "submit the unfinished runs as Slurm jobs through submitit (pip install 'noisypref[slurm]'); "
+        "each job executes `noisypref run STUDY --run-id ID`, the study folder on shared storage is the only "
+        "coordination (docs/clusters.md)",
+    )
+    cluster.add_argument(
+        "--launcher", choices=("local", "slurm"), default="local",
+        help="local: run here (default); slurm: submit one job per unfinished run and return",
+    )  # fmt: skip
+    cluster.add_argument("--slurm-partition", help="Slurm partition of the jobs")
+    cluster.add_argument("--slurm-gpus-per-job", type=int, default=1, help="GPUs per job (default 1)")
+    cluster.add_argument("--slurm-time", type=int, default=240, metavar="MINUTES", help="time limit per job (default 240)")
+    cluster.add_argument(
+        "--slurm-no-array", action="store_true", help="submit one job per run instead of one job array"
+    )
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument(
         "--emit-jobs",
@@ -76,6 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    if not sys.stderr.isatty():  # a log file gets noisypref's plain progress lines, not the libraries' bars
+        disable_library_progress_bars()
     from noisypref.benchmark.engine import distributed
     from noisypref.benchmark.engine.distributed import launched_world_size
     from noisypref.benchmark.study import (
@@ -107,6 +131,8 @@ def run_run(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir or default_cache_dir(out)
     make_output_folder(out, "the output folder (--out)")
     make_output_folder(cache_dir, "the cache folder (--cache-dir)")
+    if args.launcher == "slurm":
+        return submit_to_slurm(study, out, cache_dir, args)
     if args.emit_jobs:
         folder = StudyFolder(out)
         folder.prepare(study, force=args.force)
@@ -134,6 +160,7 @@ def run_run(args: argparse.Namespace) -> int:
             force=args.force,
             run_ids=args.run_id,
             collect=args.run_id is None,
+            tracking=parse_track(study, args.track),
         )
     except KeyboardInterrupt:
         print(describe_interruption(study, out, args), file=sys.stderr)
@@ -156,6 +183,45 @@ def run_run(args: argparse.Namespace) -> int:
             )
             return INTERRUPTED_STATUS
     return status
+
+
+def disable_library_progress_bars() -> None:
+    """No tqdm bars from datasets, transformers and the hub (their carriage returns garble a log file)."""
+    import datasets
+    import huggingface_hub
+    import transformers
+
+    os.environ["TQDM_DISABLE"] = "1"  # spawned workers, and tqdm bars created from now on
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+def submit_to_slurm(study, out: Path, cache_dir: Path, args: argparse.Namespace) -> int:
+    """Submit the unfinished runs (of --run-id, if given) as Slurm jobs and print their ids."""
+    from noisypref.benchmark.study import StudyFolder, plan_runs
+    from noisypref.benchmark.study.scheduler import select_runs
+    from noisypref.benchmark.study.slurm import SUBMITIT_FOLDER, SlurmSettings, slurm_executor, submit_runs
+
+    if args.slurm_gpus_per_job < 0 or args.slurm_time < 1:
+        raise UserError("--slurm-gpus-per-job must be >= 0 and --slurm-time (minutes) >= 1")
+    folder = StudyFolder(out)
+    folder.prepare(study, force=args.force)
+    runs = plan_runs(study) if args.run_id is None else select_runs(plan_runs(study), args.run_id)
+    pending = [run.run_id for run in runs if not folder.is_done(run.run_id)]
+    settings = SlurmSettings(args.slurm_partition, args.slurm_gpus_per_job, args.slurm_time)
+    try:
+        executor = slurm_executor(out / SUBMITIT_FOLDER, settings)
+    except ImportError:
+        raise UserError("--launcher slurm needs submitit: pip install 'noisypref[slurm]'") from None
+    jobs = submit_runs(executor, folder.study_file, out, cache_dir, pending, array=not args.slurm_no_array)
+    for run_id, job in zip(pending, jobs, strict=True):
+        print(f"{run_id}  job {job.job_id}")
+    print(
+        f"submitted {len(jobs)} job(s) for the unfinished runs of study {study.name!r} (logs: {out / SUBMITIT_FOLDER}); "
+        f"watch them with `noisypref status {out}`, then `noisypref collect {out}` and `noisypref report {out}`"
+    )
+    return 0
 
 
 def write_study_report(out: Path) -> Path | None:
@@ -227,6 +293,19 @@ def check_launch_arguments(args: argparse.Namespace, processes: int) -> None:
             "(WORLD_SIZE), and every run is spread across all of them; drop the option, or run "
             "`noisypref run` without torchrun/accelerate launch to use it"
         )
+
+
+def parse_track(study, text: str | None):
+    """The study's tracking settings with the trackers of ``--track`` (None: the study's own)."""
+    import dataclasses
+
+    if text is None:
+        return None
+    trackers = [name.strip() for name in text.split(",") if name.strip()]
+    try:
+        return dataclasses.replace(study.tracking, trackers=tuple(trackers))
+    except ValueError as error:
+        raise UserError(f"--track {text!r}: {error}") from None
 
 
 def parse_devices(text: str | None) -> list[str]:

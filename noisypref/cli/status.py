@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Count the runs of the study in DIR (its study.yaml) by state: done (result.json in place), "
             "running (a process holds the run's lock), failed (failure.json; the reason is shown) and "
-            "pending; list the running and failed ones."
+            "pending; list the running and failed ones, each running run with its phase, step/total and "
+            "ETA from the heartbeat file the run updates (runs/<run_id>/heartbeat.json)."
         ),
     )
     parser.add_argument("out", type=Path, metavar="DIR", help="a study's output folder")
@@ -23,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from noisypref.benchmark.progress import HEARTBEAT_FILE, describe_heartbeat, read_heartbeat
     from noisypref.benchmark.study import StudyFolder, plan_runs
     from noisypref.benchmark.study.folder import DONE, FAILED, PENDING, RUNNING, RUNS_FOLDER, STATES
 
@@ -38,6 +40,9 @@ def run_status(args: argparse.Namespace) -> int:
     for state in (RUNNING, FAILED, PENDING, DONE) if args.all else (RUNNING, FAILED):
         for status in (status for status in statuses if status.state == state):
             reason = f": {status.reason}" if status.reason else ""
+            if state == RUNNING:
+                beat = read_heartbeat(folder.run_dir(status.run.run_id) / HEARTBEAT_FILE)
+                reason = f": {describe_heartbeat(beat)}" if beat is not None else ": starting (no heartbeat yet)"
             print(f"  {state:<8} {status.run.run_id}  {status.run.describe()}{reason}")
     known = {run.run_id for run in runs}
     runs_folder = args.out / RUNS_FOLDER

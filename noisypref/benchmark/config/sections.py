@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from noisypref import methods as method_registry
@@ -74,6 +75,9 @@ class TrainingSettings(Section):
     checkpoint_every: int = setting(0, integer(minimum=0), since="0.2")
     # keep the trained policy (safetensors + tokenizer) in the run folder's model/
     save_model: bool = setting(False, boolean(), since="0.2")
+    # the seed of the training randomness (pair order, LoRA initialisation, the method's draws);
+    # null: the run's seed, which also draws the noise
+    seed: int | None = setting(None, optional(seed_check), since="0.2")
 
     def problems(self) -> list[tuple[str, Any, str]]:
         problems = []
@@ -120,6 +124,8 @@ class EvaluationSettings(Section):
     max_new_tokens: int = setting(16, integer(minimum=1))
     kl_samples: int = setting(1, integer(minimum=0))
     benchmarks: dict[str, Any] = setting({}, _benchmarks_check)
+    # at most this many held-out pairs are evaluated (the first of the held-out split); null: all
+    max_heldout_pairs: int | None = setting(None, optional(integer(minimum=1)), since="0.2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +252,15 @@ class DatasetSettings(Section):
 
     @property
     def display_label(self) -> str:
-        return self.label or (TESTBED if self.kind == TESTBED else str(self.source))
+        """The label, else: "testbed", a file's stem (data/hh.jsonl.gz: hh), a hub id."""
+        if self.label:
+            return self.label
+        if self.kind == TESTBED:
+            return TESTBED
+        if self.kind == "file":
+            name = Path(str(self.source)).name
+            return name.split(".", 1)[0] or name
+        return str(self.source)
 
     def study_dict(self) -> dict[str, Any]:
         """The entry as a resolved study file writes it: the keys its kind uses, every default filled in."""
@@ -358,3 +372,30 @@ class ReportSettings(Section):
 
     primary_metrics: tuple[str, ...] = setting(["heldout_accuracy", "gold_win_rate"], lambda value: _metric_names(list(value)))
     baseline: str = setting("dpo", text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracking
+
+TRACKERS = ("tensorboard", "wandb", "trackio")
+
+
+def _trackers(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) and name in TRACKERS for name in value):
+        raise Invalid(f"a list of trackers out of {', '.join(TRACKERS)} (e.g. [tensorboard, wandb])")
+    return tuple(dict.fromkeys(value))
+
+
+@dataclass(frozen=True)
+class TrackingSettings(Section):
+    """Where each run's training curve, final metrics and resolved config also go (the ``tracking``
+    section, or ``noisypref run --track``): one tracker run per noisypref run, grouped by study, named
+    by the run's label. How runs are watched, not what they compute: no part of a run or its id."""
+
+    section = "tracking"
+
+    trackers: tuple[str, ...] = setting((), lambda value: _trackers(list(value) if isinstance(value, tuple) else value))
+    project: str = setting("noisypref", text())  # the W&B / Trackio project
+    tensorboard_dir: str | None = setting(None, optional(text()))  # default: OUT/tensorboard

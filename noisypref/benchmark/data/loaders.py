@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from noisypref.benchmark.data.hub import HubUnavailable, hub_lookup
 from noisypref.sampling import flip_count, keyed_uniforms, top_k_mask
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,62 @@ def load_preferences(
     Unparseable rows are skipped and logged with their index and reason; the load fails when a
     required column is missing or no row parses.
     """
+    records, columns = _read_source(source, split, hub_options)
+    try:
+        parsed = parse_preference_records(records, columns, layout=layout)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+    _report_skipped(parsed, str(source))
+    if not parsed.rows:
+        raise ValueError(
+            f"no row of {source} could be parsed as a preference pair ({_skipped_summary(parsed.skipped)})"
+        )
+    logger.info("loaded %d preference pairs from %s (layout %s)", len(parsed.rows), source, parsed.layout)
+    features = _schema_features(parsed.rows)
+    rows = [{name: row.get(name) for name in features} for row in parsed.rows]
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+def source_records(
+    source: str | os.PathLike, split: str | None = None, **hub_options: Any
+) -> tuple[str, list[dict[str, Any]]]:
+    """The layout and the raw rows of a source that `load_preferences` keeps (unparseable rows left
+    out), in the same order as its pairs: for writing noisy data in the source's own layout."""
+    records, columns = _read_source(source, split, hub_options)
+    parsed = parse_preference_records(records, columns)
+    skipped = {row.index for row in parsed.skipped}
+    return parsed.layout, [dict(record) for index, record in enumerate(records) if index not in skipped]
+
+
+def swap_labels(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A raw row with its labels swapped: every key naming "chosen" (chosen, score_chosen,
+    chosen-rating, chosen_model, ...) trades values with its "rejected" twin."""
+    swapped = dict(record)
+    for key in record:
+        twin = key.replace("chosen", "rejected")
+        if twin != key and twin in record:
+            swapped[key], swapped[twin] = record[twin], record[key]
+    return swapped
+
+
+def write_records(records: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    """Raw rows as JSON lines or parquet, chosen by the file name's ending."""
+    path = Path(path)
+    if path.name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist([dict(record) for record in records]), path)
+    elif path.name.endswith(".jsonl"):
+        with open(path, "w", encoding="utf-8", newline="\n") as file:
+            file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    else:
+        raise ValueError(
+            f"cannot write {path}: the file name must end with one of {', '.join(WRITABLE_SUFFIXES)}"
+        )
+
+
+def _read_source(
+    source: str | os.PathLike, split: str | None, hub_options: dict[str, Any]
+) -> tuple[Sequence[Any], list[str]]:
+    """The raw rows and column names of a local file or a hub dataset."""
     path = Path(source)
     if path.is_file():
         if hub_options:
@@ -123,19 +180,7 @@ def load_preferences(
     else:
         hub_dataset = _load_hub_dataset(str(source), split, hub_options)
         records, columns = hub_dataset, hub_dataset.column_names
-    try:
-        parsed = parse_preference_records(records, columns, layout=layout)
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
-    _report_skipped(parsed, str(source))
-    if not parsed.rows:
-        raise ValueError(
-            f"no row of {source} could be parsed as a preference pair ({_skipped_summary(parsed.skipped)})"
-        )
-    logger.info("loaded %d preference pairs from %s (layout %s)", len(parsed.rows), source, parsed.layout)
-    features = _schema_features(parsed.rows)
-    rows = [{name: row.get(name) for name in features} for row in parsed.rows]
-    return datasets.Dataset.from_list(rows, features=features)
+    return records, columns
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -491,7 +536,10 @@ def _schema_features(rows: Sequence[dict[str, Any]]) -> datasets.Features:
 
 def _load_hub_dataset(hub_id: str, split: str | None, hub_options: dict[str, Any]) -> datasets.Dataset:
     try:
-        loaded = datasets.load_dataset(hub_id, split=split, **hub_options)
+        with hub_lookup("hub dataset", hub_id):
+            loaded = datasets.load_dataset(hub_id, split=split, **hub_options)
+    except HubUnavailable:
+        raise
     except (OSError, ValueError, TypeError, datasets.exceptions.DatasetsError) as error:
         raise ValueError(
             f"cannot load {hub_id!r}: it is not a local {' / '.join(LOCAL_SUFFIXES)} file, and loading it "

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -251,8 +251,10 @@ def sequence_logps(
     response_ids: Sequence[list[int]],
     pad_token_id: int,
     batch_size: int = 128,
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Summed response log-probs of many sequences (no gradient), in batches of similar length; on the CPU."""
+    """Summed response log-probs of many sequences (no gradient), in batches of similar length; on the CPU.
+    ``on_batch`` receives the number of sequences of each batch done (progress)."""
     device = model.device
     logps_model = SequenceLogps(model)
     was_training = model.training
@@ -269,5 +271,7 @@ def sequence_logps(
         )
         with autocast_for(device):
             result[rows] = logps_model(batch.to(device)).float().cpu()
+        if on_batch is not None:
+            on_batch(len(rows))
     model.train(was_training)
     return result

@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from noisypref.benchmark.config.sections import LoraSettings
+from noisypref.benchmark.data.hub import hub_lookup, looks_like_hub_id
 from noisypref.benchmark.storage import build_once
 
 logger = logging.getLogger(__name__)
@@ -151,10 +152,11 @@ def load_causal_lm(
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    tokenizer = load_tokenizer(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=dtype, attn_implementation=attn_implementation
-    )
+    with hub_lookup("model", str(name_or_path)) if looks_like_hub_id(str(name_or_path)) else contextlib.nullcontext():
+        tokenizer = load_tokenizer(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=dtype, attn_implementation=attn_implementation
+        )
     return model.to(device).eval(), tokenizer
 
 

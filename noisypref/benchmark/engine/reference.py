@@ -27,6 +27,7 @@ from transformers import PreTrainedModel
 from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for, pair_batch, sequence_logps
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
+from noisypref.benchmark.progress import phase
 from noisypref.benchmark.storage import cached_torch_file
 from noisypref.methods import PairLogps
 
@@ -74,14 +75,15 @@ def reference_logps(
     """
 
     def compute() -> dict:
-        logger.info("computing reference log-probs of %d pairs", len(pairs))
-        logps = _sequence_logps_across_processes(
-            model,
-            pairs.prompt_ids + pairs.prompt_ids,
-            pairs.response_a_ids + pairs.response_b_ids,
-            pad_token_id,
-            batch_size,
-        )
+        with phase(f"reference log-probs of {len(pairs)} pairs", 2 * len(pairs), "sequence") as progress:
+            logps = _sequence_logps_across_processes(
+                model,
+                pairs.prompt_ids + pairs.prompt_ids,
+                pairs.response_a_ids + pairs.response_b_ids,
+                pad_token_id,
+                batch_size,
+                progress.advance,
+            )
         return {
             "pair_ids": pairs.pair_ids,
             "logp_a": logps[: len(pairs)].clone(),
@@ -114,11 +116,12 @@ def _sequence_logps_across_processes(
     response_ids: list[list[int]],
     pad_token_id: int,
     batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """``sequence_logps`` with the sequences dealt out to the processes of a launch (by length, so each
     gets a similar number of tokens) and the results gathered on every process."""
     if distributed.world_size() == 1:
-        return sequence_logps(model, prompt_ids, response_ids, pad_token_id, batch_size=batch_size)
+        return sequence_logps(model, prompt_ids, response_ids, pad_token_id, batch_size=batch_size, on_batch=on_batch)
     by_length = sorted(range(len(prompt_ids)), key=lambda row: len(prompt_ids[row]) + len(response_ids[row]))
     mine = by_length[distributed.rank() :: distributed.world_size()]
     values = distributed.agreed(  # a failure here (out of memory) must not leave the others in the gather

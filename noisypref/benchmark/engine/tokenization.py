@@ -13,7 +13,9 @@ The response tokens are the tokens whose log-probs are summed (eos included); th
 Truncation: the prompt is truncated from the left to ``max_prompt_length`` tokens (a leading bos is
 kept), then the response is truncated from the right so that prompt + response has at most
 ``max_length`` tokens (a truncated response loses its eos). ``max_prompt_length < max_length``, so
-every response keeps at least one token.
+every response keeps at least one token. ``TokenizedPairs.truncation`` counts what was cut (the prompts
+and the responses), stored with the cached token ids; token ids cached before 0.2 have no counts
+(``None``).
 
 Canonical order: of a pair's two responses, "a" is the one whose JSON text sorts first, "b" the
 other; ``chosen_is_a`` records the label. Flipping a pair changes only ``chosen_is_a``, so a noisy
@@ -62,6 +64,8 @@ class TokenizedPairs:
     response_b_ids: list[list[int]]
     chosen_is_a: torch.Tensor
     content_key: str
+    # prompts cut to max_prompt_length, responses (of 2 per pair) cut to max_length; None: not counted
+    truncation: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.pair_ids)
@@ -132,6 +136,7 @@ def tokenize_pairs(
         response_b_ids=token_ids["response_b_ids"],
         chosen_is_a=torch.tensor(chosen_is_a, dtype=torch.bool),
         content_key=key,
+        truncation=token_ids.get("truncation"),
     )
 
 
@@ -203,16 +208,23 @@ def tokenize_canonical(
     truncated_prompts = [
         truncate_prompt(ids, max_prompt_length, tokenizer.bos_token_id) for ids in prompt_ids
     ]
+    truncated_a = [
+        ids[: max_length - len(prompt)] for prompt, ids in zip(truncated_prompts, response_a_ids, strict=True)
+    ]
+    truncated_b = [
+        ids[: max_length - len(prompt)] for prompt, ids in zip(truncated_prompts, response_b_ids, strict=True)
+    ]
     return {
         "prompt_ids": truncated_prompts,
-        "response_a_ids": [
-            ids[: max_length - len(prompt)]
-            for prompt, ids in zip(truncated_prompts, response_a_ids, strict=True)
-        ],
-        "response_b_ids": [
-            ids[: max_length - len(prompt)]
-            for prompt, ids in zip(truncated_prompts, response_b_ids, strict=True)
-        ],
+        "response_a_ids": truncated_a,
+        "response_b_ids": truncated_b,
+        "truncation": {
+            "prompts": sum(len(cut) < len(ids) for cut, ids in zip(truncated_prompts, prompt_ids, strict=True)),
+            "responses": sum(
+                len(cut) < len(ids)
+                for cut, ids in zip(truncated_a + truncated_b, response_a_ids + response_b_ids, strict=True)
+            ),
+        },
     }
 
 

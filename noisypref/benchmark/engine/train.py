@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from noisypref.benchmark.config.sections import TrainingSettings
@@ -49,6 +48,7 @@ from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.logps import SequenceLogps
 from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
+from noisypref.benchmark.progress import phase
 from noisypref.benchmark.storage import torch_save_atomic
 from noisypref.methods import MethodOutput, PreferenceMethod
 
@@ -199,54 +199,48 @@ def train(
     last_record: dict[str, float] | None = None
     window_start, window_pairs = time.perf_counter(), 0
     started = time.perf_counter()
-    progress = tqdm(
-        range(start_step + 1, config.steps + 1),
-        desc=f"training {method.name}",
-        initial=start_step,
-        total=config.steps,
-        disable=process_index != 0,
-        leave=False,
-    )
-    for step in progress:
-        learning_rate = learning_rate_at(step, config.learning_rate, config.warmup_steps, config.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate
+    with phase(
+        f"training {method.name}", config.steps, "step", initial=start_step, items_per_unit=config.batch_size
+    ) as progress:
+        for step in range(start_step + 1, config.steps + 1):
+            learning_rate = learning_rate_at(step, config.learning_rate, config.warmup_steps, config.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
 
-        step_pairs = order.step_pairs(step)
-        # A skipped step must leave no trace, in the method's batch statistics or margin queue either.
-        method_state = copy.deepcopy(method.state_dict()) if config.nan_policy == "skip" else None
-        outputs = accumulate_gradients(
-            step_context, method, pairs, step_pairs, reference, pad_token_id, config
-        )
-        grad_norm = _clip_gradients(logps_model, config.max_grad_norm) if outputs is not None else None
-        if outputs is None or not torch.isfinite(grad_norm):
-            quantity = "loss" if outputs is None else "gradient"
-            if config.nan_policy == "fail":
-                raise NonFiniteLossError(step, method.name, last_record, quantity)
-            logger.warning("step %d: non-finite %s, update skipped (nan_policy=skip)", step, quantity)
-            skipped_steps += 1
-            optimizer.zero_grad(set_to_none=True)
-            method.load_state_dict(method_state)
-            continue
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        window_pairs += config.batch_size
-
-        if step % config.log_every == 0 or step == config.steps:
-            elapsed = time.perf_counter() - window_start
-            last_record = step_metrics(step, outputs, learning_rate, grad_norm)
-            last_record["pairs_per_second"] = window_pairs / max(elapsed, 1e-9)
-            window_start, window_pairs = time.perf_counter(), 0
-            if metrics_path is not None and process_index == 0:
-                with open(metrics_path, "a", encoding="utf-8") as metrics_file:
-                    metrics_file.write(json.dumps(last_record) + "\n")
-            progress.set_postfix(
-                loss=f"{last_record['loss']:.4f}", accuracy=f"{last_record['train_accuracy']:.3f}"
+            step_pairs = order.step_pairs(step)
+            # A skipped step must leave no trace, in the method's batch statistics or margin queue either.
+            method_state = copy.deepcopy(method.state_dict()) if config.nan_policy == "skip" else None
+            outputs = accumulate_gradients(
+                step_context, method, pairs, step_pairs, reference, pad_token_id, config
             )
-            for callback in callbacks:
-                callback(last_record)
-        if config.checkpoint_every and step % config.checkpoint_every == 0:
-            step_context.save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, step, optimizer, method)
+            grad_norm = _clip_gradients(logps_model, config.max_grad_norm) if outputs is not None else None
+            if outputs is None or not torch.isfinite(grad_norm):
+                quantity = "loss" if outputs is None else "gradient"
+                if config.nan_policy == "fail":
+                    raise NonFiniteLossError(step, method.name, last_record, quantity)
+                logger.warning("step %d: non-finite %s, update skipped (nan_policy=skip)", step, quantity)
+                skipped_steps += 1
+                optimizer.zero_grad(set_to_none=True)
+                method.load_state_dict(method_state)
+                progress.advance(1)
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            window_pairs += config.batch_size
+
+            if step % config.log_every == 0 or step == config.steps:
+                elapsed = time.perf_counter() - window_start
+                last_record = step_metrics(step, outputs, learning_rate, grad_norm)
+                last_record["pairs_per_second"] = window_pairs / max(elapsed, 1e-9)
+                window_start, window_pairs = time.perf_counter(), 0
+                if metrics_path is not None and process_index == 0:
+                    with open(metrics_path, "a", encoding="utf-8") as metrics_file:
+                        metrics_file.write(json.dumps(last_record) + "\n")
+                for callback in callbacks:
+                    callback(last_record)
+            progress.advance(1, **({"loss": last_record["loss"]} if last_record else {}))
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                step_context.save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, step, optimizer, method)
 
     if sharding == "fsdp":  # every process takes part; rank 0 gets the weights for evaluation
         full_state = distributed.full_state_dict(logps_model)

@@ -34,6 +34,7 @@ reward model (``HFRewardModel``).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
@@ -47,6 +48,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 
+from noisypref.benchmark.data.hub import HubUnavailable, hub_lookup, looks_like_hub_id
 from noisypref.benchmark.storage import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -112,7 +114,8 @@ def load_eval_set(source: str | os.PathLike = HUB_DATASET) -> list[dict[str, Any
     elif str(source) == HUB_DATASET:
         import datasets
 
-        records = datasets.load_dataset("json", data_files=HUB_CONFIG_FILE, split="train").to_list()
+        with hub_lookup("hub dataset", HUB_DATASET):
+            records = datasets.load_dataset("json", data_files=HUB_CONFIG_FILE, split="train").to_list()
     else:
         raise FileNotFoundError(f"{source} is neither a file nor the hub dataset {HUB_DATASET!r}")
     missing = [key for key in ("instruction", "dataset") if records and key not in records[0]]
@@ -227,12 +230,13 @@ class HFRewardModel:
             if dtype == "auto"
             else getattr(torch, dtype)
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        self.model = (
-            AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=torch_dtype)
-            .to(self.device)
-            .eval()
-        )
+        with hub_lookup("reward model", str(name_or_path)) if looks_like_hub_id(str(name_or_path)) else contextlib.nullcontext():
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            self.model = (
+                AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=torch_dtype)
+                .to(self.device)
+                .eval()
+            )
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:
@@ -495,9 +499,10 @@ def official_length_controlled_winrate(annotations: pd.DataFrame) -> dict[str, f
             len(annotations),
             NUM_PROMPTS,
         )
-    metrics = get_length_controlled_winrate(
-        annotations, save_weights_dir=None, is_add_glm_preference_inplace=False
-    )
+    with hub_lookup("df_gamed.csv of the hub dataset", HUB_DATASET):
+        metrics = get_length_controlled_winrate(
+            annotations, save_weights_dir=None, is_add_glm_preference_inplace=False
+        )
     return {
         "length_controlled_winrate": float(metrics["length_controlled_winrate"]),
         "lc_standard_error": float(metrics["lc_standard_error"]),
@@ -536,7 +541,7 @@ def score_annotations(
         try:
             length_controlled = official_length_controlled_winrate(pair)
             used_variant = "official"
-        except OSError as error:  # hub unreachable, offline mode, or file not cached
+        except (OSError, HubUnavailable) as error:  # hub unreachable, offline mode, or file not cached
             if lc_variant == "official":
                 raise
             note = (

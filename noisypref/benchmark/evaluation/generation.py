@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from noisypref.benchmark.progress import phase
 from noisypref.benchmark.testbed.sampling import stop_token_ids
 
 logger = logging.getLogger(__name__)
@@ -232,9 +232,11 @@ def generate_responses(
         cut_torn_tail(path)
     was_training = model.training
     model.eval()
-    progress = tqdm(total=len(prompts), initial=len(finished), desc="generating", unit="prompt")
     try:
-        with open(path, "a") if path is not None else contextlib.nullcontext() as output_file:
+        with (
+            phase("generation", len(prompts), "prompt", initial=len(finished)) as progress,
+            open(path, "a") if path is not None else contextlib.nullcontext() as output_file,
+        ):
             for start in range(0, len(pending), batch_size):
                 indices = pending[start : start + batch_size]
                 with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
@@ -251,8 +253,7 @@ def generate_responses(
                 if output_file is not None:
                     output_file.flush()
                     os.fsync(output_file.fileno())
-                progress.update(len(indices))
+                progress.advance(len(indices))
     finally:
-        progress.close()
         model.train(was_training)
     return [finished[index] for index in range(len(prompts))]

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -116,9 +116,11 @@ def method_outputs(
     reference: ReferenceLogps | None,
     pad_token_id: int,
     batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """The method's ``chosen_reward``, ``rejected_reward``, ``reward_gap`` (and ``gamma``) of every pair,
-    computed in eval mode in batches of ``batch_size`` in dataset order."""
+    computed in eval mode in batches of ``batch_size`` in dataset order; ``on_batch`` receives the
+    number of pairs of each batch done (progress)."""
     was_training = policy.training
     policy.eval()
     method.eval()
@@ -141,6 +143,8 @@ def method_outputs(
         collected["reward_gap"].append(output.reward_gap)
         if "gamma" in output.diagnostics:
             collected.setdefault("gamma", []).append(output.diagnostics["gamma"])
+        if on_batch is not None:
+            on_batch(len(indices))
     policy.train(was_training)
     return {name: torch.cat(values).double().cpu().numpy() for name, values in collected.items()}
 

@@ -26,6 +26,7 @@ from noisypref.benchmark.evaluation.metrics import (
     preference_accuracy,
     reference_samples,
 )
+from noisypref.benchmark.progress import phase
 from noisypref.benchmark.run.prepare import PreparedRun, checkpoint_identity, reference_model_location
 from noisypref.benchmark.storage import atomic_path
 from noisypref.noise_injection import FlipRecord
@@ -66,9 +67,11 @@ def evaluate_run(
     items: dict[str, tuple[list[str], np.ndarray]] = {}
     # Batches of the training micro-batch size: a γ method's candidate set is then as in training.
     batch_size = config.training.batch_size // config.training.gradient_accumulation
-    train_outputs = method_outputs(
-        run.policy, run.method, run.train_tokens, run.train_reference, run.pad_token_id, batch_size
-    )
+    with phase(f"evaluation of {len(run.train_tokens)} training pairs", len(run.train_tokens), "pair") as progress:
+        train_outputs = method_outputs(
+            run.policy, run.method, run.train_tokens, run.train_reference, run.pad_token_id, batch_size,
+            progress.advance,
+        )  # fmt: skip
     if pairs_path is not None and _is_main_process():
         write_pair_diagnostics(pairs_path, run.train_tokens.pair_ids, run.flips, train_outputs)
     # Pairs whose two responses are the same tokens carry no preference: no metric counts them.
@@ -92,14 +95,17 @@ def evaluate_run(
         is_flipped = run.flips.table["is_flipped"].to_numpy()[informative]
         metrics.update(noise_detection(train_outputs, is_flipped))
     if config.evaluation.heldout_accuracy and informative_heldout.any():
-        heldout = method_outputs(
-            run.policy,
-            run.method,
-            run.heldout_tokens,
-            run.heldout_reference,
-            run.pad_token_id,
-            batch_size,
-        )
+        pairs = len(run.heldout_tokens)
+        with phase(f"evaluation of {pairs} held-out pairs", pairs, "pair") as progress:
+            heldout = method_outputs(
+                run.policy,
+                run.method,
+                run.heldout_tokens,
+                run.heldout_reference,
+                run.pad_token_id,
+                batch_size,
+                progress.advance,
+            )
         chosen = heldout["chosen_reward"][informative_heldout]
         rejected = heldout["rejected_reward"][informative_heldout]
         metrics["heldout_accuracy"] = preference_accuracy(chosen, rejected)
@@ -128,21 +134,22 @@ def evaluate_run(
                 )
             return reference_model
 
-        responses = cached_reference_samples(config, location, prompts, device, load_reference, run.tokenizer)
-        metrics.update(
-            gold_reward_metrics(
-                run.policy,
-                load_reference() if config.evaluation.kl_samples > 0 else None,
-                run.tokenizer,
-                prompts,
-                testbed.gold_reward,
-                config.evaluation,
-                seed=config.seed,
-                items=items,
-                missing=missing,
-                reference_responses=responses,
+        with phase(f"gold-reward evaluation on {len(prompts)} prompts"):
+            responses = cached_reference_samples(config, location, prompts, device, load_reference, run.tokenizer)
+            metrics.update(
+                gold_reward_metrics(
+                    run.policy,
+                    load_reference() if config.evaluation.kl_samples > 0 else None,
+                    run.tokenizer,
+                    prompts,
+                    testbed.gold_reward,
+                    config.evaluation,
+                    seed=config.seed,
+                    items=items,
+                    missing=missing,
+                    reference_responses=responses,
+                )
             )
-        )
     not_finite = {name: value for name, value in metrics.items() if not math.isfinite(value)}
     if not_finite:
         raise ValueError(f"non-finite evaluation metrics: {not_finite}")

@@ -48,8 +48,15 @@ from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.reference import LiveReference
 from noisypref.benchmark.engine.train import train
 from noisypref.benchmark.evaluation.chat_benchmarks import parse_benchmarks, run_benchmarks
+from noisypref.benchmark.progress import HEARTBEAT_FILE, heartbeat
 from noisypref.benchmark.run.evaluate import evaluate_run
-from noisypref.benchmark.run.prepare import live_reference, prepare_run, unsharded_policy
+from noisypref.benchmark.run.prepare import (
+    live_reference,
+    prepare_run,
+    training_seed,
+    truncation_summary,
+    unsharded_policy,
+)
 from noisypref.benchmark.storage import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -126,18 +133,22 @@ def execute_run(
     if _is_main_process():
         (run_dir / "result.json").unlink(missing_ok=True)
         write_json_atomic(run_dir / "config.json", config.raw)
+    seed_text = f"seed {config.seed}" + (
+        f", training seed {config.training.seed}" if config.training.seed is not None else ""
+    )
     logger.info(
-        "run %s: %s on %s, noise %s %.2f, seed %d",
+        "run %s: %s on %s, noise %s %.2f, %s",
         config.run_id,
         config.method.label,
-        config.dataset.kind,
+        config.dataset.display_label,
         config.noise.model,
         config.noise.rate,
-        config.seed,
+        seed_text,
     )
     threads = 1 if device == "cpu" and config.model.name == TESTBED else torch.get_num_threads()
     try:
-        with torch_threads(threads):
+        beating = run_dir / HEARTBEAT_FILE if _is_main_process() else None
+        with torch_threads(threads), heartbeat(beating):
             metrics, details = _train_and_evaluate(config, run_dir, cache_dir, torch.device(device))
     except torch.cuda.OutOfMemoryError as error:
         raise RunFailed(out_of_memory_reason(config, error)) from error
@@ -182,7 +193,7 @@ def _train_and_evaluate(
         config.training,
         reference=prepared.train_reference,
         pad_token_id=prepared.pad_token_id,
-        seed=config.seed,
+        seed=training_seed(config),
         metrics_path=metrics_path,
         checkpoint_dir=checkpoint_dir,
         device=device.type,
@@ -240,6 +251,7 @@ def _train_and_evaluate(
         },
         "num_train_pairs": len(prepared.train_tokens),
         "num_heldout_pairs": len(prepared.heldout_tokens),
+        "truncation": truncation_summary(config, prepared.train_tokens, prepared.heldout_tokens),
     }
     if benchmark_details:
         details["benchmarks"] = benchmark_details

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,16 +15,20 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from noisypref.benchmark.config.run_config import RunConfig
 from noisypref.benchmark.config.sections import TESTBED
+from noisypref.benchmark.data.hub import hub_lookup
 from noisypref.benchmark.data.loaders import load_preferences, split_heldout
 from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.models import adapters_disabled, apply_lora, load_causal_lm, resolve_model
 from noisypref.benchmark.engine.reference import LiveReference, ReferenceLogps, reference_logps
 from noisypref.benchmark.engine.tokenization import TokenizedPairs, tokenize_pairs
 from noisypref.benchmark.evaluation.chat_benchmarks import check_runnable, parse_benchmarks
+from noisypref.benchmark.progress import phase
 from noisypref.benchmark.storage import atomic_path
 from noisypref.benchmark.testbed import Testbed, build_testbed
 from noisypref.methods import PreferenceMethod, build
 from noisypref.noise_injection import FlipRecord, inject
+
+logger = logging.getLogger(__name__)
 
 HELDOUT_SPLIT_SEED = 0
 
@@ -63,10 +69,12 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
                 check_runnable(parse_benchmarks(config.evaluation.benchmarks))
             return load_data_model_and_tokens(config, run_dir, cache_dir, device)
 
-    data, flips, policy, tokenizer, identity, pad_token_id, train_tokens, heldout_tokens = distributed.agreed(
-        load, "preparing the run"
-    )
-    method = build(config.method.name, seed=config.seed, **config.method.hyperparameters)
+    with phase(f"loading {config.dataset.display_label} and model {config.model.name}"):
+        data, flips, policy, tokenizer, identity, pad_token_id, train_tokens, heldout_tokens = distributed.agreed(
+            load, "preparing the run"
+        )
+    log_sizes_and_truncation(config, train_tokens, heldout_tokens)
+    method = build(config.method.name, seed=training_seed(config), **config.method.hyperparameters)
     train_reference = heldout_reference = None
     cached = method.requires_reference and config.model.reference == "cached"
     if cached:  # computed before training changes the policy; usually a cache hit
@@ -74,7 +82,7 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
         train_reference = reference_logps(policy, train_tokens, **options)
         heldout_reference = reference_logps(policy, heldout_tokens, **options)
     if config.model.lora is not None:
-        torch.manual_seed(config.seed)  # the adapters' initialisation
+        torch.manual_seed(training_seed(config))  # the adapters' initialisation
         apply_lora(policy, config.model.lora)
     if method.requires_reference and not cached:
         train_reference = heldout_reference = live_reference(
@@ -92,6 +100,51 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
         train_reference,
         heldout_reference,
     )
+
+
+def training_seed(config: RunConfig) -> int:
+    """The seed of the training randomness: ``training.seed``, else the run's seed (which draws the noise)."""
+    return config.training.seed if config.training.seed is not None else config.seed
+
+
+def truncation_summary(config: RunConfig, train_tokens: TokenizedPairs, heldout_tokens: TokenizedPairs) -> dict:
+    """What ``max_prompt_length`` / ``max_length`` cut, per part of the data (result.json's "truncation")."""
+    summary = {
+        "max_length": config.training.max_length,
+        "max_prompt_length": config.training.max_prompt_length,
+    }
+    for part, tokens in (("train", train_tokens), ("heldout", heldout_tokens)):
+        counts = tokens.truncation
+        summary[part] = {
+            "pairs": len(tokens),
+            "prompts_cut": counts["prompts"] if counts is not None else None,
+            "responses_cut": counts["responses"] if counts is not None else None,
+        }
+    return summary
+
+
+def log_sizes_and_truncation(
+    config: RunConfig, train_tokens: TokenizedPairs, heldout_tokens: TokenizedPairs
+) -> None:
+    """One line with the pairs each phase uses, one with what truncation cut (once per run)."""
+    evaluated = "not evaluated" if not config.evaluation.heldout_accuracy else "evaluated"
+    logger.info(
+        "%s: %d training pairs (trained and evaluated), %d held-out pairs (%s)",
+        config.dataset.display_label, len(train_tokens), len(heldout_tokens), evaluated,
+    )  # fmt: skip
+    summary = truncation_summary(config, train_tokens, heldout_tokens)
+    parts = []
+    for part in ("train", "heldout"):
+        counts = summary[part]
+        if counts["prompts_cut"] is None:
+            parts.append(f"{part}: not counted (token ids cached before 0.2)")
+            continue
+        parts.append(
+            f"{part}: {counts['prompts_cut']} of {counts['pairs']} prompts cut to max_prompt_length "
+            f"{summary['max_prompt_length']}, {counts['responses_cut']} of {2 * counts['pairs']} responses "
+            f"cut to max_length {summary['max_length']}"
+        )
+    logger.info("truncation: %s", "; ".join(parts))
 
 
 def unsharded_policy(
@@ -153,17 +206,28 @@ def live_reference(
 
 
 def resolve_dataset(config: RunConfig, cache_dir: Path) -> RunData:
-    """Training and clean held-out pairs of the run's dataset (training pairs capped at max_pairs)."""
+    """Training and clean held-out pairs of the run's dataset.
+
+    ``max_pairs`` caps the training pairs (the first ones) and, for a file or hub dataset, the held-out
+    pairs too, to ``ceil(heldout_fraction * max_pairs)`` (a testbed sets its own held-out size);
+    ``evaluation.max_heldout_pairs`` caps them for every kind. The held-out pairs kept are the first of
+    the held-out split, so a smaller bound evaluates a subset of a larger one's pairs."""
     section = config.dataset
     testbed = None
+    heldout_bound = config.evaluation.max_heldout_pairs
     if section.kind == TESTBED:
         testbed = build_testbed(section.testbed, cache_dir)
         train_pairs, heldout_pairs = testbed.train_pairs, testbed.heldout_pairs
     else:
         dataset = load_preferences(section.source, section.split, **section.hub_options)
         train_pairs, heldout_pairs = split_heldout(dataset, section.heldout_fraction, seed=HELDOUT_SPLIT_SEED)
+        if section.max_pairs is not None:
+            share = max(1, math.ceil(section.heldout_fraction * section.max_pairs))
+            heldout_bound = share if heldout_bound is None else min(heldout_bound, share)
     if section.max_pairs is not None and section.max_pairs < len(train_pairs):
         train_pairs = train_pairs.select(range(section.max_pairs))
+    if heldout_bound is not None and heldout_bound < len(heldout_pairs):
+        heldout_pairs = heldout_pairs.select(range(heldout_bound))
     return RunData(train_pairs, heldout_pairs, testbed)
 
 
@@ -200,7 +264,8 @@ def checkpoint_identity(name_or_path: str) -> str:
             if item.is_file()
         )
         return json.dumps({"folder": str(path.resolve()), "files": files})
-    config_file = transformers.utils.cached_file(name_or_path, "config.json")
+    with hub_lookup("model", name_or_path):
+        config_file = transformers.utils.cached_file(name_or_path, "config.json")
     return json.dumps({"hub": name_or_path, "snapshot": Path(config_file).parent.name})
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from noisypref.benchmark.config.sections import DatasetSettings
 from noisypref.benchmark.storage import file_lock, is_locked, write_text_atomic
 from noisypref.benchmark.study.grid import PlannedRun, plan_runs
 from noisypref.benchmark.study.schema import Study, load_study, parse_study
@@ -170,9 +171,13 @@ def _resolved_again(existing: Any) -> Any:
     """A study.yaml read back through the loader, so that one written before a section was added
     (e.g. ``report``) compares equal to the same study resolved today."""
     try:
-        return parse_study(existing, check_files=False).to_dict()
+        resolved = parse_study(existing, check_files=False).to_dict()
     except (ValueError, TypeError):
         return existing
+    for dataset in resolved["datasets"]:  # 0.1 labelled a file dataset by its path; 0.2 by its file stem
+        if dataset["kind"] == "file" and dataset["label"] == dataset["source"]:
+            dataset["label"] = DatasetSettings(kind="file", source=dataset["source"]).display_label
+    return resolved
 
 
 def _differing_sections(existing: Any, resolved: dict[str, Any]) -> list[str]:

@@ -38,6 +38,7 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from noisypref.benchmark.config.sections import TrackingSettings
 from noisypref.benchmark.storage import write_json_atomic
 from noisypref.benchmark.study.folder import (
     FAILURE_FILE,
@@ -52,6 +53,7 @@ from noisypref.benchmark.study.folder import (
 from noisypref.benchmark.study.grid import PlannedRun, plan_runs
 from noisypref.benchmark.study.results import collect_results
 from noisypref.benchmark.study.schema import Study
+from noisypref.benchmark.study.tracking import track_run
 from noisypref.plugins import import_plugins
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,9 @@ class RunTask:
     wait: bool = False  # wait for a lock held elsewhere instead of giving up
     failures_since: float | None = None  # with wait: a failure recorded after this time is final
     plugins: tuple[str, ...] = ()  # the study's plugin modules, imported before the run (noisypref.plugins)
+    tracking: TrackingSettings | None = None  # trackers the finished run is sent to (study.tracking)
+    study: str = ""  # the study's name: the trackers' group
+    label: str = ""  # the run's label: its name in the trackers
 
 
 @dataclass(frozen=True)
@@ -163,11 +168,13 @@ def run_study(
     run_ids: Sequence[str] | None = None,
     collect: bool = True,
     progress: bool = True,
+    tracking: TrackingSettings | None = None,
 ) -> StudySummary:
     """Run every unfinished run of `study` (or only `run_ids`) into `out_dir`; see the module doc.
 
     Returns the summary; `summary.all_succeeded` tells whether every selected run has a result.
     With `collect`, writes out_dir/results.parquet at the end. The progress bar shows on a terminal.
+    `tracking` (default: the study's) names the trackers each finished run is sent to.
     """
     if workers < 1:
         raise ValueError(f"workers = {workers} is not allowed; it must be an integer >= 1")
@@ -204,6 +211,9 @@ def run_study(
             executor,
             device=single_device,
             plugins=study.plugins,
+            tracking=tracking if tracking is not None else study.tracking,
+            study=study.name,
+            label=run.describe(),
         )
         for run in pending
     ]
@@ -287,6 +297,17 @@ def attempt_run(task: RunTask) -> RunOutcome:
 
 
 def _execute(task: RunTask, run_dir: Path) -> RunOutcome:
+    try:
+        return _execute_run(task, run_dir)
+    finally:
+        if task.tracking is not None and task.tracking.trackers:
+            track_run(
+                task.tracking, study=task.study, run_id=task.run_id, label=task.label or task.run_id,
+                run_dir=run_dir, out_dir=run_dir.parent.parent,
+            )  # fmt: skip
+
+
+def _execute_run(task: RunTask, run_dir: Path) -> RunOutcome:
     device = task.device or _worker_device
     start = time.perf_counter()
     try:
@@ -343,16 +364,22 @@ def write_failure(run_dir: Path, run_id: str, reason: str, details: str, wall_ti
 
 @contextmanager
 def _run_log(path: Path) -> Iterator[None]:
-    """Copy every log record emitted while the run executes into its run.log."""
+    """Copy every log record emitted while the run executes into its run.log; noisypref's own INFO
+    records (its phases and progress lines) reach it even when the caller logs only warnings."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
+    package = logging.getLogger("noisypref")
+    package_level = package.level
+    if not package.isEnabledFor(logging.INFO):
+        package.setLevel(logging.INFO)
     root.addHandler(handler)
     try:
         yield
     finally:
         root.removeHandler(handler)
         handler.close()
+        package.setLevel(package_level)
 
 
 @contextmanager

@@ -53,6 +53,7 @@ from noisypref.benchmark.config.sections import (
     EvaluationSettings,
     ModelSettings,
     ReportSettings,
+    TrackingSettings,
     TrainingSettings,
 )
 from noisypref.benchmark.evaluation.alpaca_eval import HUB_DATASET as ALPACA_EVAL_HUB_ID
@@ -82,6 +83,7 @@ STUDY_KEYS = (
     "training",
     "evaluation",
     "report",
+    "tracking",
 )
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
@@ -100,6 +102,9 @@ class Study:
     evaluation: EvaluationSettings
     plugins: tuple[str, ...] = ()
     report: ReportSettings = ReportSettings()
+    # how runs are watched (trackers), not what they compute: left out of study.yaml (to_dict), so
+    # that `--track` never makes a study folder hold "another study"
+    tracking: TrackingSettings = TrackingSettings()
 
     def method_variants(self) -> list[MethodVariant]:
         return [variant for method in self.methods for variant in method.variants()]
@@ -150,6 +155,7 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
     training = load_settings(TrainingSettings, raw.get("training"), "training", errors)
     evaluation = load_settings(EvaluationSettings, raw.get("evaluation"), "evaluation", errors)
     report = load_settings(ReportSettings, raw.get("report"), "report", errors)
+    tracking = load_settings(TrackingSettings, raw.get("tracking"), "tracking", errors)
     datasets = load_datasets(raw.get("datasets", [{"kind": TESTBED}]), check_files, errors)
     noise = load_noise(raw.get("noise", []), errors)
     methods = load_methods(raw.get("methods", []), raw, training, evaluation, errors)
@@ -171,6 +177,7 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
         evaluation=evaluation,
         plugins=plugins,
         report=report,
+        tracking=tracking,
     )
 
 
