@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from test_methods import log_sigmoid, sigmoid  # the float64 formulas' helpers
 
 from noisypref.methods import MarginEstimator, PairLogps, build, hyperparameter_defaults
 from noisypref.methods.margins import solve_margins
@@ -35,12 +36,6 @@ def pair_logps(requires_grad: bool = False, **extra) -> PairLogps:
     )
 
 
-def log_sigmoid(x: float) -> float:
-    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
-
-
-def sigmoid(x: float) -> float:
-    return math.exp(log_sigmoid(x))
 
 
 def log_ratio_gap(i: int) -> float:

@@ -196,11 +196,10 @@ def _testbed_check(value: Any) -> TestbedConfig | None:
         return value
     if not isinstance(value, Mapping):
         raise Invalid("a mapping of TestbedConfig fields")
-    defaults = TestbedConfig()
-    # 3 given where the default is 3.0 is 3.0: one testbed, one run id
-    values = {key: match_default_type(item, getattr(defaults, key, None)) for key, item in value.items()}
     try:
-        return TestbedConfig.from_dict(values)
+        return TestbedConfig.from_dict(value)
+    except SettingsError as error:
+        raise Invalid("valid testbed settings", error.problems) from None
     except ValueError as error:
         raise Invalid(f"valid testbed settings ({error})") from None
 

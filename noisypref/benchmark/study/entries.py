@@ -109,27 +109,18 @@ def _load_dataset(
                     "applies to kind 'file' or 'hub' only; a testbed dataset is set up by its 'testbed' "
                     "settings (held-out pairs: testbed.num_heldout_pairs)",
                 )
-    if isinstance(entry.get("testbed"), Mapping):  # name each bad testbed field, not only the section
-        _report_testbed_fields(entry["testbed"], f"{path}.testbed", errors)
-    if len(errors) > problems_before:
-        return None
+    testbed = entry.get("testbed")
+    if isinstance(testbed, Mapping):  # unknown keys named with the closest known one; the rest checked below
+        known = [field.name for field in dataclasses.fields(TestbedConfig)]
+        unknown_keys(testbed, known, f"{path}.testbed", errors)
+        entry = {**entry, "testbed": {key: value for key, value in testbed.items() if key in known}}
     dataset = load_settings(DatasetSettings, entry, path, errors)
-    if dataset is None:
+    if dataset is None or len(errors) > problems_before:
         return None
     if dataset.kind == "file" and check_files and not Path(dataset.source).is_file():
         errors.invalid(f"{path}.source", dataset.source, "an existing json / jsonl / jsonl.gz / parquet file")
         return None
     return dataclasses.replace(dataset, label=dataset.display_label)
-
-
-def _report_testbed_fields(raw: Mapping[str, Any], path: str, errors: ErrorList) -> None:
-    """Unknown keys, each value that fails on its own, or else the combination that fails."""
-    defaults = {field.name: field.default for field in dataclasses.fields(TestbedConfig)}
-    unknown_keys(raw, list(defaults), path, errors)
-    values = {key: match_default_type(value, defaults[key]) for key, value in raw.items() if key in defaults}
-    _validate_each_then_all(
-        values, path, lambda given: TestbedConfig.from_dict(given).to_dict(), errors, "testbed settings"
-    )
 
 
 # --- noise ----------------------------------------------------------------------------------------

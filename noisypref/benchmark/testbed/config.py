@@ -11,18 +11,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from noisypref.benchmark.config.checks import from_known_keys
+from noisypref.benchmark.config.checks import Section, choice, integer, number, setting
 
 # Bump whenever a change to the testbed code changes what a given config builds: old caches are then
 # ignored instead of silently reused.
 TESTBED_FORMAT_VERSION = 1
 
 MODEL_FAMILIES = ("llama", "qwen2")
+_at_least_one = integer(minimum=1)
+_positive = number(minimum=0, exclusive_minimum=True)
 
 # Fields that only affect the pairs and prompts drawn from the reference policy, not the policy itself.
 PAIR_STAGE_FIELDS = (
@@ -36,141 +36,71 @@ PAIR_STAGE_FIELDS = (
 
 
 @dataclass(frozen=True)
-class TestbedConfig:
+class TestbedConfig(Section):
     """Parameters of the synthetic language, its gold reward, the reference policy and the pairs."""
 
     __test__ = False  # not a pytest test class despite the name
+    section = "testbed"
 
-    seed: int = 0
+    seed: int = setting(0, integer(minimum=0))
 
     # The language: prompts are topics, responses are words (see docs/testbed.md).
-    num_topics: int = 8
-    num_words: int = 48
-    relevant_words_per_topic: int = 12
-    off_topic_words_per_topic: int = 12
-    min_response_words: int = 3
-    max_response_words: int = 12
+    num_topics: int = setting(8, _at_least_one)
+    num_words: int = setting(48, integer(minimum=2))
+    relevant_words_per_topic: int = setting(12, _at_least_one)
+    off_topic_words_per_topic: int = setting(12, integer(minimum=0))
+    min_response_words: int = setting(3, _at_least_one)
+    max_response_words: int = setting(12, _at_least_one)
 
     # Gold reward r*(t, y) = mean_w(q_w + relevance_weight * rel_{t,w}) + length_weight * log(len(y)).
-    relevance_weight: float = 1.5
-    length_weight: float = 0.3
-    out_of_language_word_value: float = -3.0
+    relevance_weight: float = setting(1.5, number())
+    length_weight: float = setting(0.3, number())
+    out_of_language_word_value: float = setting(-3.0, number())
 
     # Supervised fine-tuning data: each response word is drawn from the topic's relevant words with
     # this probability, uniformly from all words otherwise.
-    sft_relevant_word_share: float = 0.5
+    sft_relevant_word_share: float = setting(0.5, number(minimum=0, maximum=1))
 
     # The tiny causal LM (random initialisation).
-    model_family: str = "llama"
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_attention_heads: int = 4
-    intermediate_size: int = 128
+    model_family: str = setting("llama", choice(MODEL_FAMILIES))
+    hidden_size: int = setting(64, _at_least_one)
+    num_layers: int = setting(2, _at_least_one)
+    num_attention_heads: int = setting(4, _at_least_one)
+    intermediate_size: int = setting(128, _at_least_one)
 
     # Supervised fine-tuning: one pass over sft_steps * sft_batch_size freshly drawn sequences.
-    sft_steps: int = 400
-    sft_batch_size: int = 64
-    sft_learning_rate: float = 3e-3
+    sft_steps: int = setting(400, _at_least_one)
+    sft_batch_size: int = setting(64, _at_least_one)
+    sft_learning_rate: float = setting(3e-3, _positive)
 
     # Pairs drawn from the reference policy.
-    num_train_pairs: int = 2048
-    bt_temperature: float = 0.5
-    pair_sampling_temperature: float = 1.0
-    num_heldout_pairs: int = 512
-    num_eval_prompts: int = 256
-    max_new_tokens: int = 16
+    num_train_pairs: int = setting(2048, _at_least_one)
+    bt_temperature: float = setting(0.5, _positive)
+    pair_sampling_temperature: float = setting(1.0, _positive)
+    num_heldout_pairs: int = setting(512, _at_least_one)
+    num_eval_prompts: int = setting(256, _at_least_one)
+    max_new_tokens: int = setting(16, _at_least_one)
 
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type == "int":
-                _require(
-                    isinstance(value, int) and not isinstance(value, bool),
-                    field.name,
-                    value,
-                    "an integer",
-                )
-            elif field.type == "float":
-                _require(
-                    isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-                    field.name,
-                    value,
-                    "a finite number",
-                )
-                object.__setattr__(self, field.name, float(value))
-        self._validate_ranges()
-
-    def _validate_ranges(self) -> None:
-        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        _require(self.num_topics >= 1, "num_topics", self.num_topics, "an integer >= 1")
-        _require(self.num_words >= 2, "num_words", self.num_words, "an integer >= 2")
-        _require(
-            1 <= self.relevant_words_per_topic <= self.num_words,
-            "relevant_words_per_topic",
-            self.relevant_words_per_topic,
-            f"an integer in [1, num_words={self.num_words}]",
-        )
+    def problems(self) -> list[tuple[str, Any, str]]:
+        problems = []
+        if self.relevant_words_per_topic > self.num_words:
+            problems.append(("relevant_words_per_topic", self.relevant_words_per_topic,
+                             f"an integer in [1, num_words={self.num_words}]"))  # fmt: skip
         free_words = self.num_words - self.relevant_words_per_topic
-        _require(
-            0 <= self.off_topic_words_per_topic <= free_words,
-            "off_topic_words_per_topic",
-            self.off_topic_words_per_topic,
-            f"an integer in [0, num_words - relevant_words_per_topic = {free_words}]",
-        )
-        _require(
-            self.min_response_words >= 1, "min_response_words", self.min_response_words, "an integer >= 1"
-        )
-        _require(
-            self.max_response_words >= self.min_response_words,
-            "max_response_words",
-            self.max_response_words,
-            f"an integer >= min_response_words={self.min_response_words}",
-        )
-        _require(
-            0.0 <= self.sft_relevant_word_share <= 1.0,
-            "sft_relevant_word_share",
-            self.sft_relevant_word_share,
-            "a number in [0, 1]",
-        )
-        _require(
-            self.model_family in MODEL_FAMILIES, "model_family", self.model_family, f"one of {MODEL_FAMILIES}"
-        )
-        for name in ("hidden_size", "num_layers", "num_attention_heads", "intermediate_size"):
-            _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        _require(
-            self.hidden_size % self.num_attention_heads == 0,
-            "hidden_size",
-            self.hidden_size,
-            f"a multiple of num_attention_heads={self.num_attention_heads}",
-        )
-        head_size = self.hidden_size // self.num_attention_heads
-        _require(
-            head_size % 2 == 0,
-            "hidden_size",
-            self.hidden_size,
-            "hidden_size / num_attention_heads even (rotary)",
-        )
-        for name in (
-            "sft_steps",
-            "sft_batch_size",
-            "num_train_pairs",
-            "num_heldout_pairs",
-            "num_eval_prompts",
-        ):
-            _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        for name in ("sft_learning_rate", "bt_temperature", "pair_sampling_temperature"):
-            _require(getattr(self, name) > 0.0, name, getattr(self, name), "a number > 0")
-        _require(
-            self.max_new_tokens >= self.max_response_words + 1,
-            "max_new_tokens",
-            self.max_new_tokens,
-            f"an integer >= max_response_words + 1 = {self.max_response_words + 1} (room for the eos token)",
-        )
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TestbedConfig:
-        """Build from a plain mapping (e.g. a study YAML section); unknown keys are an error."""
-        return from_known_keys(cls, values, "TestbedConfig")
+        if not 0 <= self.off_topic_words_per_topic <= free_words:
+            problems.append(("off_topic_words_per_topic", self.off_topic_words_per_topic,
+                             f"an integer in [0, num_words - relevant_words_per_topic = {free_words}]"))  # fmt: skip
+        if self.max_response_words < self.min_response_words:
+            problems.append(("max_response_words", self.max_response_words,
+                             f"an integer >= min_response_words={self.min_response_words}"))  # fmt: skip
+        if self.hidden_size % self.num_attention_heads:
+            problems.append(("hidden_size", self.hidden_size, f"a multiple of num_attention_heads={self.num_attention_heads}"))
+        elif (self.hidden_size // self.num_attention_heads) % 2:
+            problems.append(("hidden_size", self.hidden_size, "hidden_size / num_attention_heads even (rotary)"))
+        if self.max_new_tokens < self.max_response_words + 1:
+            problems.append(("max_new_tokens", self.max_new_tokens,
+                             f"an integer >= max_response_words + 1 = {self.max_response_words + 1} (room for the eos token)"))  # fmt: skip
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,8 +118,3 @@ class TestbedConfig:
 def _hash_fields(fields: dict[str, Any]) -> str:
     payload = json.dumps({"format_version": TESTBED_FORMAT_VERSION, **fields}, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"TestbedConfig.{field} = {value!r} is invalid: expected {allowed}")
