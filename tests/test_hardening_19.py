@@ -170,8 +170,12 @@ def test_a_dataset_of_identical_pairs_is_refused_and_identical_pairs_leave_every
     from noisypref.benchmark.config.run_config import default_run_config, parse_run_config
     from noisypref.benchmark.run import evaluate as engine
 
+    class Tokens(SimpleNamespace):
+        def __len__(self) -> int:
+            return len(self.pair_ids)
+
     def tokens(identical: list[bool]):
-        return SimpleNamespace(
+        return Tokens(
             pair_ids=[f"p{index}" for index in range(len(identical))],
             response_a_ids=[[1, 2] for _ in identical],
             response_b_ids=[[1, 2] if same else [3] for same in identical],
