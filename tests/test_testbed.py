@@ -449,7 +449,7 @@ def test_default_config_is_the_design_probe() -> None:
         ("model_family", "gpt2", "llama"),
         ("hidden_size", 66, "multiple of num_attention_heads"),
         ("off_topic_words_per_topic", 40, "num_words - relevant_words_per_topic"),
-        ("sft_relevant_word_share", 1.5, "[0, 1]"),
+        ("sft_relevant_word_share", 1.5, ">= 0 and <= 1"),
         ("max_new_tokens", 12, "room for the eos token"),
     ],
 )
@@ -457,7 +457,7 @@ def test_config_validation_names_the_field(field: str, value, allowed: str) -> N
     with pytest.raises(ValueError) as error:
         TestbedConfig(**{field: value})
     message = str(error.value)
-    assert f"TestbedConfig.{field} = {value!r}" in message
+    assert f"testbed.{field} = {value!r} is invalid" in message
     assert allowed in message
 
 
