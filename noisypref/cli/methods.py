@@ -12,8 +12,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list the registered preference-optimisation methods",
         description=(
             "List every registered method: its loss, its source, whether it needs a reference "
-            "model, and each hyperparameter with its default. Use these names and hyperparameters "
-            "in the `methods:` section of a study file."
+            "model, each hyperparameter with its default, the base method of a method that adds a "
+            "dynamic margin to one (a study compares the two: with and without), and the hyperparameters "
+            "that are an assumed flip rate (a study may set them to realised_flip_rate). Use these names "
+            "and hyperparameters in the `methods:` section of a study file."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
@@ -33,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
                 "source": cls.source,
                 "needs_reference": cls.requires_reference,
                 "hyperparameters": hyperparameter_defaults(name),
+                "base_method": cls.base_method,
+                "flip_rate_hyperparameters": list(cls.flip_rate_hyperparameters),
             }
         )
     if args.json:
@@ -44,5 +48,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"    loss: {entry['loss']}")
         settings = ", ".join(f"{key}={value!r}" for key, value in entry["hyperparameters"].items())
         print(f"    hyperparameters: {settings}")
+        if entry["base_method"] is not None:
+            print(f"    base method: {entry['base_method']} (this method without the dynamic margin)")
+        if entry["flip_rate_hyperparameters"]:
+            names = ", ".join(entry["flip_rate_hyperparameters"])
+            print(f"    assumed flip rate: {names} (takes realised_flip_rate: each run's realised flip rate)")
     print(f"\n{len(entries)} methods. Build one in Python with noisypref.methods.build(name, **hyperparameters).")
     return 0

@@ -203,7 +203,12 @@ class PreferenceMethod:
 
     Subclasses set ``name``, ``config_class``, ``requires_reference`` and implement
     ``rewards`` and ``pair_loss``; they override ``constant_margin`` or ``reduce`` where the
-    method needs it. A loss that is not a function of ``reward_gap − target_margin`` overrides
+    method needs it. Two declarations describe a method to the studies that compare it:
+    ``base_method`` names the method this one is with a margin estimator attached (γ-DPO: DPO),
+    ``base_hyperparameter_names`` maps its hyperparameters to the base's names where they differ
+    (γ-SimPO's ``gamma0`` is SimPO's ``gamma``); ``flip_rate_hyperparameters`` names the
+    hyperparameters that are an assumed flip rate ε (cDPO's ``label_smoothing``), which a study may
+    set to the run's realised flip rate. A loss that is not a function of ``reward_gap − target_margin`` overrides
     ``per_pair_loss`` instead and sets ``accepts_margin = False`` (a margin estimator is refused).
     A config that inherits ``SequenceOptions`` gets its options applied before ``rewards``.
     Calling the object runs one batch.
@@ -215,6 +220,9 @@ class PreferenceMethod:
     accepts_margin: ClassVar[bool] = True
     source: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    base_method: ClassVar[str | None] = None
+    base_hyperparameter_names: ClassVar[dict[str, str]] = {}
+    flip_rate_hyperparameters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, margin_estimator: MarginEstimator | None = None, seed: int = 0) -> None:
         if margin_estimator is not None and not self.accepts_margin:

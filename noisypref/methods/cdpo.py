@@ -35,6 +35,7 @@ class ConservativeDPO(PreferenceMethod):
     config_class = CDPOConfig
     source = "Mitchell 2023"
     summary = "-(1-ε) log σ(h) - ε log σ(-h)"
+    flip_rate_hyperparameters = ("label_smoothing",)  # ε, the assumed flip rate
 
     def rewards(self, logps: PairLogps) -> tuple[torch.Tensor, torch.Tensor]:
         return implicit_rewards(logps, self.config.beta)

@@ -73,6 +73,7 @@ class GammaDPO(DPO):
     config_class = GammaDPOConfig
     source = "Sun et al., Findings of ACL 2025"
     summary = "-log σ(h - (γ_i - γ0)), γ_i the dynamic target margin"
+    base_method = "dpo"  # τ → ∞: every γ_i = γ0, DPO's loss
 
     def __init__(
         self, config: GammaDPOConfig, margin_estimator: MarginEstimator | None = None, seed: int = 0
@@ -100,6 +101,8 @@ class GammaSimPO(SimPO):
     config_class = GammaSimPOConfig
     source = "Sun et al., Findings of ACL 2025"
     summary = "-log σ(β(lw/|yw| - ll/|yl|) - γ_i), γ_i the dynamic target margin"
+    base_method = "simpo"  # τ → ∞: every γ_i = γ0, SimPO's loss with margin γ = γ0
+    base_hyperparameter_names = {"gamma0": "gamma"}
 
     def __init__(
         self, config: GammaSimPOConfig, margin_estimator: MarginEstimator | None = None, seed: int = 0

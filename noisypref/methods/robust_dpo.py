@@ -35,6 +35,7 @@ class RobustDPO(PreferenceMethod):
     config_class = RobustDPOConfig
     source = "Chowdhury et al., ICML 2024"
     summary = "[-(1-ε) log σ(h) + ε log σ(-h)] / (1-2ε), ε < 0.5"
+    flip_rate_hyperparameters = ("label_smoothing",)  # ε, the assumed flip rate
 
     def rewards(self, logps: PairLogps) -> tuple[torch.Tensor, torch.Tensor]:
         return implicit_rewards(logps, self.config.beta)

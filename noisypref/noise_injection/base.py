@@ -188,7 +188,8 @@ def option_field(default: Any, help: str) -> Any:
 @dataclass(frozen=True)
 class FlipRecord:
     """Which pairs a noise model flipped. Written beside a noisy dataset; read by evaluation only,
-    never by training."""
+    never by training (but for the oracle reference, whose training data leaves the flipped pairs out:
+    ``noisypref.benchmark.run.prepare.training_pairs``)."""
 
     model: str
     options: dict[str, Any]

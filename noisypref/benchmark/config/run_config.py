@@ -3,7 +3,7 @@
 A run config is plain data (it is written to config.json and read back)::
 
     {"study": ..., "dataset": {...}, "noise": {"model", "rate", "options"},
-     "method": {"label", "name", "hyperparameters"}, "model": {...}, "training": {...},
+     "method": {"label", "name", "hyperparameters", ["reference"]}, "model": {...}, "training": {...},
      "evaluation": {...}, "seed": 0}
 
 each section being the plain form of its settings class (`noisypref.benchmark.config.sections`), every
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from noisypref.benchmark.config.checks import Invalid, run_id_section, show
+from noisypref.benchmark.config.references import symbolic_hyperparameters
 from noisypref.benchmark.config.sections import (
     TESTBED,
     DatasetSettings,
@@ -78,11 +79,15 @@ def make_run_config(
     """The run config of these settings (defaults for any not given: DPO on the default testbed, no noise)."""
     method = method or MethodSettings()
     hyperparameters = run_id_section(method_config(method.name, method.hyperparameters))
+    # a symbolic value stays symbolic in the run config: its run id names the symbol, not a rate
+    hyperparameters.update(symbolic_hyperparameters(method.hyperparameters))
+    # label, name, hyperparameters, and "reference" unless it is a competitor's (since 0.2)
+    method_section = {**run_id_section(method), "hyperparameters": hyperparameters}
     config = {
         "study": study,
         "dataset": (dataset or DatasetSettings()).run_dict(),
         "noise": run_id_section(noise or NoiseSettings()),
-        "method": {"label": method.label, "name": method.name, "hyperparameters": hyperparameters},
+        "method": method_section,
         "model": run_id_section(model or ModelSettings()),
         "training": run_id_section(training or TrainingSettings()),
         "evaluation": run_id_section(evaluation or EvaluationSettings()),

@@ -30,6 +30,16 @@ from noisypref.benchmark.config.checks import (
     setting,
     text,
 )
+from noisypref.benchmark.config.references import (
+    CLEAN_ONLY,
+    GIVEN_REFERENCES,
+    NO_REFERENCE,
+    REALISED_FLIP_RATE,
+    reference_kind,
+    symbol_problem,
+    symbolic_hyperparameters,
+    with_symbols_replaced,
+)
 from noisypref.benchmark.testbed.config import TestbedConfig
 from noisypref.noise_injection import NOISE_MODELS
 
@@ -301,9 +311,45 @@ class NoiseSettings(Section):
 
 def method_config(name: str, hyperparameters: Mapping[str, Any]) -> Any:
     """The method's hyperparameter dataclass (its own checks run); ``ValueError``/``TypeError`` if invalid.
-    Validates without building the method (no margin estimator, no state)."""
+    Validates without building the method (no margin estimator, no state).
+
+    A hyperparameter given as the symbol ``realised_flip_rate`` (`config.references`) is checked for its
+    place and stands as its default here: its value is known once a run has injected its noise
+    (`resolve_hyperparameters`)."""
     config_class = method_registry.method_class(name).config_class
-    return from_known_keys(config_class, dict(hyperparameters), f"method {name!r}")
+    symbols = symbolic_hyperparameters(hyperparameters)
+    for hyperparameter in symbols:
+        problem = symbol_problem(name, hyperparameter)
+        if problem is not None:
+            raise ValueError(f"{hyperparameter} = {REALISED_FLIP_RATE!r} is invalid: {problem}")
+    defaults = method_registry.hyperparameter_defaults(name)
+    stand_ins = {key: defaults[key] for key in symbols if key in defaults}
+    return from_known_keys(config_class, with_symbols_replaced(hyperparameters, stand_ins), f"method {name!r}")
+
+
+def resolve_hyperparameters(name: str, hyperparameters: Mapping[str, Any], realised_flip_rate: float) -> dict[str, Any]:
+    """``hyperparameters`` with each ``realised_flip_rate`` symbol replaced by the run's realised flip rate,
+    checked by the method; ``ValueError`` naming the hyperparameter, the resolved value and the method's
+    bound when the method refuses it (rDPO: ε < 0.5)."""
+    symbols = symbolic_hyperparameters(hyperparameters)
+    resolved = with_symbols_replaced(hyperparameters, {key: float(realised_flip_rate) for key in symbols})
+    try:
+        method_config(name, resolved)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"method {name!r}: {', '.join(symbols)} = {REALISED_FLIP_RATE!r} resolved to {realised_flip_rate:.6g}, "
+            f"the flip rate this run's noise realised, which the method refuses ({error})"
+        ) from None
+    return resolved
+
+
+def reference_check(value: Any) -> str:
+    if value not in GIVEN_REFERENCES:
+        raise Invalid(
+            f"one of {', '.join(map(repr, GIVEN_REFERENCES))} (a known-rate reference is made by giving a "
+            f"hyperparameter the value {REALISED_FLIP_RATE!r})"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -315,17 +361,31 @@ class MethodSettings(Section):
     label: str = setting("dpo", text())
     name: str = setting("dpo", lambda value: choice(method_registry.available_methods())(value))
     hyperparameters: dict[str, Any] = setting({}, lambda value: _mapping(value, "hyperparameters"))
+    # clean_only: the oracle reference, trained without its run's flipped pairs (config.references)
+    reference: str = setting(NO_REFERENCE, reference_check, since="0.2")
 
     def problems(self) -> list[tuple[str, Any, str]]:
         try:
             config = method_config(self.name, self.hyperparameters)
         except (ValueError, TypeError) as error:
             return [("hyperparameters", self.hyperparameters, f"valid hyperparameters of {self.name!r} ({error})")]
+        symbols = symbolic_hyperparameters(self.hyperparameters)
+        if self.reference == CLEAN_ONLY and symbols:
+            expected = (
+                f"{NO_REFERENCE!r} with {', '.join(symbols)} = {REALISED_FLIP_RATE!r}: a clean_only run trains "
+                "on no flipped pair, so an assumed flip rate has nothing to assume"
+            )
+            return [("reference", self.reference, expected)]
         return [
             (f"hyperparameters.{name}", getattr(config, name), f"{off} here: {why}")
             for name, off, why in ENGINE_UNSUPPORTED_OPTIONS
             if getattr(config, name, None) not in (None, False)
         ]
+
+    @property
+    def reference_kind(self) -> str:
+        """none (a competitor), clean_only or known_rate (`config.references`)."""
+        return reference_kind(self.reference, self.hyperparameters)
 
 
 # Method options the methods library has but the training engine cannot feed yet: they need per-token
@@ -362,15 +422,36 @@ def _metric_names(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+PAIR_KEYS = ("method", "base")
+
+
+def _method_pairs(value: Any) -> tuple[dict[str, str], ...]:
+    expected = "a list of {method: LABEL, base: LABEL} mappings, each naming two method labels of the study"
+    if not isinstance(value, (list, tuple)):
+        raise Invalid(expected)
+    pairs = []
+    for pair in value:
+        if not isinstance(pair, Mapping) or set(pair) != set(PAIR_KEYS):
+            raise Invalid(expected)
+        if not all(isinstance(pair[key], str) and pair[key].strip() for key in PAIR_KEYS):
+            raise Invalid(expected)
+        pairs.append({key: pair[key] for key in PAIR_KEYS})
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class ReportSettings(Section):
     """What a study's report leads with (the ``report`` section): its primary metrics (those absent
-    from the results are skipped) and the method label the others are compared with."""
+    from the results are skipped), the method label the others are compared with, and the
+    with/without pairs it compares beyond the automatic ones."""
 
     section = "report"
 
     primary_metrics: tuple[str, ...] = setting(["heldout_accuracy", "gold_win_rate"], lambda value: _metric_names(list(value)))
     baseline: str = setting("dpo", text())
+    # with/without comparisons beyond the automatic ones (a method and its declared base_method): each a
+    # {method: LABEL, base: LABEL} of two competitors' labels (checked against the study's methods)
+    pairs: tuple[dict[str, str], ...] = setting([], lambda value: _method_pairs(value), since="0.2")
 
 
 # ---------------------------------------------------------------------------------------------

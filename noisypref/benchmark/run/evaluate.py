@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from noisypref.benchmark.config.metrics import declare
+from noisypref.benchmark.config.references import CLEAN_ONLY
 from noisypref.benchmark.config.run_config import RunConfig
 from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.models import load_causal_lm
@@ -44,7 +45,11 @@ declare("realised_flip_rate", "realised flip rate", "none", bounds=(0.0, 1.0), d
 declare("identical_pairs_excluded", "pairs with identical responses (excluded)", "none", bounds=(0.0, None),
         diagnostic=True, description="training and held-out pairs whose two responses are the same tokens, left out of every metric")
 declare("train_accuracy", "training accuracy (noisy labels)", "higher", bounds=(0.0, 1.0), noisy_labels=True,
-        description="share of training pairs, as labelled after noise, whose chosen response the policy prefers")
+        description="share of training pairs, as labelled after noise, whose chosen response the policy prefers "
+        "(for a clean_only reference: of the unflipped pairs it trained on)")
+declare("training_pairs", "training pairs", "none", bounds=(0.0, None), diagnostic=True,
+        description="pairs the method trained on: every training pair, or for a clean_only reference the "
+        "pairs its noise left unflipped")
 
 
 def evaluate_run(
@@ -63,7 +68,8 @@ def evaluate_run(
     (items.parquet: metric, item, value), for the reports' hierarchical bootstrap; ``missing``
     receives the reason for each metric the config asks for that could not be computed.
     """
-    metrics = {"realised_flip_rate": run.flips.realised_rate}
+    # the noise injected into the run's training pairs, also for a clean_only run, which trains without them
+    metrics = {"realised_flip_rate": run.flips.realised_rate, "training_pairs": len(run.train_tokens)}
     items: dict[str, tuple[list[str], np.ndarray]] = {}
     # Batches of the training micro-batch size: a γ method's candidate set is then as in training.
     batch_size = config.training.batch_size // config.training.gradient_accumulation
@@ -91,9 +97,15 @@ def evaluate_run(
         )  # fmt: skip
     train_outputs = {name: values[informative] for name, values in train_outputs.items()}
     metrics["train_accuracy"] = float(np.mean(train_outputs["reward_gap"] > 0))
-    if config.evaluation.noise_detection:
-        is_flipped = run.flips.table["is_flipped"].to_numpy()[informative]
-        metrics.update(noise_detection(train_outputs, is_flipped))
+    if config.evaluation.noise_detection and config.method.reference == CLEAN_ONLY:
+        if missing is not None:
+            missing["noise_detection_auroc"] = (
+                "a clean_only reference trains on no flipped pair: there is nothing to detect among its pairs"
+            )
+    elif config.evaluation.noise_detection:
+        flipped = dict(zip(run.flips.table["pair_id"], run.flips.table["is_flipped"].astype(bool), strict=True))
+        is_flipped = np.array([flipped[pair_id] for pair_id in run.train_tokens.pair_ids], dtype=bool)
+        metrics.update(noise_detection(train_outputs, is_flipped[informative]))
     if config.evaluation.heldout_accuracy and informative_heldout.any():
         pairs = len(run.heldout_tokens)
         with phase(f"evaluation of {pairs} held-out pairs", pairs, "pair") as progress:

@@ -9,8 +9,11 @@ see ``default_run_config``), and writes into ``run_dir``:
     pairs.parquet   per training pair after training: pair_id, is_flipped, reward_gap (eval mode),
                     gamma (γ methods only); the reports' γ diagnostics read it
     alpaca_eval/, arena_hard/   generations, annotations and answer files of evaluation.benchmarks
-    result.json     every metric, the config, seed, library versions and wall time; written last and
-                    atomically, so a run is complete exactly when result.json exists
+    result.json     every metric, the config, seed, library versions and wall time, the run's
+                    "reference" kind (none, clean_only, known_rate) and the method's "hyperparameters"
+                    as trained (a known-rate run's realised_flip_rate symbols resolved; those named in
+                    "symbolic_hyperparameters"); written last and atomically, so a run is complete
+                    exactly when result.json exists
 
 Steps: resolve the dataset (the testbed via ``build_testbed``, or a file / hub id via
 ``load_preferences`` + ``split_heldout`` with a fixed split seed, so every run on a dataset shares
@@ -42,6 +45,7 @@ import transformers
 
 import noisypref
 from noisypref.benchmark.config.metrics import declare
+from noisypref.benchmark.config.references import NO_REFERENCE, symbolic_hyperparameters
 from noisypref.benchmark.config.run_config import RunConfig, parse_run_config
 from noisypref.benchmark.config.sections import TESTBED
 from noisypref.benchmark.engine import distributed
@@ -136,10 +140,12 @@ def execute_run(
     seed_text = f"seed {config.seed}" + (
         f", training seed {config.training.seed}" if config.training.seed is not None else ""
     )
+    reference = config.method.reference_kind
     logger.info(
-        "run %s: %s on %s, noise %s %.2f, %s",
+        "run %s: %s%s on %s, noise %s %.2f, %s",
         config.run_id,
         config.method.label,
+        f" ({reference} reference)" if reference != NO_REFERENCE else "",
         config.dataset.display_label,
         config.noise.model,
         config.noise.rate,
@@ -158,6 +164,7 @@ def execute_run(
         "run_id": config.run_id,
         "status": "succeeded",
         "label": config.method.label,
+        "reference": config.method.reference_kind,
         "metrics": metrics,
         "config": config.raw,
         "seed": config.seed,
@@ -239,6 +246,7 @@ def _train_and_evaluate(
         )
         metrics.update(benchmark_metrics)
     details = {
+        "hyperparameters": prepared.hyperparameters,
         "noise": prepared.flips.summary(),
         "training": {
             "steps": training.steps,
@@ -253,6 +261,9 @@ def _train_and_evaluate(
         "num_heldout_pairs": len(prepared.heldout_tokens),
         "truncation": truncation_summary(config, prepared.train_tokens, prepared.heldout_tokens),
     }
+    symbols = symbolic_hyperparameters(config.method.hyperparameters)
+    if symbols:
+        details["symbolic_hyperparameters"] = symbols
     if benchmark_details:
         details["benchmarks"] = benchmark_details
     if missing:

@@ -1,4 +1,10 @@
-"""Everything a run trains and evaluates on: its data and flips, the policy, tokens, reference log-probs."""
+"""Everything a run trains and evaluates on: its data and flips, the policy, tokens, reference log-probs.
+
+The flip record stays with evaluation, with two marked exceptions (`noisypref.benchmark.config.references`):
+`training_pairs` removes the flipped pairs of a ``clean_only`` run (the oracle) from its training data,
+and `method_hyperparameters` gives a known-rate run its realised flip rate. The method and the
+training loop never receive the record.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,9 @@ import torch
 import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from noisypref.benchmark.config.references import CLEAN_ONLY, KNOWN_RATE, symbolic_hyperparameters
 from noisypref.benchmark.config.run_config import RunConfig
-from noisypref.benchmark.config.sections import TESTBED
+from noisypref.benchmark.config.sections import TESTBED, resolve_hyperparameters
 from noisypref.benchmark.data.hub import hub_lookup
 from noisypref.benchmark.data.loaders import load_preferences, split_heldout
 from noisypref.benchmark.engine import distributed
@@ -45,7 +52,8 @@ class PreparedRun:
     """Everything a run trains and evaluates on, built before training starts."""
 
     data: RunData
-    flips: FlipRecord
+    flips: FlipRecord  # for evaluation: what was injected into the training pairs
+    hyperparameters: dict  # the method's, each realised_flip_rate symbol resolved
     policy: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     pad_token_id: int
@@ -74,7 +82,8 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
             load, "preparing the run"
         )
     log_sizes_and_truncation(config, train_tokens, heldout_tokens)
-    method = build(config.method.name, seed=training_seed(config), **config.method.hyperparameters)
+    hyperparameters = method_hyperparameters(config, flips)
+    method = build(config.method.name, seed=training_seed(config), **hyperparameters)
     train_reference = heldout_reference = None
     cached = method.requires_reference and config.model.reference == "cached"
     if cached:  # computed before training changes the policy; usually a cache hit
@@ -91,6 +100,7 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
     return PreparedRun(
         data,
         flips,
+        hyperparameters,
         policy,
         tokenizer,
         pad_token_id,
@@ -179,9 +189,44 @@ def load_data_model_and_tokens(
     policy, tokenizer, identity = load_model_and_tokenizer(config, data, cache_dir, device)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     lengths = dict(max_length=config.training.max_length, max_prompt_length=config.training.max_prompt_length)
-    train_tokens = tokenize_pairs(noisy_pairs, tokenizer, cache_dir=cache_dir, **lengths)
+    train_tokens = tokenize_pairs(training_pairs(config, noisy_pairs, flips), tokenizer, cache_dir=cache_dir, **lengths)
     heldout_tokens = tokenize_pairs(data.heldout_pairs, tokenizer, cache_dir=cache_dir, **lengths)
     return data, flips, policy, tokenizer, identity, pad_token_id, train_tokens, heldout_tokens
+
+
+def training_pairs(config: RunConfig, noisy_pairs: datasets.Dataset, flips: FlipRecord) -> datasets.Dataset:
+    """The pairs a run trains on: its noisy pairs, all of them, except for a ``clean_only`` run (the
+    oracle reference), which trains on the noisy pairs minus the flipped ones. The one place where the
+    flip record reaches the training data; every other run gets ``noisy_pairs`` itself."""
+    if config.method.reference != CLEAN_ONLY:
+        return noisy_pairs
+    flipped = flips.flipped_pair_ids()
+    kept = [index for index, pair_id in enumerate(noisy_pairs["pair_id"]) if pair_id not in flipped]
+    if not kept:
+        raise ValueError(
+            f"method.reference = {CLEAN_ONLY!r}: all {len(noisy_pairs)} training pairs were flipped "
+            f"(noise {config.noise.model} at rate {config.noise.rate:g}), so the oracle has no pair to train on"
+        )
+    logger.info(
+        "%s reference: %d flipped pairs removed, training on the other %d of %d",
+        CLEAN_ONLY, len(noisy_pairs) - len(kept), len(kept), len(noisy_pairs),
+    )  # fmt: skip
+    return noisy_pairs.select(kept)
+
+
+def method_hyperparameters(config: RunConfig, flips: FlipRecord) -> dict:
+    """The method's hyperparameters; a known-rate run's ``realised_flip_rate`` symbols resolved to the
+    share of training pairs its noise flipped (``ValueError`` when the method refuses that value)."""
+    hyperparameters = config.method.hyperparameters
+    if config.method.reference_kind != KNOWN_RATE:
+        return dict(hyperparameters)
+    resolved = resolve_hyperparameters(config.method.name, hyperparameters, flips.realised_rate)
+    logger.info(
+        "%s reference: %s",
+        KNOWN_RATE,
+        ", ".join(f"{name} = {resolved[name]:.6g}" for name in symbolic_hyperparameters(hyperparameters)),
+    )
+    return resolved
 
 
 def live_reference(

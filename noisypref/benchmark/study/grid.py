@@ -3,6 +3,8 @@
 Each run is a fully resolved run config (`noisypref.benchmark.config.run_config`) named by its run id. Runs whose
 configs are identical are merged: every rate-0 run means "no flips", whatever the noise model, so
 its noise section is written one way (`NO_NOISE`) and it runs once for all noise models.
+References (`noisypref.benchmark.config.references`) are left out at rate 0, where each is its own
+base run: a clean_only run has no flipped pair to remove, a known-rate one gets ε = 0.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from noisypref.benchmark.config.references import NO_REFERENCE
 from noisypref.benchmark.config.run_config import make_run_config, run_id
 from noisypref.benchmark.config.sections import NoiseSettings
 from noisypref.benchmark.study.schema import Study
@@ -34,6 +37,11 @@ class PlannedRun:
     seed: int
     model: str
     grid_points: int  # how many grid points this run stands for (several for merged rate-0 runs)
+    reference: str = NO_REFERENCE  # none (a competitor), clean_only or known_rate
+
+    @property
+    def is_reference(self) -> bool:
+        return self.reference != NO_REFERENCE
 
     def describe(self) -> str:
         noise = (
@@ -54,12 +62,22 @@ def grid_point_count(study: Study) -> int:
     )
 
 
+def skipped_reference_points(study: Study) -> int:
+    """Grid points of references at rate 0, which `plan_runs` leaves out (each is its own base run)."""
+    references = [variant for variant in study.method_variants() if variant.reference_kind != NO_REFERENCE]
+    zero_rates = sum(1 for noise in study.noise for rate in noise.rates if rate == 0)
+    return len(study.datasets) * zero_rates * len(references) * len(study.seeds) * len(study.models)
+
+
 def plan_runs(study: Study) -> list[PlannedRun]:
-    """Every distinct run of the study, in grid order (first occurrence of merged runs)."""
+    """Every distinct run of the study, in grid order (first occurrence of merged runs); references at
+    rate 0 left out."""
     runs: dict[str, PlannedRun] = {}
     noise_points = [(noise, rate) for noise in study.noise for rate in noise.rates]
     grid = itertools.product(study.datasets, noise_points, study.method_variants(), study.seeds, study.models)
     for dataset, (noise, rate), variant, seed, model in grid:
+        if rate == 0 and variant.reference_kind != NO_REFERENCE:
+            continue
         config = make_run_config(
             study=study.name,
             dataset=dataset,
@@ -85,6 +103,7 @@ def plan_runs(study: Study) -> list[PlannedRun]:
             seed=seed,
             model=model.name,
             grid_points=1,
+            reference=variant.reference_kind,
         )
     return list(runs.values())
 

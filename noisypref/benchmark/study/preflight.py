@@ -6,7 +6,9 @@ has what the study asks of it (scores for the noise models that read them, enoug
 held-out split, at least one pair whose responses differ), and whether the machine has what a
 setting needs (flex attention trains on CUDA only). `check_preflight` raises `StudyError` with
 every such problem (field path, value, what is allowed) and logs a warning for each metric whose
-sample is too small to mean much; `noisypref validate` and `noisypref run` call it.
+sample is too small to mean much, and for each known-rate reference whose method would refuse a
+realised flip rate near a rate of the study (those runs will fail); `noisypref validate` and
+`noisypref run` call it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from typing import Any
 import numpy as np
 
 from noisypref.benchmark.config.checks import ErrorList
-from noisypref.benchmark.config.sections import TESTBED, DatasetSettings
+from noisypref.benchmark.config.references import (
+    REALISED_FLIP_RATE,
+    symbolic_hyperparameters,
+    with_symbols_replaced,
+)
+from noisypref.benchmark.config.sections import TESTBED, DatasetSettings, method_config
 from noisypref.benchmark.study.schema import Study
 from noisypref.noise_injection import get_noise_model
 from noisypref.sampling import flip_count
@@ -45,7 +52,7 @@ def check_preflight(study: Study, source: str | Path, *, machine: bool = True) -
     for path, value, expected in preflight_problems(study, files, machine=machine):
         errors.invalid(path, value, expected)
     errors.raise_if_any(str(source))
-    for warning in small_sample_warnings(study, files):
+    for warning in small_sample_warnings(study, files) + known_rate_warnings(study):
         logger.warning("%s: %s", source, warning)
 
 
@@ -239,6 +246,33 @@ def small_sample_warnings(study: Study, files: dict[int, Any]) -> list[str]:
                 warnings.append(
                     f"evaluation.num_eval_prompts = {prompts} x samples_per_prompt = {samples}: "
                     f"gold_win_rate and gold_lc_win_rate are computed {_too_small(prompts * samples)}"
+                )
+    return warnings
+
+
+def known_rate_warnings(study: Study) -> list[str]:
+    """One line per known-rate reference and noise rate at which its method would refuse the symbol's
+    value, taking the target rate for the realised one (they differ by the noise model's rounding or
+    draw): the run resolves it and fails with the method's reason (rDPO needs ε < 0.5)."""
+    rates = sorted({rate for noise in study.noise for rate in noise.rates if rate > 0})
+    warnings = []
+    for index, entry in enumerate(study.methods):
+        for variant in entry.variants():
+            symbols = symbolic_hyperparameters(variant.hyperparameters)
+            if not symbols:
+                continue
+            refused = []
+            for rate in rates:
+                try:
+                    method_config(variant.name, with_symbols_replaced(variant.hyperparameters, dict.fromkeys(symbols, rate)))
+                except (ValueError, TypeError) as error:
+                    refused.append((rate, error))
+            if refused:
+                shown = ", ".join(f"{rate:g}" for rate, _ in refused)
+                warnings.append(
+                    f"methods[{index}] ({variant.label}): {', '.join(symbols)} = {REALISED_FLIP_RATE!r} is about "
+                    f"the target rate, and at flip rate(s) {shown} {variant.name!r} refuses it ({refused[0][1]}): "
+                    "those runs will fail"
                 )
     return warnings
 

@@ -2,8 +2,13 @@
 
 Columns: study, run_id, dataset, noise_model ("none" for rate-0 runs, which stand for every noise
 model), noise_options (JSON), target_flip_rate, realised_flip_rate, method_label, method_name,
-hyperparameters (JSON) and one hp_<name> column per hyperparameter, seed, model, one column per
-metric of the engine's result, wall_time_s, status (succeeded / failed / pending) and failure_reason.
+reference ("none" for competitors, "clean_only" for the oracle, "known_rate" for a method given its
+run's realised flip rate: references are drawn, never ranked), base_label (the label of the study's
+variant that is this competitor's own base, e.g. gamma_dpo's dpo at the same β: `sweeps.base_labels`;
+None without one), hyperparameters (JSON) and one hp_<name> column per hyperparameter (a known-rate
+run's resolved value; None until it has run), symbolic_hyperparameters (JSON {name: symbol} of the
+hyperparameters the study gave as a symbol, else None), seed, model, one column per metric of the
+engine's result, wall_time_s, status (succeeded / failed / pending) and failure_reason.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from noisypref.benchmark.config.metrics import declarations_document
+from noisypref.benchmark.config.references import symbolic_hyperparameters, with_symbols_replaced
 from noisypref.benchmark.storage import atomic_path, write_json_atomic
 from noisypref.benchmark.study.folder import OutputNotWritable, StudyFolder
 from noisypref.benchmark.study.grid import PlannedRun, plan_runs
@@ -35,7 +41,10 @@ LEADING_COLUMNS = (
     "realised_flip_rate",
     "method_label",
     "method_name",
+    "reference",
+    "base_label",
     "hyperparameters",
+    "symbolic_hyperparameters",
     "seed",
     "model",
 )
@@ -45,7 +54,8 @@ TRAILING_COLUMNS = ("wall_time_s", "status", "failure_reason")
 def results_frame(folder: StudyFolder, study: Study | None = None) -> pd.DataFrame:
     """One row per run of the study in `folder` (its study.yaml unless `study` is given)."""
     study = study or folder.load_study()
-    rows = [_row(study.name, run, folder) for run in plan_runs(study)]
+    base_labels = study.base_labels()
+    rows = [_row(study.name, run, folder, base_labels[run.method]) for run in plan_runs(study)]
     hyperparameter_columns = sorted({key for row in rows for key in row["hp"]})
     metric_columns = list(dict.fromkeys(key for row in rows for key in row["metrics"]))
     records = []
@@ -87,7 +97,7 @@ def collect_results(folder: StudyFolder, study: Study | None = None) -> Path:
     return folder.results_table
 
 
-def _row(study_name: str, run: PlannedRun, folder: StudyFolder) -> dict[str, Any]:
+def _row(study_name: str, run: PlannedRun, folder: StudyFolder, base_label: str | None) -> dict[str, Any]:
     config = run.config
     result = folder.read_result(run.run_id)
     failure = None if result is not None else folder.read_failure(run.run_id)
@@ -101,6 +111,10 @@ def _row(study_name: str, run: PlannedRun, folder: StudyFolder) -> dict[str, Any
     else:
         status, reason, wall_time_s = PENDING, None, None
     hyperparameters = config["method"]["hyperparameters"]
+    symbols = symbolic_hyperparameters(hyperparameters)
+    if symbols:  # the values the run resolved them to (result.json), None before it has run
+        resolved = (result or {}).get("hyperparameters") or {}
+        hyperparameters = with_symbols_replaced(hyperparameters, {name: resolved.get(name) for name in symbols})
     return {
         "study": study_name,
         "run_id": run.run_id,
@@ -111,7 +125,10 @@ def _row(study_name: str, run: PlannedRun, folder: StudyFolder) -> dict[str, Any
         "realised_flip_rate": realised,
         "method_label": run.method,
         "method_name": config["method"]["name"],
+        "reference": run.reference,
+        "base_label": base_label,
         "hyperparameters": json.dumps(hyperparameters, sort_keys=True),
+        "symbolic_hyperparameters": json.dumps(symbols, sort_keys=True) if symbols else None,
         "seed": run.seed,
         "model": run.model,
         "hp": hyperparameters,

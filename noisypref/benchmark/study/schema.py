@@ -15,13 +15,17 @@
       - {name: dpo}
       - {name: gamma_dpo, hyperparameters: {tau: [1, 3, 10]}}      # labels gamma_dpo(tau=1), ...
       - {label: dpo_long, name: dpo, training: {steps: 400}}       # per-method overrides
+      - {label: clean_only, name: dpo, reference: clean_only}      # the oracle: no flipped pair trained on
+      - {label: cdpo_known, name: cdpo, hyperparameters: {label_smoothing: realised_flip_rate}}
+                                         # a known-rate reference: ε = the run's realised flip rate
     seeds: [0, 1]                        # default: [0]
     models: [{name: testbed}]            # default: [{name: testbed}]; a plain name stands for {name: ...}
       # also: {name: smollm2-135m-instruct, lora: {r: 16}, reference: cached | live}   (ModelSettings)
     training: {steps: 200, checkpoint_every: 50, save_model: false, ...}   # defaults: TrainingSettings
     evaluation: {num_eval_prompts: 256, ...}   # defaults: EvaluationSettings
       # also: {benchmarks: {alpaca_eval: {...}, arena_hard: {...}}}  (noisypref.benchmark.evaluation.chat_benchmarks)
-    report: {primary_metrics: [heldout_accuracy, gold_win_rate], baseline: dpo}   # what the report leads with
+    report: {primary_metrics: [heldout_accuracy, gold_win_rate], baseline: dpo,   # what the report leads with
+             pairs: [{method: gamma_dpo, base: robust_dpo}]}   # with/without pairs beyond the automatic ones
 
 Every section is a settings class of `noisypref.benchmark.config.sections` (its defaults and checks
 are defined there once); this module adds what only a study has: sweeps, grids, labels, plugins.
@@ -47,7 +51,9 @@ from noisypref.benchmark.config.checks import (
     text,
     unknown_keys,
 )
+from noisypref.benchmark.config.references import NO_REFERENCE
 from noisypref.benchmark.config.sections import (
+    PAIR_KEYS,
     TESTBED,
     DatasetSettings,
     EvaluationSettings,
@@ -67,7 +73,13 @@ from noisypref.benchmark.study.entries import (
     load_noise,
     load_seeds,
 )
-from noisypref.benchmark.study.sweeps import MethodEntry, MethodVariant, check_unique_labels, load_methods
+from noisypref.benchmark.study.sweeps import (
+    MethodEntry,
+    MethodVariant,
+    base_labels,
+    check_unique_labels,
+    load_methods,
+)
 from noisypref.benchmark.study.yaml_io import read_yaml
 from noisypref.plugins import PluginError, import_plugins
 
@@ -108,6 +120,10 @@ class Study:
 
     def method_variants(self) -> list[MethodVariant]:
         return [variant for method in self.methods for variant in method.variants()]
+
+    def base_labels(self) -> dict[str, str | None]:
+        """Each method label's own base label (the with/without pairing, `sweeps.base_labels`)."""
+        return base_labels(self.method_variants())
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved study (every default filled in) as plain data; `parse_study` reads it back."""
@@ -164,6 +180,7 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
     _check_testbed_model_pairing(datasets, models, errors)
     _check_benchmarks(evaluation, methods, models, check_files, errors)
     check_unique_labels(methods, errors)
+    _check_report_pairs(report, methods, errors)
     errors.raise_if_any(source)
     return Study(
         name=name,
@@ -216,6 +233,29 @@ def _check_testbed_model_pairing(
                 f"model is trained on every dataset ({dataset_path} is a {dataset.kind} dataset); "
                 "put testbed and real-data grids in separate studies",
             )
+
+
+def _check_report_pairs(
+    report: ReportSettings | None, methods: Mapping[str, MethodEntry], errors: ErrorList
+) -> None:
+    """Each declared with/without pair names two distinct competitors of the study."""
+    if report is None:
+        return
+    variants = [variant for method in methods.values() for variant in method.variants()]
+    competitors = [variant.label for variant in variants if variant.reference_kind == NO_REFERENCE]
+    references = {variant.label for variant in variants if variant.reference_kind != NO_REFERENCE}
+    for index, pair in enumerate(report.pairs):
+        for key in PAIR_KEYS:
+            label = pair[key]
+            if label not in competitors:
+                why = " (it labels a reference: drawn, never compared)" if label in references else ""
+                errors.invalid(
+                    f"report.pairs[{index}].{key}",
+                    label,
+                    f"the label of one of the study's competitors{why}: {', '.join(competitors)}",
+                )
+        if pair["method"] == pair["base"]:
+            errors.invalid(f"report.pairs[{index}].base", pair["base"], "a label other than the pair's method")
 
 
 def _check_benchmarks(

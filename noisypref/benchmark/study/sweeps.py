@@ -1,12 +1,14 @@
 """The ``methods`` entries of a study file: hyperparameter sweeps expanded into labelled variants,
-per-entry training and evaluation overrides, every problem reported with its path."""
+per-entry training and evaluation overrides, references (``reference: clean_only``, hyperparameters
+set to ``realised_flip_rate``; `config.references`), each competitor's own base for the with/without
+comparison, every problem reported with its path."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,16 +22,24 @@ from noisypref.benchmark.config.checks import (
     text,
     unknown_keys,
 )
+from noisypref.benchmark.config.references import (
+    CLEAN_ONLY,
+    NO_REFERENCE,
+    REALISED_FLIP_RATE,
+    is_symbol,
+    reference_kind,
+)
 from noisypref.benchmark.config.sections import (
     EvaluationSettings,
     MethodSettings,
     TrainingSettings,
     match_default_type,
     method_config,
+    reference_check,
 )
 from noisypref.benchmark.study.entries import checked, entries
 
-METHOD_KEYS = ("label", "name", "hyperparameters", "training", "evaluation")
+METHOD_KEYS = ("label", "name", "hyperparameters", "reference", "training", "evaluation")
 COMBINATION_PROBLEMS_SHOWN = 3
 
 
@@ -39,13 +49,21 @@ class MethodVariant:
 
     label: str
     name: str
-    hyperparameters: dict[str, Any]  # every hyperparameter of the method
+    hyperparameters: dict[str, Any]  # every hyperparameter of the method (a symbol stays a symbol)
     training: TrainingSettings
     evaluation: EvaluationSettings
+    reference: str = NO_REFERENCE  # as the entry states it: none or clean_only
 
     @property
     def settings(self) -> MethodSettings:
-        return MethodSettings(label=self.label, name=self.name, hyperparameters=self.hyperparameters)
+        return MethodSettings(
+            label=self.label, name=self.name, hyperparameters=self.hyperparameters, reference=self.reference
+        )
+
+    @property
+    def reference_kind(self) -> str:
+        """none (a competitor, ranked), clean_only or known_rate (a reference: drawn, never ranked)."""
+        return reference_kind(self.reference, self.hyperparameters)
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class MethodEntry:
     evaluation: EvaluationSettings
     training_overrides: dict[str, Any]
     evaluation_overrides: dict[str, Any]
+    reference: str = NO_REFERENCE  # none or clean_only, as the entry states it
 
     @property
     def swept(self) -> list[str]:
@@ -76,7 +95,9 @@ class MethodEntry:
                 label += (
                     "(" + ", ".join(f"{name}={format_value(hyperparameters[name])}" for name in swept) + ")"
                 )
-            variants.append(MethodVariant(label, self.name, hyperparameters, self.training, self.evaluation))
+            variants.append(
+                MethodVariant(label, self.name, hyperparameters, self.training, self.evaluation, self.reference)
+            )
         return variants
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +106,8 @@ class MethodEntry:
         entry["hyperparameters"] = {
             name: list(values) if len(values) > 1 else values[0] for name, values in self.candidates.items()
         }
+        if self.reference != NO_REFERENCE:
+            entry["reference"] = self.reference
         if self.training_overrides:
             entry["training"] = self.training_overrides
         if self.evaluation_overrides:
@@ -123,6 +146,7 @@ def load_methods(
             continue
         name = checked(entry, "name", f"{path}.name", choice(available), errors)
         label = checked(entry, "label", f"{path}.label", text(), errors)
+        reference = checked(entry, "reference", f"{path}.reference", reference_check, errors) or NO_REFERENCE
         method_training = _override(
             TrainingSettings, training, study_raw.get("training"), entry.get("training"), f"{path}.training", errors
         )
@@ -136,6 +160,15 @@ def load_methods(
         )
         if candidates is None or method_training is None or method_evaluation is None:
             continue
+        symbolic = sorted({key for key, values in candidates.items() for value in values if is_symbol(value)})
+        if reference == CLEAN_ONLY and symbolic:
+            errors.invalid(
+                f"{path}.reference",
+                reference,
+                f"no reference here, or no {REALISED_FLIP_RATE!r} in hyperparameters ({', '.join(symbolic)}): a "
+                "clean_only run trains on no flipped pair, so an assumed flip rate has nothing to assume",
+            )
+            continue
         methods[path] = MethodEntry(
             label=label,
             name=name,
@@ -144,6 +177,7 @@ def load_methods(
             evaluation=method_evaluation[0],
             training_overrides=method_training[1],
             evaluation_overrides=method_evaluation[1],
+            reference=reference,
         )
     return methods
 
@@ -234,6 +268,37 @@ def _load_hyperparameters(
             shown += f"; and {len(failures) - COMBINATION_PROBLEMS_SHOWN} more"
         errors.message(path, f"{len(failures)} combination(s) of values do not work together: {shown}")
     return None
+
+
+def base_labels(variants: Sequence[MethodVariant]) -> dict[str, str | None]:
+    """Each variant's own base among ``variants``, by label: the with/without pairing of dynamic margins.
+
+    A competitor whose method declares a ``base_method`` (γ-DPO: DPO, γ-SimPO: SimPO) is paired with
+    the first competitor of that method whose every hyperparameter the two share (by the base's names,
+    ``base_hyperparameter_names``: γ-SimPO's gamma0 is SimPO's gamma) has the same value, and whose
+    training and evaluation settings are the same. None for a method without a base, when the study
+    has no such variant, and for references (drawn, never compared)."""
+    competitors = [variant for variant in variants if variant.reference_kind == NO_REFERENCE]
+    pairs: dict[str, str | None] = {variant.label: None for variant in variants}
+    for variant in competitors:
+        method_class = method_registry.method_class(variant.name)
+        if method_class.base_method is None:
+            continue
+        for candidate in competitors:
+            if candidate.name == method_class.base_method and _same_shared_settings(
+                variant, candidate, method_class.base_hyperparameter_names
+            ):
+                pairs[variant.label] = candidate.label
+                break
+    return pairs
+
+
+def _same_shared_settings(variant: MethodVariant, base: MethodVariant, base_names: Mapping[str, str]) -> bool:
+    for name, value in variant.hyperparameters.items():
+        base_name = base_names.get(name, name)
+        if base_name in base.hyperparameters and base.hyperparameters[base_name] != value:
+            return False
+    return variant.training == base.training and variant.evaluation == base.evaluation
 
 
 def _check_method(name: str, hyperparameters: dict[str, Any]) -> None:
