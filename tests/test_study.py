@@ -127,20 +127,24 @@ def write_study(path: Path, study: dict) -> Path:
 
 def expected_run_count(raw: dict) -> int:
     """Runs of a study computed from its YAML alone: the product of the list lengths, with the rate-0
-    grid points of all noise entries counted once."""
+    grid points of all noise entries counted once, and none for references (an entry with
+    `reference: clean_only` or a hyperparameter given as realised_flip_rate)."""
     datasets = len(raw.get("datasets", [{}]))
     seeds = len(raw.get("seeds", [0]))
     models = len(raw.get("models", [{}]))
-    method_settings = 0
+    method_settings = reference_settings = 0
     for method in raw["methods"]:
-        swept = [
-            len(value) for value in method.get("hyperparameters", {}).values() if isinstance(value, list)
-        ]
-        method_settings += math.prod(swept)
+        hyperparameters = method.get("hyperparameters", {})
+        swept = [len(value) for value in hyperparameters.values() if isinstance(value, list)]
+        if "reference" in method or "realised_flip_rate" in hyperparameters.values():
+            reference_settings += math.prod(swept)
+        else:
+            method_settings += math.prod(swept)
     rates = [rate for noise in raw["noise"] for rate in noise["rates"]]
     zero_rates = sum(rate == 0 for rate in rates)
     noise_points = len(rates) - max(0, zero_rates - 1)
-    return datasets * noise_points * method_settings * seeds * models
+    grid = noise_points * method_settings + (len(rates) - zero_rates) * reference_settings
+    return datasets * grid * seeds * models
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.name for path in CONFIGS])
@@ -190,7 +194,8 @@ def test_noise_models_study_covers_the_five_models_at_two_rates_for_dpo_and_gamm
     noisy = {(run.noise_model, run.noise_rate) for run in runs if run.noise_rate > 0}
     models = {"symmetric", "confidence", "length", "adversarial", "annotators"}
     assert noisy == {(model, rate) for model in models for rate in (0.2, 0.4)}
-    assert {run.method for run in runs} == {"dpo", "gamma_dpo"}
+    assert {run.method for run in runs if not run.is_reference} == {"dpo", "gamma_dpo"}
+    assert {run.method for run in runs if run.is_reference} == {"clean_only", "cdpo_known", "rdpo_known"}
 
 
 def test_hub_example_names_a_hub_model_and_dataset():
