@@ -318,7 +318,7 @@ def test_each_competitor_row_carries_its_own_base_at_the_same_shared_hyperparame
     assert set(frame.loc[frame["method_label"] == "oracle", "reference"]) == {"clean_only"}
 
 
-def test_declared_pairs_name_two_competitors_of_the_study():
+def test_declared_pairs_name_two_competitors_of_the_study(tmp_path, capsys):
     def problems(pairs: object) -> list[str]:
         with pytest.raises(StudyError) as caught:
             parse_study({**PAIRING_STUDY, "report": {"pairs": pairs}})
@@ -335,6 +335,12 @@ def test_declared_pairs_name_two_competitors_of_the_study():
     assert same.startswith("report.pairs[0].base = 'simpo': expected a label other than the pair's method")
     (shape,) = problems([{"method": "simpo"}])
     assert shape.startswith("report.pairs = [{'method': 'simpo'}]: expected a list of {method: LABEL, base: LABEL}")
+    # on the command line: exit status 2, the problem on stderr, nothing written
+    broken = write_study(tmp_path / "study.yaml", {**PAIRING_STUDY, "report": {"pairs": [{"method": "x", "base": "simpo"}]}})
+    assert main(["validate", str(broken)]) == USER_ERROR_STATUS
+    assert "report.pairs[0].method = 'x'" in capsys.readouterr().err
+    assert main(["run", str(broken), "--out", str(tmp_path / "out")]) == USER_ERROR_STATUS
+    assert not (tmp_path / "out").exists()
 
 
 def test_methods_declare_their_base_and_their_flip_rate_hyperparameters(capsys):

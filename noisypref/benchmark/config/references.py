@@ -70,5 +70,8 @@ def symbol_problem(method: str, hyperparameter: str) -> str | None:
 
 
 def with_symbols_replaced(hyperparameters: Mapping[str, Any], value_of: Mapping[str, Any]) -> dict[str, Any]:
-    """``hyperparameters`` with each symbolic one replaced by ``value_of[its name]``."""
-    return {name: value_of[name] if is_symbol(value) else value for name, value in hyperparameters.items()}
+    """``hyperparameters`` with each symbolic one that ``value_of`` names replaced by its value there."""
+    return {
+        name: value_of[name] if is_symbol(value) and name in value_of else value
+        for name, value in hyperparameters.items()
+    }
