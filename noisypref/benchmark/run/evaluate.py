@@ -99,9 +99,10 @@ def evaluate_run(
     metrics["train_accuracy"] = float(np.mean(train_outputs["reward_gap"] > 0))
     if config.evaluation.noise_detection and config.method.reference == CLEAN_ONLY:
         if missing is not None:
-            missing["noise_detection_auroc"] = (
-                "a clean_only reference trains on no flipped pair: there is nothing to detect among its pairs"
-            )
+            reason = "a clean_only reference trains on no flipped pair: there is nothing to detect among its pairs"
+            missing["noise_detection_auroc"] = reason
+            if "gamma" in train_outputs:
+                missing["noise_detection_auroc_gamma"] = reason
     elif config.evaluation.noise_detection:
         flipped = dict(zip(run.flips.table["pair_id"], run.flips.table["is_flipped"].astype(bool), strict=True))
         is_flipped = np.array([flipped[pair_id] for pair_id in run.train_tokens.pair_ids], dtype=bool)
