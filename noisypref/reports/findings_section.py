@@ -45,7 +45,7 @@ def findings_sections(builder) -> list[Section]:
     drop_rows = drops(builder.runs, primary, builder.declarations, builder.items)
     drop_rows.to_csv(report_dir / "drops.csv", index=False)
 
-    blocks = _opening(builder, pairs, pair_notes + headroom_notes, premise, labels)
+    blocks = _opening(builder, pairs, pair_notes, headroom_notes, premise, labels)
     blocks.append(_scope(builder))
     if not builder.items.runs_with_items():
         builder.notes.append(
@@ -64,7 +64,7 @@ def findings_sections(builder) -> list[Section]:
     return sections
 
 
-def _opening(builder, pairs, notes: list[str], premise, labels: dict[str, str]) -> list:
+def _opening(builder, pairs, pair_notes: list[str], headroom_notes: list[str], premise, labels: dict[str, str]) -> list:
     """With/without, headroom and premise sentences, one per condition each (titled where there are
     several), or a note saying what could not be said and why."""
     several = len(builder.conditions) > 1
@@ -82,6 +82,7 @@ def _opening(builder, pairs, notes: list[str], premise, labels: dict[str, str]) 
             "method with the same β) and study.yaml declares no report.pairs." if not pairs else
             "With and without: the pairs share no condition, rate and seed with a value of a primary metric."
         ))  # fmt: skip
+    blocks += [Note(text) for text in pair_notes]
     texts = [
         titled(c, headroom_sentence(builder.headroom, c, metric, labels[metric]))
         for c in builder.conditions for metric in builder.primary
@@ -93,7 +94,7 @@ def _opening(builder, pairs, notes: list[str], premise, labels: dict[str, str]) 
             f"trained on the noisy pairs minus the flipped ones) at a rate of at least {percent(MIN_RATE)}, so "
             "how much noise costs and how much of it a method recovers cannot be said."
         ))  # fmt: skip
-    blocks += [Note(text) for text in notes]
+    blocks += [Note(text) for text in headroom_notes]
     texts = [titled(c, premise_sentence(premise, c, builder.baseline)) for c in builder.conditions]
     blocks += [Text(text) for text in texts if text]
     return blocks

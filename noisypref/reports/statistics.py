@@ -135,10 +135,8 @@ def summarise(results: pd.DataFrame, metrics: list[str] | None = None, declarati
     """
     results = normalise_results(results)
     metrics = list(metrics) if metrics is not None else metric_columns(results)
-    if declarations is not None:
-        metrics = [name for name in metrics if declarations.get(name).comparable]
     rows = []
-    for condition, condition_runs in competitor_runs(curve_runs(results)).groupby(list(CONDITION_KEYS), sort=True):
+    for condition, condition_runs in curve_runs(results).groupby(list(CONDITION_KEYS), sort=True):
         x = rate_axis(condition_runs)
         key = dict(zip(CONDITION_KEYS, condition))
         for metric in metrics:
