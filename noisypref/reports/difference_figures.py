@@ -26,8 +26,8 @@ from noisypref.reports.figures import (
     MethodStyle,
     hide_unused,
     method_legend,
+    panel_grid,
 )
-from noisypref.reports.figures import panel_grid as figure_grid
 from noisypref.reports.study import METHOD, RATE, REALISED_RATE
 from noisypref.reports.tables import condition_rows
 
@@ -53,7 +53,7 @@ def difference_figure(
     if headroom is not None and not headroom.empty:
         oracle_rows = headroom[(headroom["metric"] == metric) & (headroom["reference"] == "clean_only")]
     with matplotlib.rc_context(PAPER_STYLE):
-        figure, axes = figure_grid(len(panels))
+        figure, axes = panel_grid(len(panels))
         shown = sorted(set(values[METHOD]))
         legend = list(shown)
         for ax, (condition, title) in zip(axes.flat, panels):

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from noisypref.reports.document import Note, Section, Text
 from noisypref.reports.drops import disagreement_sentence, drop_sentence, drop_table, drops
-from noisypref.reports.findings import findings, ranking
+from noisypref.reports.findings import findings
 from noisypref.reports.headroom import MIN_RATE, headroom, headroom_sentence, headroom_table
 from noisypref.reports.narrative import condition_paragraphs
 from noisypref.reports.pairs import pair_findings, pairs_table, resolve_pairs, with_without_sentence
 from noisypref.reports.premise import premise_rows, premise_sentence, premise_table
+from noisypref.reports.ranking import ranking
 from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, SEED, percent
 from noisypref.reports.tables import headline_table, ranking_table
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noisypref.reports.appendix import appendix_sections
 from noisypref.reports.declarations import (
     METRICS_FILE,
     MetricDeclarations,
@@ -29,7 +30,6 @@ from noisypref.reports.declarations import (
 from noisypref.reports.diagnostics import gamma_sections, training_sections
 from noisypref.reports.difference_figures import difference_figure, is_constant, per_method_figure
 from noisypref.reports.document import (
-    Code,
     Document,
     FigureBlock,
     Note,
@@ -42,26 +42,20 @@ from noisypref.reports.document import (
 from noisypref.reports.figures import method_styles, robustness_figure, save_figure, save_pdf
 from noisypref.reports.findings import BOOTSTRAP_RESAMPLES, method_intervals
 from noisypref.reports.findings_section import FINDINGS_TITLE, findings_sections
-from noisypref.reports.provenance import provenance, run_provenance
-from noisypref.reports.statistics import BOOTSTRAP_MIN_SEEDS, curve_runs, paired_tests, summarise
+from noisypref.reports.statistics import curve_runs, paired_tests, summarise
 from noisypref.reports.study import (
     CONDITION_KEYS,
     METHOD,
     MISSING_KEY,
     RATE,
-    SEED,
     Study,
     competitor_runs,
     load_study,
     metric_columns,
-    percent,
     reference_labels,
 )
 from noisypref.reports.tables import (
     Table,
-    failures_table,
-    grid_table,
-    methods_table,
     paired_table,
     summary_table,
 )
@@ -236,7 +230,7 @@ class _ReportBuilder:
                 *self._summary_tables(),
                 *self._paired(),
             ]
-        sections += self._appendix()
+        sections += appendix_sections(self)
         document = Document(f"noisypref report: {self.study.name}", sections)
         self.tables_dir.mkdir(parents=True, exist_ok=True)
         for table in self.tables:
@@ -384,67 +378,3 @@ class _ReportBuilder:
             if blocks:
                 sections.append(Section(f"{self.declarations.get(metric).label} vs {self.baseline}", blocks, level=3))
         return sections
-
-    def _appendix(self) -> list[Section]:
-        counts = self.results["status"].value_counts()
-        status_text = ", ".join(f"{count} {status}" for status, count in counts.items())
-        seeds = sorted(set(self.results[SEED]))
-        overview = [
-            Text(
-                f"Study {self.study.name!r} in {self.study.directory}: {len(self.results)} runs "
-                f"({status_text}); {self.results[METHOD].nunique()} method labels, "
-                f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}), target flip rates "
-                f"{', '.join(percent(rate) for rate in sorted(set(self.results[RATE])))}."
-            ),
-            Text(
-                "Every number is over succeeded runs only. summary.csv's intervals are seed-level: Student's t "
-                f"below {BOOTSTRAP_MIN_SEEDS} seeds, a seeded percentile bootstrap from there on; the findings, "
-                "figures and intervals.csv use the paired hierarchical bootstrap."
-            ),
-            self.add_table(grid_table(self.results)),
-        ]
-        configuration = [self.add_table(methods_table(self.results))]
-        declared = self._declarations_table()
-        configuration.append(declared if declared else Note(f"No {METRICS_FILE}: no metric declarations."))
-        if self.study.study_yaml is not None:
-            configuration += [Text("The resolved study file (study.yaml):"), Code(self.study.study_yaml, "yaml")]
-        else:
-            configuration.append(Note("study.yaml not found in the study folder: the configuration is not shown."))
-        table = failures_table(self.results)
-        failures = [self.add_table(table) if table else Text("None: every run succeeded.")]
-        entries = provenance(self.results) + run_provenance(self.study)
-        provenance_table = Table(
-            stem="provenance",
-            caption=(
-                "Software and machine that wrote this report, then those of the runs (from their "
-                "result.json); each run's configuration is in runs/<run_id>/config.json."
-            ),
-            header=["item", "value"],
-            rows=[[key, value] for key, value in entries],
-            align="ll",
-        )
-        return [
-            Section("Appendix", [Text("Run status, configuration and provenance of the numbers above.")]),
-            Section("Run status", overview, level=3),
-            Section("Configuration", configuration, level=3),
-            Section("Failed and pending runs", failures, level=3),
-            Section("Provenance", [self.add_table(provenance_table)], level=3),
-        ]
-
-    def _declarations_table(self) -> TableBlock | None:
-        if not self.declarations.found:
-            return None
-        rows = []
-        for name, declaration in self.declarations.metrics.items():
-            bounds = "—" if declaration.low is None and declaration.high is None else (
-                f"[{'−∞' if declaration.low is None else f'{declaration.low:g}'}, "
-                f"{'∞' if declaration.high is None else f'{declaration.high:g}'}]"
-            )  # fmt: skip
-            rows.append([name, declaration.label, declaration.direction, bounds,
-                         "yes" if declaration.noisy_labels else "no", "yes" if declaration.diagnostic else "no"])  # fmt: skip
-        return self.add_table(Table(
-            stem="metric_declarations",
-            caption=f"Metric declarations ({METRICS_FILE}), as the benchmark wrote them.",
-            header=["metric", "label", "direction", "bounds", "noisy labels", "diagnostic"],
-            rows=rows, align="llllll",
-        ))  # fmt: skip

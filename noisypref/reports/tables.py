@@ -251,60 +251,6 @@ def _test_cell(row: pd.Series, test: str) -> str:
     return f"{format_pvalue(row[f'{test}_pvalue'])} ({format_pvalue(row[f'{test}_pvalue_holm'])})"
 
 
-def methods_table(results: pd.DataFrame) -> Table:
-    methods = results.drop_duplicates(METHOD).sort_values(METHOD)
-    cells = []
-    for _, row in methods.iterrows():
-        hyperparameters = row.get("hyperparameters")
-        text = str(hyperparameters) if isinstance(hyperparameters, str) else DASH
-        cells.append([row[METHOD], row["method_name"], text])
-    return Table(
-        stem="methods",
-        caption="Methods of the study: label, registered method and hyperparameters.",
-        header=["label", "method", "hyperparameters"],
-        rows=cells,
-        align="lll",
-    )
-
-
-def grid_table(results: pd.DataFrame) -> Table:
-    counts = results.groupby([*CONDITION_KEYS, RATE, "status"]).size().unstack("status", fill_value=0)
-    statuses = list(counts.columns)
-    cells = [
-        [*map(str, key[:-1]), percent(key[-1]), *(str(int(counts.loc[key, status])) for status in statuses)]
-        for key in counts.index
-    ]
-    return Table(
-        stem="runs",
-        caption="Runs per condition and target flip rate, by status.",
-        header=[*CONDITION_KEYS, "target rate", *statuses],
-        rows=cells,
-        align="lll" + "r" * (1 + len(statuses)),
-    )
-
-
-def failures_table(results: pd.DataFrame, limit: int = 200) -> Table | None:
-    failed = results[results["status"] != "succeeded"]
-    if failed.empty:
-        return None
-    cells = []
-    for _, row in failed.sort_values(["status", "run_id"]).iterrows():
-        reason = row.get("failure_reason")
-        reason = str(reason) if isinstance(reason, str) and reason else DASH
-        if len(reason) > limit:
-            reason = reason[: limit - 1] + "…"
-        cells.append(
-            [row["run_id"], row[METHOD], percent(row[RATE]), str(row["seed"]), row["status"], reason]
-        )
-    return Table(
-        stem="failed_runs",
-        caption="Runs that did not succeed; they are left out of every number above.",
-        header=["run", "method", "rate", "seed", "status", "reason"],
-        rows=cells,
-        align="llrrll",
-    )
-
-
 def format_signed(value: float) -> str:
     return DASH if value is None or math.isnan(value) else f"{value:+.3f}"
 
