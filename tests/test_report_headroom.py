@@ -302,8 +302,8 @@ def test_premise_says_what_could_not_be_checked_without_gold_or_oracle(tmp_path)
         "report.md").read_text(encoding="utf-8")  # fmt: skip
     findings = markdown.split("## Findings")[1].split("\n## ")[0]
     assert "Headroom: not measured — the study has no clean_only reference" in findings
-    assert "Not checked: no gold reward (noise_detection_auroc_gold absent)" in findings
-    assert "label_gold_agreement absent" in findings
+    assert ("Not checked: no gold reward (noise_detection_auroc_gold and label_gold_agreement absent): what a "
+            "perfect reward model would detect and how many labels agree with the gold order") in findings
 
 
 # References and the order of the findings.

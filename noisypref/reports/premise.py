@@ -95,10 +95,15 @@ def check(rows: pd.DataFrame, condition: tuple, baseline: str) -> PremiseCheck:
         result.fires = result.auroc < AUROC_RULE
         gold = rows[(rows["quantity"] == "gold_auroc") & np.isclose(rows[RATE], result.rate)]
         result.gold_auroc = float(gold["mean"].iloc[0]) if not gold.empty else math.nan
-    if not (rows["quantity"] == "gold_auroc").any():
-        result.missing.append(f"no gold reward ({GOLD_AUROC} absent): what a perfect reward model would detect")
-    if not (rows["quantity"] == "agreement").any():
-        result.missing.append(f"no gold reward ({AGREEMENT} absent): how many labels agree with the gold order")
+    absent = [(metric, what) for quantity, metric, what in (
+        ("gold_auroc", GOLD_AUROC, "what a perfect reward model would detect"),
+        ("agreement", AGREEMENT, "how many labels agree with the gold order"),
+    ) if not (rows["quantity"] == quantity).any()]  # fmt: skip
+    if absent:
+        result.missing.append(
+            f"no gold reward ({' and '.join(metric for metric, _ in absent)} absent): "
+            + " and ".join(what for _, what in absent)
+        )
     return result
 
 
