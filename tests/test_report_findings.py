@@ -139,7 +139,20 @@ def items_of(directory: Path, run_id: str, metric: str) -> np.ndarray:
 # The findings table, number by number.
 
 
+def hand_crossed_test(seed_values, item_means) -> tuple[float, float, float]:
+    """p, se and df of a mean over seeds whose items are shared: se² = var_s/S + var_i/n, Welch–Satterthwaite
+    degrees of freedom, written out."""
+    seed_values, item_means = np.asarray(seed_values, dtype=float), np.asarray(item_means, dtype=float)
+    s, n = len(seed_values), len(item_means)
+    a = seed_values.var(ddof=1) / s
+    b = item_means.var(ddof=1) / n
+    df = (a + b) ** 2 / (a**2 / (s - 1) + b**2 / (n - 1))
+    se = math.sqrt(a + b)
+    return 2 * stats.t.sf(abs(seed_values.mean()) / se, df), se, df
+
+
 def test_findings_differences_pvalues_and_holm_match_a_hand_computation(default_study):
+    # #22 (one procedure per verdict): the test carries the item sampling of the shared held-out items.
     directory = default_study
     results = pd.read_parquet(directory / "results.parquet")
     found = pd.read_csv(directory / "report" / "findings.csv")
@@ -148,19 +161,22 @@ def test_findings_differences_pvalues_and_holm_match_a_hand_computation(default_
     weights = trapezoid_weights(RATES)
     expected_p = []
     for row in accuracy.itertuples():
-        if row.quantity == "value":
-            method = per_seed(results, row.method_label, row.target_flip_rate, "heldout_accuracy")
-            baseline = per_seed(results, "dpo", row.target_flip_rate, "heldout_accuracy")
-        else:
-            method = sum(w * per_seed(results, row.method_label, r, "heldout_accuracy") for w, r in zip(weights, RATES))
-            baseline = sum(w * per_seed(results, "dpo", r, "heldout_accuracy") for w, r in zip(weights, RATES))
+        rates, rate_weights = ([row.target_flip_rate], [1.0]) if row.quantity == "value" else (RATES, weights)
+        method = sum(w * per_seed(results, row.method_label, r, "heldout_accuracy") for w, r in zip(rate_weights, rates))
+        baseline = sum(w * per_seed(results, "dpo", r, "heldout_accuracy") for w, r in zip(rate_weights, rates))
+        item_means = np.mean([
+            sum(w * (items_of(directory, f"{row.method_label}-r{r:.1f}-s{s}", "heldout_accuracy")
+                     - items_of(directory, f"dpo-r{r:.1f}-s{s}", "heldout_accuracy")) for w, r in zip(rate_weights, rates))
+            for s in range(6)
+        ], axis=0)  # fmt: skip
         assert row.n_pairs == 6
         assert row.mean_difference == pytest.approx((method - baseline).mean())
         assert row.method_mean == pytest.approx(method.mean()) and row.baseline_mean == pytest.approx(baseline.mean())
-        expected = stats.ttest_rel(method.to_numpy(), baseline.to_numpy()).pvalue
-        assert row.t_pvalue == pytest.approx(expected)
+        expected, se, df = hand_crossed_test((method - baseline).to_numpy(), item_means)
+        assert row.t_pvalue == pytest.approx(expected, rel=1e-6)
+        assert row.standard_error == pytest.approx(se) and row.df == pytest.approx(df)
         expected_p.append(expected)
-    assert accuracy["t_pvalue_holm"].tolist() == pytest.approx(hand_holm(expected_p))
+    assert accuracy["t_pvalue_holm"].tolist() == pytest.approx(hand_holm(expected_p), rel=1e-6)
 
 
 def write_and_read_findings(directory: Path) -> pd.DataFrame:
@@ -186,7 +202,7 @@ def test_the_real_effect_is_better_and_the_null_is_no_detectable_difference(defa
     assert (gamma["ci_low"] > 0).all() and (gamma["mean_difference"].between(0.05, 0.15)).all()
     smooth = accuracy[accuracy["method_label"] == "smooth"]
     assert ((smooth["ci_low"] < 0) & (smooth["ci_high"] > 0)).any()
-    assert set(found["ci_method"]) == {"hierarchical bootstrap"}
+    assert set(found["ci_method"]) == {"paired t (seeds and items)"}
 
     markdown = (directory / "report" / "report.md").read_text(encoding="utf-8")
     headline = markdown.split("*testbed · symmetric: held-out accuracy")[1].split("\n\n")[1]
@@ -197,49 +213,55 @@ def test_the_real_effect_is_better_and_the_null_is_no_detectable_difference(defa
     assert "**" not in headline  # no bold "best" in the headline
 
 
-def test_seed_only_interval_is_the_percentile_bootstrap_of_the_paired_differences(tmp_path):
+def hand_holm_levels(pvalues: list[float], alpha: float = 0.05) -> list[float]:
+    """The level Holm's step-down tests each p at: α/(m − r) at 0-based rank r until the first test it
+    keeps, whose level every later test shares (Holm 1979), written out."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda index: pvalues[index])
+    levels, stopped = [0.0] * m, None
+    for rank, index in enumerate(order):
+        if stopped is None and pvalues[index] * (m - rank) >= alpha:
+            stopped = alpha / (m - rank)
+        levels[index] = alpha / (m - rank) if stopped is None else stopped
+    return levels
+
+
+def test_seed_only_interval_is_the_paired_t_interval_at_the_holm_level(tmp_path):
+    # #22: the interval beside a verdict is the t interval at its Holm level (was a percentile bootstrap).
     directory = make_study(tmp_path / "study", with_items=False)
     results = pd.read_parquet(directory / "results.parquet")
     found = write_and_read_findings(directory)
-    row = found[(found["metric"] == "heldout_accuracy") & (found["method_label"] == "gamma")
-                & (found["target_flip_rate"] == 0.2)].iloc[0]  # fmt: skip
-    differences = (per_seed(results, "gamma", 0.2, "heldout_accuracy")
-                   - per_seed(results, "dpo", 0.2, "heldout_accuracy")).to_numpy()  # fmt: skip
-    rng = np.random.default_rng(0)  # findings.BOOTSTRAP_SEED; 2000 replicates
-    means = differences[rng.integers(0, 6, size=(2000, 6))].mean(axis=1)
-    assert [row["ci_low"], row["ci_high"]] == pytest.approx(list(np.quantile(means, [0.025, 0.975])))
-    assert row["ci_method"] == "seed bootstrap" and row["dominant_source"] == "seeds (no items)"
+    accuracy = found[found["metric"] == "heldout_accuracy"].reset_index(drop=True)
+    weights = trapezoid_weights(RATES)
+    differences = []
+    for row in accuracy.itertuples():
+        rates, rate_weights = ([row.target_flip_rate], [1.0]) if row.quantity == "value" else (RATES, weights)
+        differences.append(sum(w * (per_seed(results, row.method_label, r, "heldout_accuracy")
+                                    - per_seed(results, "dpo", r, "heldout_accuracy"))
+                               for w, r in zip(rate_weights, rates)).to_numpy())  # fmt: skip
+    pvalues = [stats.ttest_1samp(d, 0.0).pvalue for d in differences]
+    assert accuracy["t_pvalue"].tolist() == pytest.approx(pvalues)
+    for row, d, level in zip(accuracy.itertuples(), differences, hand_holm_levels(pvalues)):
+        half = stats.t.ppf(1 - level / 2, 5) * d.std(ddof=1) / math.sqrt(6)
+        assert [row.ci_low, row.ci_high] == pytest.approx([max(d.mean() - half, -1.0), min(d.mean() + half, 1.0)])
+        assert row.ci_level == pytest.approx(1 - level)
+        assert row.ci_method == "paired t (seeds)" and row.dominant_source == "seeds (no items)"
     markdown = (directory / "report" / "report.md").read_text(encoding="utf-8")
-    assert "intervals resample seeds only" in markdown
+    assert "every interval and test is over seeds only" in markdown
 
 
-def test_hierarchical_interval_agrees_with_a_textbook_two_stage_bootstrap(tmp_path):
+def test_item_variance_of_a_comparison_and_the_method_bands_agree_with_hand_computations(tmp_path):
+    # #22: a comparison's item variance is that of the seed-averaged item differences (the items are shared by
+    # the seeds); a method's own interval (figure bands, ranking) stays the two-stage bootstrap.
     directory = make_study(tmp_path / "study", seeds=range(4))
     found = write_and_read_findings(directory)
-    weights = trapezoid_weights(RATES)
-    for quantity, rate in (("value", 0.4), ("auc", None)):
-        rows = found[(found["metric"] == "heldout_accuracy") & (found["method_label"] == "gamma")
-                     & (found["quantity"] == quantity)]  # fmt: skip
-        if rate is not None:
-            rows = rows[rows["target_flip_rate"] == rate]
-        row = rows.iloc[0]
-        parts_rates = [rate] if rate is not None else list(RATES)
-        part_weights = [1.0] if rate is not None else list(weights)
-        seeds_items = [
-            [(w, items_of(directory, f"gamma-r{r:.1f}-s{s}", "heldout_accuracy")
-              - items_of(directory, f"dpo-r{r:.1f}-s{s}", "heldout_accuracy"))
-             for w, r in zip(part_weights, parts_rates)]
-            for s in range(4)
-        ]  # fmt: skip
-        replicates = textbook_bootstrap(seeds_items, 4000, np.random.default_rng(1))
-        low, high = np.quantile(replicates, [0.025, 0.975])
-        width = high - low
-        assert row["ci_low"] == pytest.approx(low, abs=0.08 * width)
-        assert row["ci_high"] == pytest.approx(high, abs=0.08 * width)
-        # The item variance the report states: Σ_s Σ_parts w² var(items)/n / S².
-        item_variance = sum(w**2 * items.var() / len(items) for seed in seeds_items for w, items in seed) / 16
-        assert row["item_variance"] == pytest.approx(item_variance)
-    # A method's own interval (the figures' band and the ranking) by the same textbook bootstrap.
+    row = found[(found["metric"] == "heldout_accuracy") & (found["method_label"] == "gamma")
+                & (found["target_flip_rate"] == 0.4)].iloc[0]  # fmt: skip
+    item_differences = np.array([items_of(directory, f"gamma-r0.4-s{s}", "heldout_accuracy")
+                                 - items_of(directory, f"dpo-r0.4-s{s}", "heldout_accuracy") for s in range(4)])  # fmt: skip
+    assert row["item_variance"] == pytest.approx(item_differences.mean(axis=0).var(ddof=1) / ITEMS)
+    seed_values = item_differences.mean(axis=1)
+    assert row["seed_variance"] == pytest.approx(seed_values.var(ddof=1) / 4)
     intervals = pd.read_csv(directory / "report" / "intervals.csv")
     row = intervals[(intervals["metric"] == "heldout_accuracy") & (intervals["method_label"] == "gamma")
                     & (intervals["target_flip_rate"] == 0.4)].iloc[0]  # fmt: skip
@@ -358,6 +380,8 @@ def test_ranking_orders_by_auc_and_gives_breaking_points(default_study):
         highs = dict(zip(rows["target_flip_rate"], rows["ci_high"]))
         below = [rate for rate in RATES if highs[rate] < clean]  # the whole interval below dpo's clean mean
         expected = f"{100 * below[0]:.4g} %" if below else "none up to 40 %"
+        if label == "dpo":  # #22: the baseline gets no breaking point
+            expected = "—"
         assert line.rstrip(" |").endswith(expected)
 
 
@@ -397,7 +421,9 @@ def test_no_legend_or_label_lies_outside_its_figure(tmp_path):
             shown = [text.get_text() for legend in legends for text in legend.get_texts()]
             assert all(not label.endswith("…") for label in shown)
     robustness = figures[0]
-    assert robustness.axes[0].get_ylim()[0] < 0.0 < 1.0 < robustness.axes[0].get_ylim()[1]  # the whole [0, 1]
+    # #22: the axis fits the values (inside the bounds), so that the differences the tables claim show.
+    low, high = robustness.axes[0].get_ylim()
+    assert 0.0 < low < intervals["ci_low"].min() and intervals["ci_high"].max() < high < 1.0
     assert len(figures[1].axes) >= len(LONG_LABELS)  # one panel per method
 
 

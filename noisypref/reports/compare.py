@@ -1,7 +1,7 @@
 """Studies side by side: the findings table of each, one column per study and condition.
 
 ``compare_studies([DIR_A, DIR_B, ...])`` computes the findings of every study folder as its report
-does (same baseline rule, same bootstrap, same verdicts) and returns a Markdown document: what
+does (same baseline rule, same test, same verdicts) and returns a Markdown document: what
 differs between the studies (conditions, rates, seeds, methods, declarations), then per primary
 metric a table with one row per method and rate (and the AUC) and one column per study condition.
 """
@@ -14,9 +14,18 @@ from pathlib import Path
 import pandas as pd
 
 from noisypref.reports.declarations import read_metric_declarations, read_report_settings
-from noisypref.reports.findings import AUC, BOOTSTRAP_RESAMPLES, findings
+from noisypref.reports.findings import AUC, findings
 from noisypref.reports.statistics import curve_runs
-from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, SEED, load_study, metric_columns, percent
+from noisypref.reports.study import (
+    CONDITION_KEYS,
+    METHOD,
+    RATE,
+    SEED,
+    competitor_runs,
+    load_study,
+    metric_columns,
+    percent,
+)
 from noisypref.reports.tables import DASH, Table, finding_cell
 
 
@@ -30,11 +39,11 @@ class StudyFindings:
     facts: dict[str, str]
 
 
-def _study_findings(directory: Path, baseline: str | None, resamples: int) -> StudyFindings:
+def _study_findings(directory: Path, baseline: str | None) -> StudyFindings:
     study = load_study(directory)
     declarations = read_metric_declarations(study.directory)
     settings = read_report_settings(study.study_yaml)
-    labels = sorted(set(study.results[METHOD]))
+    labels = sorted(set(competitor_runs(study.results)[METHOD]))
     chosen = baseline or settings.baseline
     if chosen not in labels:
         if baseline is not None:
@@ -47,7 +56,7 @@ def _study_findings(directory: Path, baseline: str | None, resamples: int) -> St
     def items(run_id: str, metric: str):
         return (study.items(run_id) or {}).get(metric)
 
-    found = findings(runs, primary, chosen, declarations, items, resamples)
+    found = findings(runs, primary, chosen, declarations, items)
     facts = {key: ", ".join(sorted(set(runs[key]))) for key in CONDITION_KEYS}
     facts["target flip rates"] = ", ".join(percent(rate) for rate in sorted(set(runs[RATE])))
     facts["seeds"] = str(runs[SEED].nunique())
@@ -57,13 +66,11 @@ def _study_findings(directory: Path, baseline: str | None, resamples: int) -> St
     return StudyFindings(study.name, study.directory, chosen, primary, found, facts)
 
 
-def compare_studies(
-    directories: list[str | Path], baseline: str | None = None, resamples: int = BOOTSTRAP_RESAMPLES
-) -> str:
+def compare_studies(directories: list[str | Path], baseline: str | None = None) -> str:
     """The comparison of two or more study folders as Markdown (see the module docstring)."""
     if len(directories) < 2:
         raise ValueError("compare needs at least two study folders")
-    studies = [_study_findings(Path(directory), baseline, resamples) for directory in directories]
+    studies = [_study_findings(Path(directory), baseline) for directory in directories]
     names = _unique_names(studies)
     parts = [f"# noisypref comparison: {' vs '.join(names)}", ""]
     facts = Table(
@@ -114,8 +121,8 @@ def _metric_table(studies: list[StudyFindings], names: list[str], metric: str) -
     return Table(
         stem=f"compare-{metric}",
         caption=(
-            f"{metric}: each method minus the baseline, paired by seed — mean difference, 95 % hierarchical "
-            "bootstrap interval, Holm-adjusted p (per study and condition), verdict."
+            f"{metric}: each method minus the baseline, paired by seed — mean difference, the interval at the "
+            "test's Holm level, Holm-adjusted p (per study and condition), verdict."
         ),
         header=["comparison", "rate", *columns],
         rows=body,

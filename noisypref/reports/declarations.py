@@ -1,11 +1,12 @@
 """What the report knows about a metric and a study, read from files the benchmark writes.
 
 - ``DIR/metrics.json``: each metric's label, direction (higher, lower or none), bounds, whether it is
-  measured against the (noisy) training labels and whether it is a diagnostic. The report reads
+  measured against the (noisy) training labels, whether it is a diagnostic and whether its values are
+  comparable across methods (``comparable``; absent in older files: true). The report reads
   direction and bounds from here and never guesses them from a metric's name; without the file
   every metric has direction "none" (differences are shown, no better/worse verdict is given).
-- The ``report:`` section of ``DIR/study.yaml``: the primary metrics of the findings and the
-  baseline method label.
+- The ``report:`` section of ``DIR/study.yaml``: the primary metrics of the findings, the
+  baseline method label and declared with/without pairs (``pairs: [{method: LABEL, base: LABEL}]``).
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ class MetricDeclaration:
     noisy_labels: bool = False
     diagnostic: bool = False
     description: str = ""
+    comparable: bool = True  # two methods' values measure the same thing (not a loss of each one's own function)
 
     @property
     def ranked(self) -> bool:
-        """Whether a verdict (better/worse) or a "best" may be given: a direction, and not a diagnostic."""
-        return self.direction != "none" and not self.diagnostic
+        """Whether a verdict (better/worse) or a "best" may be given: a direction, comparable values, and
+        not a diagnostic."""
+        return self.direction != "none" and not self.diagnostic and self.comparable
 
     def sign(self) -> float:
         """+1 where higher is better, −1 where lower is better, 0 without a direction."""
@@ -121,7 +124,23 @@ def _declaration(path: Path, name: str, entry) -> MetricDeclaration:
         noisy_labels=bool(entry.get("noisy_labels", False)),
         diagnostic=bool(entry.get("diagnostic", False)),
         description=str(entry.get("description", "")),
+        comparable=_flag(path, name, entry, "comparable", default=True),
     )
+
+
+def _flag(path: Path, name: str, entry: dict, key: str, default: bool) -> bool:
+    value = entry.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{path}: metrics.{name}.{key} is {value!r}; allowed: true or false")
+    return value
+
+
+@dataclass(frozen=True)
+class DeclaredPair:
+    """A with/without comparison the study file asks for: ``method`` minus ``base`` (method labels)."""
+
+    method: str
+    base: str
 
 
 @dataclass(frozen=True)
@@ -129,6 +148,7 @@ class ReportSettings:
     primary_metrics: tuple[str, ...] = DEFAULT_PRIMARY_METRICS
     baseline: str = DEFAULT_BASELINE
     from_study: bool = False  # whether study.yaml had a report: section
+    pairs: tuple[DeclaredPair, ...] = ()
 
 
 def read_report_settings(study_yaml: str | None) -> ReportSettings:
@@ -151,4 +171,25 @@ def read_report_settings(study_yaml: str | None) -> ReportSettings:
     baseline = section.get("baseline", DEFAULT_BASELINE)
     if not isinstance(baseline, str):
         raise ValueError(f"study.yaml: report.baseline must be a method label, not {baseline!r}")
-    return ReportSettings(primary_metrics=tuple(primary), baseline=baseline, from_study=True)
+    pairs = _declared_pairs(section.get("pairs") or [])
+    return ReportSettings(primary_metrics=tuple(primary), baseline=baseline, from_study=True, pairs=pairs)
+
+
+def _declared_pairs(entries) -> tuple[DeclaredPair, ...]:
+    """``report.pairs`` of study.yaml: a list of ``{method: LABEL, base: LABEL}``."""
+    if not isinstance(entries, list):
+        raise ValueError(f"study.yaml: report.pairs must be a list of {{method: LABEL, base: LABEL}}, not {entries!r}")
+    pairs = []
+    for index, entry in enumerate(entries):
+        if (
+            not isinstance(entry, dict) or set(entry) != {"method", "base"}
+            or not all(isinstance(entry[key], str) and entry[key] for key in ("method", "base"))
+        ):  # fmt: skip
+            raise ValueError(
+                f"study.yaml: report.pairs[{index}] is {entry!r}; each entry must be {{method: LABEL, base: LABEL}} "
+                "with two method labels"
+            )
+        if entry["method"] == entry["base"]:
+            raise ValueError(f"study.yaml: report.pairs[{index}] compares {entry['method']!r} with itself")
+        pairs.append(DeclaredPair(entry["method"], entry["base"]))
+    return tuple(dict.fromkeys(pairs))

@@ -82,22 +82,40 @@ def metric_name(metric: str) -> str:
 class MethodStyle:
     colour: str
     marker: str
-    line_style: str
+    line_style: str | tuple
+    reference: bool = False  # a reference (the oracle, a known-rate variant): drawn, never ranked
 
     def line_kwargs(self) -> dict:
         return {"color": self.colour, "marker": self.marker, "linestyle": self.line_style}
 
 
-def method_styles(labels) -> dict[str, MethodStyle]:
-    """A fixed style per method label: the i-th label in sorted order gets the i-th entries."""
-    return {
+REFERENCE_COLOURS = ("#4D4D4D", "#8C8C8C", "#B3B3B3")
+REFERENCE_MARKERS = ("x", "+", "1")
+REFERENCE_LINE_STYLE = (0, (5, 2))
+
+
+def method_styles(labels, references=()) -> dict[str, MethodStyle]:
+    """A fixed style per method label: the i-th competing label in sorted order gets the i-th entries;
+    references (``references``: their labels) are grey and dashed with cross-like markers, drawn apart
+    from every competitor."""
+    references = set(references)
+    competitors = sorted(set(labels) - references)
+    styles = {
         label: MethodStyle(
             PALETTE[index % len(PALETTE)],
             MARKERS[index % len(MARKERS)],
             LINE_STYLES[index % len(LINE_STYLES)],
         )
-        for index, label in enumerate(sorted(set(labels)))
+        for index, label in enumerate(competitors)
     }
+    for index, label in enumerate(sorted(references & set(labels))):
+        styles[label] = MethodStyle(
+            REFERENCE_COLOURS[index % len(REFERENCE_COLOURS)],
+            REFERENCE_MARKERS[index % len(REFERENCE_MARKERS)],
+            REFERENCE_LINE_STYLE,
+            reference=True,
+        )
+    return styles
 
 
 @dataclass(frozen=True)
@@ -168,7 +186,7 @@ def _shown(text: Text) -> bool:
     return axes is None or axes.get_visible()
 
 
-def _panel_grid(count: int, rows_per_panel: int = 1) -> tuple[Figure, np.ndarray]:
+def panel_grid(count: int, rows_per_panel: int = 1) -> tuple[Figure, np.ndarray]:
     columns = min(MAX_COLUMNS, count)
     rows = math.ceil(count / columns) * rows_per_panel
     figure = Figure(figsize=(PANEL_WIDTH_IN * columns, PANEL_HEIGHT_IN * rows + 0.4), layout="constrained")
@@ -176,15 +194,23 @@ def _panel_grid(count: int, rows_per_panel: int = 1) -> tuple[Figure, np.ndarray
     return figure, axes
 
 
-def _hide_unused(axes: np.ndarray, used: int) -> None:
+def hide_unused(axes: np.ndarray, used: int) -> None:
     for ax in axes.flat[used:]:
         ax.set_visible(False)
 
 
-def _method_legend(figure: Figure, labels: Sequence[str], styles: dict[str, MethodStyle]) -> None:
-    """A legend under the panels with as many columns as fit the figure's width (never cut)."""
-    handles = [Line2D([], [], label=label, markerfacecolor="none", **styles[label].line_kwargs()) for label in labels]
+def method_legend(figure: Figure, labels: Sequence[str], styles: dict[str, MethodStyle]) -> None:
+    """A legend under the panels with as many columns as fit the figure's width (never cut); references
+    are named as such."""
+    handles = [
+        Line2D([], [], label=legend_label(label, styles[label]), markerfacecolor="none", **styles[label].line_kwargs())
+        for label in labels
+    ]
     _fitted_legend(figure, handles)
+
+
+def legend_label(label: str, style: MethodStyle) -> str:
+    return f"{label} (reference)" if style.reference else label
 
 
 def _fitted_legend(figure: Figure, handles: list) -> None:
@@ -204,12 +230,15 @@ def robustness_figure(
     declaration: MetricDeclaration,
     labels: Sequence[str] | None = None,
     chance_level: float | None = None,
+    whole_range: bool = False,
 ) -> Figure | None:
     """``metric`` against the mean realised flip rate, one panel per condition (keys of ``titles``).
 
     One line per method label: the mean over seeds (open markers) with its 95 % interval as a band
-    where there is one. Methods are spread by ``DODGE`` of the rate span along x so that coinciding
-    lines stay visible. A metric with both bounds shows its whole range.
+    where there is one (references: dashed grey, no band). Methods are spread by ``DODGE`` of the rate
+    span along x so that coinciding lines stay visible. The y axis fits the data (never leaving the
+    metric's bounds), so that the differences the tables claim can be seen; ``whole_range`` shows the
+    metric's whole range instead, for a figure where the range itself matters.
     """
     values = summary[(summary["metric"] == metric) & (summary["quantity"] == "value")]
     if labels is not None:
@@ -220,7 +249,7 @@ def robustness_figure(
     if not panels:
         return None
     with matplotlib.rc_context(PAPER_STYLE):
-        figure, axes = _panel_grid(len(panels))
+        figure, axes = panel_grid(len(panels))
         shown = sorted(set(values[METHOD]))
         for ax, (condition, title) in zip(axes.flat, panels):
             rows = _condition_rows(values, condition)
@@ -230,24 +259,34 @@ def robustness_figure(
                 style = styles[label]
                 x = curve[REALISED_RATE] + DODGE * span * (shown.index(label) - (len(shown) - 1) / 2)
                 ax.plot(x, curve["mean"], label=label, markerfacecolor="none", **style.line_kwargs())
-                ax.fill_between(x, curve["ci_low"], curve["ci_high"], color=style.colour, alpha=0.12, linewidth=0)
+                if not style.reference:
+                    ax.fill_between(x, curve["ci_low"], curve["ci_high"], color=style.colour, alpha=0.12, linewidth=0)
             if chance_level is not None:
                 ax.axhline(chance_level, color="grey", linewidth=0.8, linestyle=(0, (1, 2)))
-            if declaration.low is not None and declaration.high is not None:
-                margin = 0.02 * (declaration.high - declaration.low)
-                ax.set_ylim(declaration.low - margin, declaration.high + margin)
-            elif declaration.low is not None:
-                ax.set_ylim(bottom=declaration.low)
-            elif declaration.high is not None:
-                ax.set_ylim(top=declaration.high)
+            _y_limits(ax, declaration, whole_range)
             ax.set_title(title)
             ax.set_xlabel("realised flip rate")
             ax.set_ylabel(declaration.label)
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda rate, _: f"{100 * rate:.4g}%"))
-        _hide_unused(axes, len(panels))
-        _method_legend(figure, shown, styles)
+        hide_unused(axes, len(panels))
+        method_legend(figure, shown, styles)
     return figure
+
+
+def _y_limits(ax, declaration: MetricDeclaration, whole_range: bool) -> None:
+    """The whole declared range where asked for; otherwise the data's range, cut at the bounds."""
+    if whole_range and declaration.low is not None and declaration.high is not None:
+        margin = 0.02 * (declaration.high - declaration.low)
+        ax.set_ylim(declaration.low - margin, declaration.high + margin)
+        return
+    low, high = ax.get_ylim()
+    margin = 0.02 * (high - low)
+    if declaration.low is not None and low < declaration.low:
+        low = declaration.low - margin
+    if declaration.high is not None and high > declaration.high:
+        high = declaration.high + margin
+    ax.set_ylim(low, high)
 
 
 def _condition_rows(frame: pd.DataFrame, condition: tuple) -> pd.DataFrame:
@@ -333,6 +372,6 @@ def training_figure(
                 ax.set_xlabel("training step")
         for ax in axes[:, 0]:
             ax.set_ylabel(quantity_label)
-        _hide_unused(axes, len(curves))
+        hide_unused(axes, len(curves))
         figure.suptitle(title)
     return figure

@@ -1,19 +1,22 @@
 """The findings of a study: each method against the baseline, with intervals, p-values and a verdict.
 
 For every condition, primary metric and method other than the baseline, at each target flip rate and
-on the robustness AUC (``statistics.curve_runs`` runs; rate 0 shared by every noise model):
+on the robustness AUC (``statistics.curve_runs`` runs; rate 0 shared by every noise model), one
+comparison of two method labels, paired by seed (the runs of one seed flip the same pairs and evaluate
+the same items). References (``reference`` ≠ "none": the oracle, known-rate variants) are never
+compared, ranked or given a verdict. ``compare_family`` is the same for any list of (method, base)
+pairs (the with/without comparisons of ``pairs``).
 
-- ``mean_difference``: mean over seeds of (method − baseline), the two runs of a seed sharing their
-  flipped pairs and their evaluation items;
-- ``ci_low``/``ci_high``: the 95 % paired hierarchical bootstrap interval (``bootstrap``), resampling
-  seeds and, where both runs wrote ``items.parquet``, the item ids within the seed jointly; seeds only
-  otherwise (``ci_method`` says which);
-- ``t_pvalue``: the paired t-test over seeds (``scipy.stats.ttest_rel``), two-sided; ``t_pvalue_holm``:
-  Holm-adjusted over the rows of one metric in one condition (all methods, rates and the AUC);
-- ``verdict``: *too few seeds* below ``T_TEST_MIN_PAIRS`` paired seeds; else *better* / *worse* when the
-  Holm-adjusted p is below ``ALPHA`` and the interval excludes 0 on that side (direction from
-  metrics.json); *differs* for a metric without a declared direction; *no detectable difference*
-  otherwise.
+- ``mean_difference``: mean over seeds of (method − baseline);
+- ``t_pvalue``: the test of ``procedure.paired_t`` (a paired t-test over seeds whose standard error
+  also carries the item sampling of the shared held-out items, where both runs wrote items.parquet);
+  ``t_pvalue_holm``: Holm-adjusted over the rows of one table (one metric in one condition: all
+  methods, rates and the AUC);
+- ``ci_low``/``ci_high``: the interval of the same procedure at the level Holm's step-down used for
+  that test (``ci_level``: its confidence), so that it excludes 0 exactly when Holm rejects;
+- ``verdict``: *too few seeds* below ``procedure.MIN_SEEDS`` paired seeds; else *better* / *worse*
+  when the interval excludes 0 on that side (direction from metrics.json); *differs* for a metric
+  without a declared direction; *no detectable difference* otherwise.
 
 ``method_intervals`` gives every method's own mean with a hierarchical bootstrap interval (at each rate
 and on the AUC): the bands of the figures and the ranking. Bounded metrics keep their intervals inside
@@ -23,20 +26,29 @@ their bounds (percentiles of means of bounded values cannot leave them).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from noisypref.reports.bootstrap import Part, hierarchical_bootstrap
 from noisypref.reports.declarations import MetricDeclaration, MetricDeclarations
-from noisypref.reports.statistics import T_TEST_MIN_PAIRS, holm_adjust, rate_axis
-from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, REALISED_RATE, SEED
+from noisypref.reports.procedure import (
+    ALPHA,
+    MIN_SEEDS,
+    PairedTest,
+    Sample,
+    excludes_zero,
+    holm_levels,
+    paired_t,
+    sample,
+)
+from noisypref.reports.statistics import holm_adjust, rate_axis
+from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, REALISED_RATE, SEED, competitor_runs
 
 logger = logging.getLogger(__name__)
 
-ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 ITEM_MEAN_TOLERANCE = 1e-6
@@ -48,8 +60,8 @@ BETTER, WORSE, NO_DIFFERENCE, TOO_FEW, DIFFERS = (
 
 FINDINGS_COLUMNS = [
     *CONDITION_KEYS, "metric", METHOD, "baseline", "quantity", RATE, REALISED_RATE, "n_pairs",
-    "method_mean", "baseline_mean", "mean_difference", "ci_low", "ci_high", "ci_method",
-    "seeds_with_items", "seed_variance", "item_variance", "dominant_source",
+    "method_mean", "baseline_mean", "mean_difference", "ci_low", "ci_high", "ci_level", "standard_error",
+    "df", "ci_method", "seeds_with_items", "seed_variance", "item_variance", "dominant_source",
     "t_pvalue", "t_pvalue_holm", "verdict", "note",
 ]  # fmt: skip
 INTERVAL_COLUMNS = [
@@ -76,7 +88,7 @@ def auc_weights(x: pd.Series) -> pd.Series:
     return pd.Series(weights / (values[-1] - values[0]), index=x.index)
 
 
-class _Cells:
+class Cells:
     """One method's runs of one condition: run id and value of a metric by (seed, rate)."""
 
     def __init__(self, runs: pd.DataFrame, metric: str, items: ItemsLookup):
@@ -108,34 +120,155 @@ class _Cells:
         return run_items
 
 
-def _difference_part(method: _Cells, baseline: _Cells, seed, rate, weight: float) -> Part:
-    point = method.value[(seed, rate)] - baseline.value[(seed, rate)]
-    method_items, baseline_items = method.run_items(seed, rate), baseline.run_items(seed, rate)
-    if method_items is None or baseline_items is None:
-        return Part(weight, point)
-    if not method_items.index.equals(baseline_items.index):
-        common = method_items.index.intersection(baseline_items.index)
-        if len(common) != len(method_items) or len(common) != len(baseline_items):
-            logger.warning("seed %s, rate %s: the two runs evaluated different items; seeds only", seed, rate)
-            return Part(weight, point)
-        baseline_items = baseline_items.reindex(method_items.index)
-    return Part(weight, point, (method_items - baseline_items).to_numpy(dtype=float))
+def common_seeds(cells: list[Cells], rates) -> list:
+    """The seeds at which every one of ``cells`` has a value at every one of ``rates``."""
+    found = set(cells[0].seeds(rates))
+    for other in cells[1:]:
+        found &= set(other.seeds(rates))
+    return sorted(found)
 
 
-def _value_part(cells: _Cells, seed, rate, weight: float) -> Part:
-    run_items = cells.run_items(seed, rate)
-    items = None if run_items is None else run_items.to_numpy(dtype=float)
-    return Part(weight, cells.value[(seed, rate)], items)
+def paired_sample(
+    method: Cells, base: Cells | None, seeds: list, weights: dict
+) -> tuple[Sample, pd.Series | None, int]:  # fmt: skip
+    """The comparison method − base over ``seeds``: per seed Σ_r w_r·(method − base) at the rates of
+    ``weights`` (rate -> weight; ``base`` None: Σ_r w_r·method, e.g. a drop with weights +1 and −1),
+    and, where every seed has items for every run at every rate on one common set of item ids, the
+    mean over seeds of each item's weighted value (a Series by item id; None otherwise). Returns the
+    sample, that Series and the number of seeds with items."""
+
+    def base_value(seed, rate) -> float:
+        return 0.0 if base is None else base.value[(seed, rate)]
+
+    values = [sum(w * (method.value[(s, r)] - base_value(s, r)) for r, w in weights.items()) for s in seeds]
+    per_seed_items = [_seed_items(method, base, seed, weights) for seed in seeds]
+    with_items = sum(items is not None for items in per_seed_items)
+    item_means = None
+    if seeds and with_items == len(seeds):
+        index = per_seed_items[0].index
+        if all(len(other) == len(index) and other.index.isin(index).all() for other in per_seed_items[1:]):
+            item_means = pd.concat([other.reindex(index) for other in per_seed_items], axis=1).mean(axis=1)
+    return sample(values, None if item_means is None else item_means.to_numpy()), item_means, with_items
 
 
-def _ci_method(seeds: int, with_items: int) -> str:
-    if seeds < 2:
+def _seed_items(method: Cells, base: Cells | None, seed, weights: dict) -> pd.Series | None:
+    """Σ_r w_r·(method − base) item by item for one seed, or None where a run lacks items or the
+    runs evaluated different items."""
+    combined = None
+    for rate, weight in weights.items():
+        method_items = method.run_items(seed, rate)
+        base_items = None if base is None else base.run_items(seed, rate)
+        if method_items is None or (base is not None and base_items is None):
+            return None
+        difference = method_items if base_items is None else method_items - base_items.reindex(method_items.index)
+        same_count = (base_items is None or len(base_items) == len(method_items)) and (
+            combined is None or len(combined) == len(method_items)
+        )  # fmt: skip
+        if combined is not None:
+            difference = difference.reindex(combined.index)
+        if not same_count or difference.isna().any():
+            logger.warning("seed %s, rate %s: the runs evaluated different items; seeds only", seed, rate)
+            return None
+        combined = weight * difference if combined is None else combined + weight * difference
+    return combined
+
+
+def _ci_method(seeds: int, with_items: int, item_term: bool) -> str:
+    if seeds < MIN_SEEDS:
         return "none"
-    if with_items == seeds:
-        return "hierarchical bootstrap"
-    if with_items == 0:
-        return "seed bootstrap"
-    return f"hierarchical bootstrap ({with_items} of {seeds} seeds with items)"
+    if item_term:
+        return "paired t (seeds and items)"
+    if with_items:
+        return f"paired t (seeds only: {with_items} of {seeds} seeds with items on shared item ids)"
+    return "paired t (seeds)"
+
+
+def _comparison_row(comparison: Sample, with_items: int, means: tuple, declaration: MetricDeclaration) -> dict:
+    test = paired_t(comparison)
+    seed_variance, item_variance = test.seed_variance, test.item_variance
+    if comparison.items is None:
+        dominant = "seeds (no items)"
+    else:
+        dominant = "items" if item_variance >= seed_variance else "seeds"
+    return {
+        "n_pairs": test.n,
+        "method_mean": float(means[0]),
+        "baseline_mean": float(means[1]),
+        "mean_difference": test.mean,
+        "ci_low": np.nan,
+        "ci_high": np.nan,
+        "ci_level": np.nan,
+        "standard_error": test.standard_error,
+        "df": test.df,
+        "ci_method": _ci_method(test.n, with_items, comparison.items is not None),
+        "seeds_with_items": with_items,
+        "seed_variance": seed_variance,
+        "item_variance": item_variance,
+        "dominant_source": dominant if test.n >= 2 else "",
+        "t_pvalue": test.pvalue,
+        "t_pvalue_holm": np.nan,
+        "verdict": "",
+        "note": test.note,
+        "_test": test,
+    }
+
+
+def compare_family(
+    condition_runs: pd.DataFrame, metric: str, pairs: list[tuple[str, str]], declaration: MetricDeclaration,
+    items: ItemsLookup = no_items,
+) -> list[dict]:  # fmt: skip
+    """One table: each (method, base) of ``pairs`` at each rate both have and on the AUC, with Holm's
+    step-down over the whole table, the interval at each test's Holm level and the verdict.
+    ``condition_runs``: the runs of one condition (with shared clean runs). Rows as ``FINDINGS_COLUMNS``
+    without the condition keys."""
+    x = rate_axis(condition_runs)
+    by_label = {label: runs for label, runs in condition_runs.groupby(METHOD, sort=True)}
+    cells: dict[str, Cells] = {}
+    family = []
+    for method, base in pairs:
+        if method not in by_label or base not in by_label:
+            continue
+        for label in (method, base):
+            if label not in cells:
+                cells[label] = Cells(by_label[label], metric, items)
+        method_cells, base_cells = cells[method], cells[base]
+        if not method_cells.value or not base_cells.value:
+            continue
+        header = {"metric": metric, METHOD: method, "baseline": base}
+        measured = [rate for rate in x.index if common_seeds([method_cells, base_cells], [rate])]
+        for rate in measured:
+            seeds = common_seeds([method_cells, base_cells], [rate])
+            comparison, _, with_items = paired_sample(method_cells, base_cells, seeds, {rate: 1.0})
+            means = tuple(np.mean([cells_.value[(s, rate)] for s in seeds]) for cells_ in (method_cells, base_cells))
+            row = _comparison_row(comparison, with_items, means, declaration)
+            family.append({**header, "quantity": VALUE, RATE: rate, REALISED_RATE: x[rate], **row})
+        seeds = common_seeds([method_cells, base_cells], measured)
+        if len(measured) >= 2 and seeds and x[measured].iloc[-1] > x[measured].iloc[0]:
+            weights = auc_weights(x[measured]).to_dict()
+            comparison, _, with_items = paired_sample(method_cells, base_cells, seeds, weights)
+            means = tuple(
+                float(np.mean([sum(w * cells_.value[(s, r)] for r, w in weights.items()) for s in seeds]))
+                for cells_ in (method_cells, base_cells)
+            )  # fmt: skip
+            row = _comparison_row(comparison, with_items, means, declaration)
+            span = f"AUC over {100 * measured[0]:.4g}–{100 * measured[-1]:.4g} %"
+            row["note"] = "; ".join(filter(None, [span, row["note"]]))
+            family.append({**header, "quantity": AUC, RATE: np.nan, REALISED_RATE: np.nan, **row})
+    decide(family, declaration)
+    return family
+
+
+def decide(family: list[dict], declaration: MetricDeclaration) -> None:
+    """Holm over ``family`` (rows with ``t_pvalue`` and ``_test``): adjusted p, the interval at each
+    test's Holm level, and the verdict read from that interval."""
+    pvalues = [row["t_pvalue"] for row in family]
+    for row, adjusted, level in zip(family, holm_adjust(pvalues), holm_levels(pvalues, ALPHA)):
+        test: PairedTest = row.pop("_test")
+        low, high = test.interval(level)
+        if declaration.span is not None and not math.isnan(low):  # a difference of bounded values
+            low, high = max(low, -declaration.span), min(high, declaration.span)
+        row.update(t_pvalue_holm=adjusted, ci_low=low, ci_high=high, ci_level=1 - level)
+        row["verdict"] = verdict(row, declaration)
 
 
 def findings(
@@ -144,116 +277,54 @@ def findings(
     baseline: str,
     declarations: MetricDeclarations,
     items: ItemsLookup = no_items,
-    resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> pd.DataFrame:
-    """Each method label against ``baseline`` per condition, metric, rate and on the AUC.
+    """Each competing method label against ``baseline`` per condition, metric, rate and on the AUC.
 
     ``runs``: the succeeded runs with shared clean runs (``statistics.curve_runs``). One row per
-    (condition, metric, method, quantity[, rate]); columns ``FINDINGS_COLUMNS``.
+    (condition, metric, method, quantity[, rate]); columns ``FINDINGS_COLUMNS``. Metrics whose
+    values are not comparable across methods (``comparable: false`` in metrics.json) get no row.
     """
     rows = []
-    for condition, condition_runs in runs.groupby(list(CONDITION_KEYS), sort=True):
+    for condition, condition_runs in competitor_runs(runs).groupby(list(CONDITION_KEYS), sort=True):
         key = dict(zip(CONDITION_KEYS, condition))
-        x = rate_axis(condition_runs)
-        baseline_runs = condition_runs[condition_runs[METHOD] == baseline]
-        if baseline_runs.empty:
+        labels = sorted(set(condition_runs[METHOD]))
+        if baseline not in labels:
             continue
+        pairs = [(label, baseline) for label in labels if label != baseline]
         for metric in metrics:
             declaration = declarations.get(metric)
-            baseline_cells = _Cells(baseline_runs, metric, items)
-            if not baseline_cells.value:
+            if not declaration.comparable:
                 continue
-            family = []
-            for label, method_runs in condition_runs.groupby(METHOD, sort=True):
-                if label == baseline:
-                    continue
-                method_cells = _Cells(method_runs, metric, items)
-                if not method_cells.value:
-                    continue
-                base = {**key, "metric": metric, METHOD: label, "baseline": baseline}
-                measured = [rate for rate in x.index
-                            if method_cells.seeds([rate]) and baseline_cells.seeds([rate])]  # fmt: skip
-                for rate in measured:
-                    seeds = sorted(set(method_cells.seeds([rate])) & set(baseline_cells.seeds([rate])))
-                    parts = [[_difference_part(method_cells, baseline_cells, seed, rate, 1.0)] for seed in seeds]
-                    means = (
-                        np.mean([method_cells.value[(s, rate)] for s in seeds]),
-                        np.mean([baseline_cells.value[(s, rate)] for s in seeds]),
-                    )
-                    row = _comparison_row(parts, means, resamples, declaration)
-                    family.append({**base, "quantity": VALUE, RATE: rate, REALISED_RATE: x[rate], **row})
-                if len(measured) >= 2 and x[measured].iloc[-1] > x[measured].iloc[0]:
-                    weights = auc_weights(x[measured])
-                    seeds = sorted(set(method_cells.seeds(measured)) & set(baseline_cells.seeds(measured)))
-                    parts = [
-                        [_difference_part(method_cells, baseline_cells, seed, rate, weights[rate]) for rate in measured]
-                        for seed in seeds
-                    ]
-                    means = tuple(
-                        float(np.mean([sum(weights[r] * cells.value[(s, r)] for r in measured) for s in seeds]))
-                        if seeds else np.nan
-                        for cells in (method_cells, baseline_cells)
-                    )  # fmt: skip
-                    row = _comparison_row(parts, means, resamples, declaration)
-                    span = f"AUC over {100 * measured[0]:.4g}–{100 * measured[-1]:.4g} %"
-                    row["note"] = "; ".join(filter(None, [span, row["note"]]))
-                    family.append({**base, "quantity": AUC, RATE: np.nan, REALISED_RATE: np.nan, **row})
-            adjusted = holm_adjust([row["t_pvalue"] for row in family])
-            for row, value in zip(family, adjusted):
-                row["t_pvalue_holm"] = value
-                row["verdict"] = verdict(row, declaration)
-            rows.extend(family)
+            rows += [{**key, **row} for row in compare_family(condition_runs, metric, pairs, declaration, items)]
     return pd.DataFrame(rows, columns=FINDINGS_COLUMNS)
 
 
-def _comparison_row(parts: list[list[Part]], means: tuple, resamples: int, declaration: MetricDeclaration) -> dict:
-    differences = np.array([sum(part.weight * part.point for part in seed) for seed in parts], dtype=float)
-    n = len(differences)
-    interval = hierarchical_bootstrap(parts, resamples, BOOTSTRAP_SEED)
-    low, high = interval.low, interval.high
-    if declaration.span is not None:  # a difference of two bounded values lies in [−span, span]
-        low, high = max(low, -declaration.span), min(high, declaration.span)
-    notes = []
-    pvalue = np.nan
-    if n < T_TEST_MIN_PAIRS:
-        notes.append(f"{n} paired seed(s): too few for a t-test (needs {T_TEST_MIN_PAIRS})")
-    elif not differences.std(ddof=1) > 0:
-        notes.append("constant differences: t-test undefined")
-    else:
-        pvalue = float(stats.ttest_1samp(differences, 0.0).pvalue)
-    return {
-        "n_pairs": n,
-        "method_mean": float(means[0]),
-        "baseline_mean": float(means[1]),
-        "mean_difference": interval.estimate,
-        "ci_low": low,
-        "ci_high": high,
-        "ci_method": _ci_method(n, interval.seeds_with_items),
-        "seeds_with_items": interval.seeds_with_items,
-        "seed_variance": interval.seed_variance,
-        "item_variance": interval.item_variance,
-        "dominant_source": interval.dominant_source if n >= 2 else "",
-        "t_pvalue": pvalue,
-        "t_pvalue_holm": np.nan,
-        "verdict": "",
-        "note": "; ".join(notes),
-    }
-
-
 def verdict(row: dict, declaration: MetricDeclaration) -> str:
-    """The word of one comparison; see the module docstring."""
-    if row["n_pairs"] < T_TEST_MIN_PAIRS:
+    """The word of one comparison, read from its Holm-level interval; see the module docstring."""
+    if row["n_pairs"] < MIN_SEEDS:
         return TOO_FEW
-    significant = row["t_pvalue_holm"] < ALPHA  # False for NaN
-    if significant and row["ci_low"] > 0:
-        side = 1.0
-    elif significant and row["ci_high"] < 0:
-        side = -1.0
-    else:
+    side = excludes_zero(row["ci_low"], row["ci_high"])
+    if side == 0:
         return NO_DIFFERENCE
-    if declaration.direction == "none" or declaration.diagnostic:
+    if declaration.direction == "none" or declaration.diagnostic or not declaration.comparable:
         return DIFFERS
     return BETTER if side == declaration.sign() else WORSE
+
+
+def _value_part(cells: Cells, seed, rate, weight: float) -> Part:
+    run_items = cells.run_items(seed, rate)
+    items = None if run_items is None else run_items.to_numpy(dtype=float)
+    return Part(weight, cells.value[(seed, rate)], items)
+
+
+def _bootstrap_method(seeds: int, with_items: int) -> str:
+    if seeds < 2:
+        return "none"
+    if with_items == seeds:
+        return "hierarchical bootstrap"
+    if with_items == 0:
+        return "seed bootstrap"
+    return f"hierarchical bootstrap ({with_items} of {seeds} seeds with items)"
 
 
 def method_intervals(
@@ -273,7 +344,7 @@ def method_intervals(
         for metric in metrics:
             declaration = declarations.get(metric)
             for label, method_runs in condition_runs.groupby(METHOD, sort=True):
-                cells = _Cells(method_runs, metric, items)
+                cells = Cells(method_runs, metric, items)
                 if not cells.value:
                     continue
                 base = {**key, METHOD: label, "metric": metric}
@@ -298,54 +369,7 @@ def _interval_row(parts: list[list[Part]], resamples: int, declaration: MetricDe
         "mean": interval.estimate,
         "ci_low": declaration.clip(interval.low),
         "ci_high": declaration.clip(interval.high),
-        "ci_method": _ci_method(interval.seeds, interval.seeds_with_items),
+        "ci_method": _bootstrap_method(interval.seeds, interval.seeds_with_items),
         "seeds_with_items": interval.seeds_with_items,
         "dominant_source": interval.dominant_source if interval.seeds >= 2 else "",
     }
-
-
-def ranking(
-    intervals: pd.DataFrame, found: pd.DataFrame, metric: str, condition: tuple, baseline: str,
-    declaration: MetricDeclaration,
-) -> pd.DataFrame:  # fmt: skip
-    """Methods of one condition ordered by AUC (best first for a declared direction), with the AUC
-    interval, the verdict of the AUC against the baseline and the breaking point: the lowest target
-    rate at which the method's whole 95 % interval (its mean, with one seed) is worse than the
-    baseline's mean at the lowest rate."""
-    mask = (intervals["metric"] == metric).to_numpy().copy()
-    for name, value in zip(CONDITION_KEYS, condition):
-        mask &= (intervals[name] == value).to_numpy()
-    rows = intervals[mask]
-    aucs = rows[rows["quantity"] == AUC].copy()
-    values = rows[rows["quantity"] == VALUE]
-    if aucs.empty:
-        return pd.DataFrame()
-    ascending = declaration.direction == "lower"
-    aucs = aucs.sort_values(["mean", METHOD], ascending=[ascending, True])
-    clean = values[values[METHOD] == baseline].sort_values(RATE)
-    clean_value = float(clean["mean"].iloc[0]) if not clean.empty else np.nan
-    clean_rate = float(clean[RATE].iloc[0]) if not clean.empty else np.nan
-    verdicts = {}
-    if not found.empty:
-        auc_rows = found[(found["metric"] == metric) & (found["quantity"] == AUC)]
-        for name, value in zip(CONDITION_KEYS, condition):
-            auc_rows = auc_rows[auc_rows[name] == value]
-        verdicts = dict(zip(auc_rows[METHOD], auc_rows["verdict"]))
-    out = []
-    for _, row in aucs.iterrows():
-        curve = values[values[METHOD] == row[METHOD]].sort_values(RATE)
-        breaking = np.nan
-        if declaration.ranked and not np.isnan(clean_value):
-            # The whole interval on the worse side of the clean value (the mean, without an interval).
-            sign = declaration.sign()
-            far_end = (curve["ci_high"] if sign > 0 else curve["ci_low"]).fillna(curve["mean"])
-            worse = far_end * sign < clean_value * sign
-            if worse.any():
-                breaking = float(curve.loc[worse, RATE].iloc[0])
-        out.append({
-            METHOD: row[METHOD], "auc": row["mean"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
-            "n_seeds": row["n_seeds"], "verdict": "baseline" if row[METHOD] == baseline else verdicts.get(row[METHOD], ""),
-            "breaking_rate": breaking, "highest_rate": float(curve[RATE].max()),
-            "value_at_highest": float(curve["mean"].iloc[-1]), "clean_value": clean_value, "clean_rate": clean_rate,
-        })  # fmt: skip
-    return pd.DataFrame(out)

@@ -26,10 +26,11 @@ MAX_NAMED = 3  # methods named per sentence; the rest are counted
 
 
 def _statistics(row: pd.Series) -> str:
-    """'+0.150, 95 % CI [0.120, 0.180], p = 0.003, 8 seeds' (Holm-adjusted p)."""
+    """'+0.150, Holm-level interval [0.120, 0.180], p = 0.003, 8 seeds' (Holm-adjusted p; the interval
+    excludes 0 exactly when the verdict is better or worse)."""
     parts = [format_signed(row["mean_difference"])]
     if row["n_pairs"] >= 2 and not math.isnan(row["ci_low"]):
-        parts.append(f"95 % CI {format_interval(row['ci_low'], row['ci_high'])}")
+        parts.append(f"Holm-level interval {format_interval(row['ci_low'], row['ci_high'])}")
     if not math.isnan(row["t_pvalue_holm"]):
         value = format_pvalue(row["t_pvalue_holm"])
         parts.append(f"p < {value[1:]}" if value.startswith("<") else f"p = {value}")

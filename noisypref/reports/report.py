@@ -1,11 +1,11 @@
 """``write_report``: a study folder in, DIR/report/{report.html, report.md, figures, tables, CSVs} out.
 
-The report leads with its findings: per condition a paragraph written from the numbers, the headline
-table of each primary metric (each method against the baseline at each rate and on the AUC) and the
-ranking by AUC; then the robustness figures of the primary metrics, the other metrics, the
-diagnostics, the detailed numbers, and an appendix (configuration, study file, run status,
-provenance). Each section that lacks its inputs is replaced by a note saying what is missing;
-nothing optional makes the report fail.
+The report leads with its findings (``findings_section``): the with/without comparisons, the headroom
+recovered, the premise check, then per condition the tables and the paragraph of each primary metric;
+then the figures (differences from the baseline with the intervals the tables print, the robustness
+curves of the primary metrics), the other metrics, the diagnostics (``diagnostics``), the detailed
+numbers, and an appendix (configuration, study file, run status, provenance). Each section that lacks
+its inputs is replaced by a note saying what is missing; nothing optional makes the report fail.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noisypref.reports.appendix import appendix_sections
 from noisypref.reports.declarations import (
     METRICS_FILE,
     MetricDeclarations,
@@ -26,8 +27,9 @@ from noisypref.reports.declarations import (
     read_metric_declarations,
     read_report_settings,
 )
+from noisypref.reports.diagnostics import gamma_sections, training_sections
+from noisypref.reports.difference_figures import difference_figure, is_constant, per_method_figure
 from noisypref.reports.document import (
-    Code,
     Document,
     FigureBlock,
     Note,
@@ -37,42 +39,24 @@ from noisypref.reports.document import (
     render_html,
     render_markdown,
 )
-from noisypref.reports.figures import (
-    SCATTER_MAX_POINTS,
-    gamma_figure,
-    method_styles,
-    metric_name,
-    robustness_figure,
-    save_figure,
-    save_pdf,
-    training_figure,
-)
-from noisypref.reports.findings import BOOTSTRAP_RESAMPLES, findings, method_intervals, ranking
-from noisypref.reports.narrative import condition_paragraphs
-from noisypref.reports.provenance import provenance, run_provenance
-from noisypref.reports.statistics import BOOTSTRAP_MIN_SEEDS, curve_runs, paired_tests, summarise
+from noisypref.reports.figures import method_styles, robustness_figure, save_figure, save_pdf
+from noisypref.reports.findings import BOOTSTRAP_RESAMPLES, method_intervals
+from noisypref.reports.findings_section import FINDINGS_TITLE, findings_sections
+from noisypref.reports.statistics import curve_runs, paired_tests, summarise
 from noisypref.reports.study import (
     CONDITION_KEYS,
     METHOD,
     MISSING_KEY,
     RATE,
-    SEED,
-    SUCCEEDED,
     Study,
+    competitor_runs,
     load_study,
     metric_columns,
-    percent,
+    reference_labels,
 )
 from noisypref.reports.tables import (
     Table,
-    condition_rows,
-    failures_table,
-    format_number,
-    grid_table,
-    headline_table,
-    methods_table,
     paired_table,
-    ranking_table,
     summary_table,
 )
 
@@ -82,10 +66,6 @@ REPORT_FOLDER = "report"
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
 PDF_FILE = "figures.pdf"
-GAMMA_PREFIX = "gamma_"
-AUROC_METRICS = ("noise_detection_auroc_gamma", "noise_detection_auroc")
-TRAINING_QUANTITIES = ("loss", "heldout_accuracy")
-FINDINGS_TITLE = "Findings"
 
 
 def write_report(
@@ -150,7 +130,13 @@ class _ReportBuilder:
         else:
             declared = [name for name in self.declarations.metrics if name in available]
             self.metrics = declared + [name for name in available if name not in declared]
-        labels = sorted(set(self.results[METHOD]))
+        labels = sorted(set(competitor_runs(self.results)[METHOD]))
+        references = reference_labels(self.results)
+        if baseline is not None and baseline in references:
+            raise ValueError(
+                f"baseline {baseline!r} is a reference ({references[baseline]}): references are drawn, never "
+                f"compared against (labels: {', '.join(labels)})"
+            )
         if baseline is not None and baseline not in labels:
             raise ValueError(
                 f"baseline {baseline!r} is not a method label of the study (labels: {', '.join(labels)})"
@@ -182,7 +168,8 @@ class _ReportBuilder:
                 f"rate {curve_rate} is not a target flip rate of the study (rates: {', '.join(map(str, rates))})"
             )
         self.curve_rate = curve_rate
-        self.styles = method_styles(labels)
+        self.references = set(references)
+        self.styles = method_styles([*labels, *references], self.references)
         self.conditions = sorted(set(map(tuple, self.runs[list(CONDITION_KEYS)].itertuples(index=False))))
         self.titles = {condition: self._title(condition) for condition in self.conditions}
         self.report_dir = study.directory / REPORT_FOLDER
@@ -199,7 +186,7 @@ class _ReportBuilder:
         parts = [str(condition[i]) for i in shown if condition[i] != MISSING_KEY]
         return " · ".join(parts) or "all runs"
 
-    def _stem(self, *parts) -> str:
+    def new_stem(self, *parts) -> str:
         """A file name from ``parts``, unique within this report."""
         stem = re.sub(r"[^A-Za-z0-9.]+", "-", "_".join(map(str, parts))).strip("-").lower() or "figure"
         unique, number = stem, 1
@@ -209,14 +196,14 @@ class _ReportBuilder:
         self.stems.add(unique)
         return unique
 
-    def _table(self, table: Table | None) -> TableBlock | None:
+    def add_table(self, table: Table | None) -> TableBlock | None:
         if table is None:
             return None
         self.tables.append(table)
         return TableBlock(table)
 
-    def _figure(self, figure, *stem_parts):
-        files = save_figure(figure, self.figures_dir, self._stem(*stem_parts))
+    def add_figure(self, figure, *stem_parts):
+        files = save_figure(figure, self.figures_dir, self.new_stem(*stem_parts))
         self.figures.append(figure)
         return files
 
@@ -228,20 +215,22 @@ class _ReportBuilder:
         self.report_dir.mkdir(parents=True, exist_ok=True)
         self.summary = summarise(self.results, self.metrics, self.declarations)
         self.summary.to_csv(self.report_dir / "summary.csv", index=False)
+        self.headroom = pd.DataFrame()
+        self.found = pd.DataFrame()
         if self.runs.empty:
             sections = [Section(FINDINGS_TITLE, [Note("No run has succeeded yet: no numbers to report.")])]
         else:
             self.intervals = method_intervals(self.runs, self.metrics, self.declarations, self.items, self.resamples)
             self.intervals.to_csv(self.report_dir / "intervals.csv", index=False)
             sections = [
-                *self._findings(),
+                *findings_sections(self),
                 *self._robustness(),
-                *self._gamma(),
-                *self._training(),
+                *gamma_sections(self),
+                *training_sections(self),
                 *self._summary_tables(),
                 *self._paired(),
             ]
-        sections += self._appendix()
+        sections += appendix_sections(self)
         document = Document(f"noisypref report: {self.study.name}", sections)
         self.tables_dir.mkdir(parents=True, exist_ok=True)
         for table in self.tables:
@@ -260,92 +249,61 @@ class _ReportBuilder:
 
     # Sections, in the order the report shows them.
 
-    def _findings(self) -> list[Section]:
-        seeds = sorted(set(self.runs[SEED]))
-        blocks: list = []
-        if self.baseline is None:
-            return [Section(FINDINGS_TITLE, [Note("The study has no method label to compare against.")])]
-        self.found = findings(self.runs, self.primary, self.baseline, self.declarations, self.items, self.resamples)
-        self.found.to_csv(self.report_dir / "findings.csv", index=False)
-        with_items = self.items.runs_with_items()
-        blocks.append(Text(
-            f"Which methods hold up under label noise, against {self.baseline}: {len(self.results)} runs, "
-            f"{self.results[METHOD].nunique()} methods, {len(seeds)} seed(s), target flip rates "
-            f"{', '.join(percent(rate) for rate in sorted(set(self.results[RATE])))}; primary metric(s) "
-            f"{', '.join(self.primary) or 'none'}. "
-            + (
-                f"Intervals: 95 % paired hierarchical bootstrap ({self.resamples} replicates: seeds, then the "
-                "items within each run); p-values: paired t-test over seeds, Holm-adjusted per table."
-                if len(seeds) > 1 else "With one seed there are no intervals and no p-values."
-            )
-        ))  # fmt: skip
-        if not with_items:
-            self.notes.append(
-                "No run has an items.parquet: the intervals resample seeds only (no item-level variance)."
-            )
-        unfinished = int((self.results["status"] != SUCCEEDED).sum())
-        if unfinished:
-            self.notes.append(f"{unfinished} run(s) did not succeed (appendix, 'Failed and pending runs'): "
-                              "the numbers are partial.")  # fmt: skip
-        if len(seeds) == 1:
-            self.notes.append("One seed: no interval or p-value can be given; every verdict is 'too few seeds'.")
-        blocks += [Note(text) for text in self.notes]
-        sections = [Section(FINDINGS_TITLE, blocks)]
-        for condition in self.conditions:
-            title = self.titles[condition]
-            ranked = {}
-            ranking_blocks = []
-            for metric in self.primary:
-                declaration = self.declarations.get(metric)
-                ranked[metric] = ranking(self.intervals, self.found, metric, condition, self.baseline, declaration)
-                ranking_blocks.append(self._table(ranking_table(
-                    ranked[metric], title, self._stem("ranking", metric, *condition), declaration, self.baseline,
-                )))  # fmt: skip
-            noise_model = condition[CONDITION_KEYS.index("noise_model")]
-            paragraphs = condition_paragraphs(
-                self.found, ranked, condition, noise_model, self.primary,
-                {metric: self.declarations.get(metric) for metric in self.primary}, self.baseline,
-            )  # fmt: skip
-            blocks = []
-            for metric in self.primary:  # per metric: its paragraph, then its headline table
-                headline = self._table(headline_table(
-                    self.found, metric, condition, title, self._stem("headline", metric, *condition),
-                    self.declarations.get(metric),
-                ))  # fmt: skip
-                blocks += [block for block in (Text(paragraphs[metric]) if metric in paragraphs else None, headline)
-                           if block is not None]  # fmt: skip
-            if not blocks:
-                blocks.append(Note(f"{title}: no comparison with {self.baseline}."))
-            blocks += [block for block in ranking_blocks if block is not None]
-            sections.append(Section(title, blocks, level=3))
-        return sections
-
-    def _robustness_block(self, metric: str, kind: str) -> FigureBlock | None:
+    def _robustness_block(self, metric: str, kind: str) -> FigureBlock | Note | None:
         declaration = self.declarations.get(metric)
-        figure = robustness_figure(self.intervals, metric, self.styles, self.titles, declaration)
-        if figure is None:
-            return None
-        files = self._figure(figure, "robustness", metric)
+        if is_constant(self.intervals, metric):
+            value = self.intervals.loc[self.intervals["metric"] == metric, "mean"].dropna().iloc[0]
+            return Note(f"{kind}{declaration.label} ({metric}) is {value:.4g} for every method and rate: a "
+                        "constant, not drawn.")  # fmt: skip
         seeds = self.intervals.loc[self.intervals["metric"] == metric, "n_seeds"]
         band = (
             "band = 95 % hierarchical bootstrap interval of the mean"
             if seeds.max() > 1 else "one seed: no interval is drawn"
         )  # fmt: skip
-        bounds = (
-            f"; the axis shows the whole range [{declaration.low:g}, {declaration.high:g}]"
-            if declaration.low is not None and declaration.high is not None else ""
+        if not declaration.comparable:
+            figure = per_method_figure(self.intervals, metric, self.styles, declaration)
+            if figure is None:
+                return None
+            return FigureBlock(self.add_figure(figure, "per-method", metric), (
+                f"{kind}{declaration.label} ({metric}) against the realised flip rate, one panel per method with "
+                f"its own y scale: the values of different methods are not comparable; {band}."
+            ))  # fmt: skip
+        figure = robustness_figure(self.intervals, metric, self.styles, self.titles, declaration)
+        if figure is None:
+            return None
+        files = self.add_figure(figure, "robustness", metric)
+        references = f"; references ({', '.join(sorted(self.references))}) dashed grey" if self.references else ""
+        return FigureBlock(files, (
+            f"{kind}{declaration.label} ({metric}) against the realised flip rate: mean over seeds, {band}"
+            f"{references}; the axis fits the values. Methods are offset slightly along x so that coinciding "
+            "lines stay visible."
+        ))  # fmt: skip
+
+    def _difference_block(self, metric: str) -> FigureBlock | None:
+        declaration = self.declarations.get(metric)
+        figure = difference_figure(self.found, metric, self.styles, self.titles, declaration, self.baseline,
+                                   self.headroom)  # fmt: skip
+        if figure is None:
+            return None
+        files = self.add_figure(figure, "differences", metric)
+        oracle = (
+            " Dashed: the oracle minus the baseline (the headroom), with its 95 % interval."
+            if not self.headroom.empty and (self.headroom["metric"] == metric).any() else ""
         )  # fmt: skip
         return FigureBlock(files, (
-            f"{kind}{declaration.label} ({metric}) against the realised flip rate: mean over seeds, {band}{bounds}. "
-            "Methods are offset slightly along x so that coinciding lines stay visible."
+            f"{declaration.label} ({metric}): each method minus {self.baseline} against the realised flip rate, "
+            "with the interval the headline table prints beside its verdict (the paired t interval at the test's "
+            "Holm level: a bar that misses 0 is a verdict of better or worse); the axis fits the differences."
+            + oracle
         ))  # fmt: skip
 
     def _robustness(self) -> list[Section]:
+        differences = [block for block in (self._difference_block(m) for m in self.primary) if block]
         primary = [block for block in (self._robustness_block(m, "") for m in self.primary) if block]
         others = [name for name in self.metrics if name not in self.primary]
         ranked = [name for name in others if not self.declarations.get(name).diagnostic]
         diagnostics = [name for name in others if self.declarations.get(name).diagnostic]
-        sections = [Section("Robustness curves", primary or [Note("No primary metric has a value.")])]
+        sections = [Section("Robustness curves", [*differences, *primary] or [Note("No primary metric has a value.")])]
         blocks = [block for block in (self._robustness_block(m, "") for m in ranked) if block]
         if blocks:
             sections.append(Section("Other metrics", blocks))
@@ -377,9 +335,10 @@ class _ReportBuilder:
         for metric in self.metrics:
             blocks = []
             for condition in self.conditions:
-                stem = self._stem("summary", metric, *condition)
-                block = self._table(summary_table(
-                    self.summary, metric, condition, self.titles[condition], stem, self.declarations.get(metric)
+                stem = self.new_stem("summary", metric, *condition)
+                block = self.add_table(summary_table(
+                    self.summary, metric, condition, self.titles[condition], stem, self.declarations.get(metric),
+                    self.references,
                 ))  # fmt: skip
                 if block:
                     blocks.append(block)
@@ -390,13 +349,14 @@ class _ReportBuilder:
     def _paired(self) -> list[Section]:
         if self.baseline is None:
             return []
-        paired = paired_tests(self.results, self.baseline, self.metrics)
+        paired = paired_tests(self.results, self.baseline, self.metrics, self.declarations)
         paired.to_csv(self.report_dir / "paired_tests.csv", index=False)
         intro = Text(
             f"Each method against the baseline {self.baseline!r} on every metric: runs of one condition, "
             "target rate and seed share their flipped pairs, so they are paired by seed. Paired t-test "
             "(scipy.stats.ttest_rel) and Wilcoxon signed-rank test (scipy.stats.wilcoxon), two-sided, "
-            "Holm-corrected over each table. All values: paired_tests.csv."
+            "Holm-corrected over each table. All values: paired_tests.csv. References and metrics that are not "
+            "comparable across methods are not tested; the verdicts of the findings rest on the t-test alone."
         )
         sections = [Section(f"Paired tests against {self.baseline}", [intro])]
         if paired.empty:
@@ -411,249 +371,10 @@ class _ReportBuilder:
         for metric in self.metrics:
             blocks = []
             for condition in self.conditions:
-                stem = self._stem("paired", metric, *condition)
-                block = self._table(paired_table(paired, metric, condition, self.titles[condition], stem))
+                stem = self.new_stem("paired", metric, *condition)
+                block = self.add_table(paired_table(paired, metric, condition, self.titles[condition], stem))
                 if block:
                     blocks.append(block)
             if blocks:
                 sections.append(Section(f"{self.declarations.get(metric).label} vs {self.baseline}", blocks, level=3))
         return sections
-
-    def _rate_for(self, condition_runs: pd.DataFrame) -> float:
-        rates = sorted(set(condition_runs[RATE]))
-        if self.curve_rate is None:
-            return rates[-1]
-        matching = [rate for rate in rates if np.isclose(rate, self.curve_rate)]
-        return matching[0] if matching else float("nan")
-
-    def _gamma(self) -> list[Section]:
-        gamma_labels = sorted(
-            set(self.results.loc[self.results["method_name"].str.startswith(GAMMA_PREFIX), METHOD])
-        )
-        section = Section("γ diagnostics", level=3)
-        if not gamma_labels:
-            section.blocks.append(Note("No γ method (method name starting with 'gamma_') in the study."))
-            return [section]
-        gamma_runs = self.runs[self.runs[METHOD].isin(gamma_labels)]
-        section.blocks.append(self._gamma_auroc(gamma_runs, gamma_labels))
-        rows = []
-        for condition in self.conditions:
-            condition_runs = condition_rows(gamma_runs, condition)
-            if condition_runs.empty:
-                continue
-            rate = self._rate_for(condition_runs)
-            title = self.titles[condition]
-            if np.isnan(rate):
-                section.blocks.append(Note(f"{title}: no γ run at rate {self.curve_rate}."))
-                continue
-            pairs_by_label = {}
-            for label, label_runs in condition_runs[condition_runs[RATE] == rate].groupby(METHOD, sort=True):
-                frames = [self.study.pairs(run_id) for run_id in label_runs["run_id"]]
-                frames = [frame for frame in frames if frame is not None and "gamma" in frame]
-                if frames:
-                    pairs_by_label[label] = pd.concat(frames, ignore_index=True)
-                    rows += _gamma_rows(condition, label, rate, len(frames), pairs_by_label[label])
-            if not pairs_by_label:
-                section.blocks.append(Note(
-                    f"{title}: no runs/<run_id>/pairs.parquet with a gamma column for the γ runs at "
-                    f"{percent(rate)}: the margin plots are skipped."
-                ))  # fmt: skip
-                continue
-            files = self._figure(gamma_figure(pairs_by_label), "gamma", *condition, rate)
-            section.blocks.append(FigureBlock(files, (
-                f"{title}, target flip rate {percent(rate)}, seeds pooled: target margin γ against the final "
-                "reward gap (top; both classes as open marks drawn in a shuffled order, at most "
-                f"{SCATTER_MAX_POINTS} pairs at random) and the histogram of γ "
-                "of each class on one axis with shared bins, each normalised to its own count (bottom; clean "
-                "filled, flipped as an outline)."
-            )))  # fmt: skip
-        if rows:
-            gamma_table = pd.DataFrame(rows)
-            gamma_table.to_csv(self.report_dir / "gamma_diagnostics.csv", index=False)
-            section.blocks.append(self._table(_gamma_table(gamma_table, self.titles)))
-        return [section]
-
-    def _gamma_auroc(self, gamma_runs: pd.DataFrame, gamma_labels: list[str]):
-        metric = next(
-            (name for name in AUROC_METRICS if name in gamma_runs and gamma_runs[name].notna().any()), None
-        )
-        if metric is None:
-            return Note(
-                "The results have no noise_detection_auroc_gamma or noise_detection_auroc for the γ runs."
-            )
-        summary = summarise(gamma_runs, [metric], self.declarations)
-        figure = robustness_figure(
-            summary, metric, self.styles, self.titles, self.declarations.get(metric), labels=gamma_labels,
-            chance_level=0.5,
-        )
-        if figure is None:
-            return Note(f"No value of {metric} for the γ runs.")
-        files = self._figure(figure, "gamma", metric)
-        band = "band = 95 % interval over seeds" if summary["n_seeds"].max() > 1 else "one seed: no interval"
-        return FigureBlock(files, (
-            f"Noise detection by the γ methods ({metric}): AUROC of separating flipped from clean training "
-            f"pairs against the realised flip rate (0.5 = chance; undefined at 0 %); {band}. A diagnostic: "
-            "shown, not ranked."
-        ))  # fmt: skip
-
-    def _training(self) -> list[Section]:
-        section = Section("Training curves", level=3)
-        records = []
-        for condition in self.conditions:
-            condition_runs = condition_rows(self.runs, condition)
-            rate = self._rate_for(condition_runs)
-            title = self.titles[condition]
-            if np.isnan(rate):
-                section.blocks.append(Note(f"{title}: no run at rate {self.curve_rate}."))
-                continue
-            curves: dict[str, dict[str, pd.DataFrame]] = {}
-            missing = 0
-            for label, label_runs in condition_runs[condition_runs[RATE] == rate].groupby(METHOD, sort=True):
-                logs = []
-                for run_id, seed in zip(label_runs["run_id"], label_runs[SEED]):
-                    log = self.study.metrics_log(run_id)
-                    if log is None:
-                        missing += 1
-                    else:
-                        logs.append(log.assign(seed=seed))
-                if not logs:
-                    continue
-                log = pd.concat(logs, ignore_index=True)
-                for quantity in TRAINING_QUANTITIES:
-                    if quantity not in log or log[quantity].isna().all():
-                        continue
-                    # Mean over seeds at each logged step.
-                    curve = (
-                        log.dropna(subset=[quantity])
-                        .groupby("step")[quantity]
-                        .agg(["mean", "size"])
-                        .reset_index()
-                    )
-                    curves.setdefault(quantity, {})[label] = curve
-                    records += [
-                        {**dict(zip(CONDITION_KEYS, condition)), RATE: rate, METHOD: label, "quantity": quantity,
-                         "step": step, "mean": mean, "n_seeds": size}
-                        for step, mean, size in curve.itertuples(index=False)
-                    ]  # fmt: skip
-            if missing:
-                section.blocks.append(
-                    Note(f"{title}: {missing} run(s) at {percent(rate)} have no metrics.jsonl.")
-                )
-            if not curves:
-                section.blocks.append(
-                    Note(f"{title}: no training log at {percent(rate)}: no training curves.")
-                )
-                continue
-            title_with_rate = f"{title}, {percent(rate)} flips"
-            for quantity, by_label in curves.items():
-                label = metric_name(quantity)
-                figure = training_figure(by_label, self.styles, title_with_rate, label)
-                files = self._figure(figure, "training", quantity, *condition, rate)
-                section.blocks.append(FigureBlock(files, (
-                    f"{title_with_rate}: {label} by training step, mean over seeds; one panel per method, "
-                    "each with its own y scale (values are not comparable across panels by height)."
-                )))  # fmt: skip
-        if records:
-            pd.DataFrame(records).to_csv(self.report_dir / "training_curves.csv", index=False)
-        return [section]
-
-    def _appendix(self) -> list[Section]:
-        counts = self.results["status"].value_counts()
-        status_text = ", ".join(f"{count} {status}" for status, count in counts.items())
-        seeds = sorted(set(self.results[SEED]))
-        overview = [
-            Text(
-                f"Study {self.study.name!r} in {self.study.directory}: {len(self.results)} runs "
-                f"({status_text}); {self.results[METHOD].nunique()} method labels, "
-                f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}), target flip rates "
-                f"{', '.join(percent(rate) for rate in sorted(set(self.results[RATE])))}."
-            ),
-            Text(
-                "Every number is over succeeded runs only. summary.csv's intervals are seed-level: Student's t "
-                f"below {BOOTSTRAP_MIN_SEEDS} seeds, a seeded percentile bootstrap from there on; the findings, "
-                "figures and intervals.csv use the paired hierarchical bootstrap."
-            ),
-            self._table(grid_table(self.results)),
-        ]
-        configuration = [self._table(methods_table(self.results))]
-        declared = self._declarations_table()
-        configuration.append(declared if declared else Note(f"No {METRICS_FILE}: no metric declarations."))
-        if self.study.study_yaml is not None:
-            configuration += [Text("The resolved study file (study.yaml):"), Code(self.study.study_yaml, "yaml")]
-        else:
-            configuration.append(Note("study.yaml not found in the study folder: the configuration is not shown."))
-        table = failures_table(self.results)
-        failures = [self._table(table) if table else Text("None: every run succeeded.")]
-        entries = provenance(self.results) + run_provenance(self.study)
-        provenance_table = Table(
-            stem="provenance",
-            caption=(
-                "Software and machine that wrote this report, then those of the runs (from their "
-                "result.json); each run's configuration is in runs/<run_id>/config.json."
-            ),
-            header=["item", "value"],
-            rows=[[key, value] for key, value in entries],
-            align="ll",
-        )
-        return [
-            Section("Appendix", [Text("Run status, configuration and provenance of the numbers above.")]),
-            Section("Run status", overview, level=3),
-            Section("Configuration", configuration, level=3),
-            Section("Failed and pending runs", failures, level=3),
-            Section("Provenance", [self._table(provenance_table)], level=3),
-        ]
-
-    def _declarations_table(self) -> TableBlock | None:
-        if not self.declarations.found:
-            return None
-        rows = []
-        for name, declaration in self.declarations.metrics.items():
-            bounds = "—" if declaration.low is None and declaration.high is None else (
-                f"[{'−∞' if declaration.low is None else f'{declaration.low:g}'}, "
-                f"{'∞' if declaration.high is None else f'{declaration.high:g}'}]"
-            )  # fmt: skip
-            rows.append([name, declaration.label, declaration.direction, bounds,
-                         "yes" if declaration.noisy_labels else "no", "yes" if declaration.diagnostic else "no"])  # fmt: skip
-        return self._table(Table(
-            stem="metric_declarations",
-            caption=f"Metric declarations ({METRICS_FILE}), as the benchmark wrote them.",
-            header=["metric", "label", "direction", "bounds", "noisy labels", "diagnostic"],
-            rows=rows, align="llllll",
-        ))  # fmt: skip
-
-
-def _gamma_rows(condition: tuple, label: str, rate: float, runs: int, pairs: pd.DataFrame) -> list[dict]:
-    flipped = pairs["is_flipped"].astype(bool)
-    row = {
-        **dict(zip(CONDITION_KEYS, condition)),
-        METHOD: label,
-        RATE: rate,
-        "runs": runs,
-        "pairs": len(pairs),
-        "flipped_pairs": int(flipped.sum()),
-        "gamma_mean_flipped": float(pairs.loc[flipped, "gamma"].mean()) if flipped.any() else np.nan,
-        "gamma_mean_clean": float(pairs.loc[~flipped, "gamma"].mean()) if (~flipped).any() else np.nan,
-    }
-    return [row]
-
-
-def _gamma_table(rows: pd.DataFrame, titles: dict[tuple, str]) -> Table:
-    cells = [
-        [
-            titles[tuple(row[key] for key in CONDITION_KEYS)],
-            row[METHOD],
-            percent(row[RATE]),
-            str(row["runs"]),
-            f"{row['flipped_pairs']} / {row['pairs']}",
-            format_number(row["gamma_mean_flipped"]),
-            format_number(row["gamma_mean_clean"]),
-        ]
-        for _, row in rows.iterrows()
-    ]
-    return Table(
-        stem="gamma_margins",
-        caption="Mean target margin γ of flipped and clean training pairs (seeds pooled).",
-        header=["condition", "method", "rate", "runs", "flipped / pairs", "mean γ flipped", "mean γ clean"],
-        rows=cells,
-        align="llrrrrr",
-    )

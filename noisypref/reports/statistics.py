@@ -11,7 +11,9 @@ and the runs without flips (noise model "none") count as the 0 % point of every 
   and the drop ``value(lowest rate) − value(highest rate)``.
 - Paired tests: runs of the same condition, target rate and seed share their flipped pairs, so a
   method and the baseline are paired by seed. Paired t-test and Wilcoxon signed-rank test, each
-  Holm-corrected over the table of one metric in one condition.
+  Holm-corrected over the table of one metric in one condition; a Wilcoxon test that cannot reach
+  p < 0.05 after that correction with its pairs gives no p-value. References (the oracle, known-rate
+  variants) and metrics not comparable across methods are not tested.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ import pandas as pd
 from scipy import stats
 from scipy.integrate import trapezoid
 
+from noisypref.reports.procedure import ALPHA
+from noisypref.reports.procedure import MIN_SEEDS as T_TEST_MIN_PAIRS
 from noisypref.reports.study import (
     CONDITION_KEYS,
     METHOD,
     RATE,
     REALISED_RATE,
     SEED,
+    competitor_runs,
     metric_columns,
     normalise_results,
     percent,
@@ -43,9 +48,9 @@ CONFIDENCE = 0.95
 BOOTSTRAP_MIN_SEEDS = 10
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
-T_TEST_MIN_PAIRS = 3
 # With n non-zero differences the smallest two-sided exact Wilcoxon p-value is 2 / 2**n:
-# 0.0625 for n = 5, so fewer than 6 pairs can never reach 0.05.
+# 0.0625 for n = 5, so fewer than 6 pairs can never reach 0.05; after Holm over m tests the smallest
+# adjusted p is at least 2 / 2**n (the largest of the m), so m·2/2**n ≥ 0.05 can never reach it either.
 WILCOXON_MIN_PAIRS = 6
 
 SUMMARY_COLUMNS = [
@@ -233,22 +238,29 @@ def default_baseline(results: pd.DataFrame) -> str | None:
     return "dpo" if "dpo" in labels else None
 
 
-def paired_tests(results: pd.DataFrame, baseline: str, metrics: list[str] | None = None) -> pd.DataFrame:
-    """Every other method label against ``baseline`` at each target rate, paired by seed.
+def paired_tests(
+    results: pd.DataFrame, baseline: str, metrics: list[str] | None = None, declarations=None
+) -> pd.DataFrame:
+    """Every other competing method label against ``baseline`` at each target rate, paired by seed.
 
     One row per (condition, metric, rate, method). ``t_meaningful`` is false below
     ``T_TEST_MIN_PAIRS`` pairs or when the differences are constant; ``wilcoxon_meaningful`` is
-    false below ``WILCOXON_MIN_PAIRS`` non-zero differences. A test that is not meaningful has no
-    p-value (NaN), and ``note`` says why. Holm's correction runs over the meaningful tests of one
-    metric in one condition, separately for each test. Columns: ``PAIRED_COLUMNS``.
+    false below ``WILCOXON_MIN_PAIRS`` non-zero differences, or where even the smallest exact p of
+    its pairs, 2/2^n, times the number of Wilcoxon tests of its table is not below 0.05 (Holm could
+    never reject it). A test that is not meaningful has no p-value (NaN), and ``note`` says why.
+    Holm's correction runs over the meaningful tests of one metric in one condition, separately for
+    each test. References get no row; with ``declarations`` (``declarations.MetricDeclarations``) a
+    metric that is not comparable across methods gets none either. Columns: ``PAIRED_COLUMNS``.
     """
     results = normalise_results(results)
     if baseline not in set(results[METHOD]):
         labels = ", ".join(sorted(set(results[METHOD])))
         raise ValueError(f"baseline method label {baseline!r} is not in the results (labels: {labels})")
     metrics = list(metrics) if metrics is not None else metric_columns(results)
+    if declarations is not None:
+        metrics = [name for name in metrics if declarations.get(name).comparable]
     rows = []
-    for condition, condition_runs in curve_runs(results).groupby(list(CONDITION_KEYS), sort=True):
+    for condition, condition_runs in competitor_runs(curve_runs(results)).groupby(list(CONDITION_KEYS), sort=True):
         x = rate_axis(condition_runs)
         key = dict(zip(CONDITION_KEYS, condition))
         baseline_runs = condition_runs[condition_runs[METHOD] == baseline]
@@ -272,12 +284,33 @@ def paired_tests(results: pd.DataFrame, baseline: str, metrics: list[str] | None
                     base = {**key, "metric": metric, RATE: rate, REALISED_RATE: realised,
                             METHOD: label, "baseline": baseline}  # fmt: skip
                     family.append(_paired_row(base, pairs["method"].to_numpy(), pairs["baseline"].to_numpy()))
+            _unreachable_wilcoxon(family)
             for test in ("t", "wilcoxon"):
                 adjusted = holm_adjust([row[f"{test}_pvalue"] for row in family])
                 for row, value in zip(family, adjusted):
                     row[f"{test}_pvalue_holm"] = value
             rows.extend(family)
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def _unreachable_wilcoxon(family: list[dict]) -> None:
+    """Drop the Wilcoxon p-values of a table that Holm could never bring below ``ALPHA``: with n
+    non-zero differences the exact two-sided p is at least 2/2^n, and Holm rejects nothing unless
+    m·p_(1) < ALPHA (Holm 1979), so a table of m tests whose most pairs are n_max needs
+    m·2/2^n_max < ALPHA."""
+    tested = [row for row in family if row["wilcoxon_meaningful"]]
+    most = max((row["_nonzero"] for row in tested), default=0)
+    floor = len(tested) * 2.0 / 2.0**most
+    if tested and floor >= ALPHA:
+        for row in tested:
+            row.update(wilcoxon_statistic=np.nan, wilcoxon_pvalue=np.nan, wilcoxon_meaningful=False)
+            row["note"] = "; ".join(filter(None, [
+                row["note"],
+                f"Wilcoxon test not run: with at most {most} non-zero differences its smallest p, "
+                f"{2.0 / 2.0**most:.3g}, times the {len(tested)} tests of this table cannot go below {ALPHA}",
+            ]))  # fmt: skip
+    for row in family:
+        row.pop("_nonzero", None)
 
 
 def _paired_row(base: dict, method: np.ndarray, baseline: np.ndarray) -> dict:
@@ -300,6 +333,7 @@ def _paired_row(base: dict, method: np.ndarray, baseline: np.ndarray) -> dict:
         "wilcoxon_statistic": np.nan,
         "wilcoxon_pvalue": np.nan,
         "wilcoxon_meaningful": False,
+        "_nonzero": nonzero,
     }
     notes = []
     if n == 0:

@@ -40,13 +40,21 @@ SUCCEEDED = "succeeded"
 MISSING_KEY = "-"
 NO_NOISE_LABEL = "none"  # the study runner's noise model of rate-0 runs, which stand for every model
 
+# Reference runs (results.parquet's ``reference`` column): drawn and used, never ranked or given a verdict.
+REFERENCE = "reference"
+COMPETITOR = "none"  # an ordinary method
+CLEAN_ONLY = "clean_only"  # the oracle: the baseline's method trained on the noisy pairs minus the flipped ones
+KNOWN_RATE = "known_rate"  # cDPO / rDPO with ε set to the run's realised flip rate
+# The label of the method variant that is this method without its margin estimator (same β), or None.
+BASE_LABEL = "base_label"
+
 # Columns of results.parquet that describe a run rather than measure it; every other numeric
 # column (hp_<name> aside) is a metric.
 DESCRIPTIVE_COLUMNS = frozenset(
     {
         "study", "run_id", "dataset", "noise_model", "target_flip_rate", "realised_flip_rate",
         "method_label", "method_name", "hyperparameters", "seed", "model", "wall_time_s",
-        "status", "failure_reason",
+        "status", "failure_reason", "reference", "base_label",
     }
 )  # fmt: skip
 HYPERPARAMETER_PREFIX = "hp_"
@@ -60,6 +68,8 @@ KNOWN_METRICS = (
     "gold_reward_reference_mean",
     "noise_detection_auroc",
     "noise_detection_auroc_gamma",
+    "noise_detection_auroc_gold",
+    "label_gold_agreement",
     "kl_estimate",
     "final_loss",
     "train_accuracy",
@@ -128,7 +138,8 @@ def normalise_results(results: pd.DataFrame) -> pd.DataFrame:
 
     Missing condition keys become ``"-"`` (pandas drops NaN keys when grouping), a missing status
     means the run succeeded, a missing realised rate is left missing (the x axis then falls back to
-    the target rate).
+    the target rate), a missing ``reference`` means a competitor (``"none"``) and a missing
+    ``base_label`` means no base method.
     """
     results = results.copy()
     required = ("method_label", "seed", RATE)
@@ -157,10 +168,31 @@ def normalise_results(results: pd.DataFrame) -> pd.DataFrame:
         results[REALISED_RATE] = float("nan")
     results[RATE] = results[RATE].astype(float)
     results[REALISED_RATE] = pd.to_numeric(results[REALISED_RATE], errors="coerce").astype(float)
+    if REFERENCE not in results:
+        results[REFERENCE] = COMPETITOR
+    results[REFERENCE] = results[REFERENCE].astype(object).where(results[REFERENCE].notna(), COMPETITOR).astype(str)
+    if BASE_LABEL not in results:
+        results[BASE_LABEL] = None
+    results[BASE_LABEL] = results[BASE_LABEL].astype(object).where(results[BASE_LABEL].notna(), None)
     if "run_id" not in results:
         results["run_id"] = [f"run-{index}" for index in range(len(results))]
     results["run_id"] = results["run_id"].astype(str)
     return results
+
+
+def reference_labels(results: pd.DataFrame) -> dict[str, str]:
+    """Method label -> kind of reference (``clean_only``, ``known_rate``, ...) of every reference label."""
+    if REFERENCE not in results:
+        return {}
+    rows = results[results[REFERENCE].fillna(COMPETITOR) != COMPETITOR].drop_duplicates(METHOD)
+    return dict(zip(rows[METHOD], rows[REFERENCE]))
+
+
+def competitor_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of ordinary methods: those that may be compared, ranked and given verdicts."""
+    if REFERENCE not in runs:
+        return runs
+    return runs[runs[REFERENCE].fillna(COMPETITOR) == COMPETITOR]
 
 
 def succeeded_runs(results: pd.DataFrame) -> pd.DataFrame:

@@ -118,9 +118,12 @@ def format_number(value: float) -> str:
 
 
 def format_pvalue(value: float) -> str:
+    """Three decimals; four where three would round across 0.05 (0.0496 is not shown as 0.050)."""
     if value is None or math.isnan(value):
         return DASH
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
+    if value < 0.001:
+        return "<0.001"
+    return f"{value:.4f}" if 0.0495 <= value < 0.0505 else f"{value:.3f}"
 
 
 def format_mean_spread(mean: float, std: float) -> str:
@@ -139,12 +142,14 @@ def condition_rows(frame: pd.DataFrame, condition: tuple) -> pd.DataFrame:
 
 
 def summary_table(
-    summary: pd.DataFrame, metric: str, condition: tuple, title: str, stem: str, declaration: MetricDeclaration
-) -> Table | None:
+    summary: pd.DataFrame, metric: str, condition: tuple, title: str, stem: str, declaration: MetricDeclaration,
+    references=frozenset(),
+) -> Table | None:  # fmt: skip
     """Methods × (each rate, AUC, drop) of one metric in one condition: mean ± std over seeds.
 
     A cell is bold only for a ranked metric (a declared direction, not a diagnostic) and only where
-    the best mean's 95 % interval overlaps no other method's interval in that column.
+    the best mean's 95 % interval overlaps no other competing method's interval in that column; the
+    labels in ``references`` are listed as references and never bold.
     """
     rows = condition_rows(summary, condition)
     rows = rows[rows["metric"] == metric]
@@ -157,7 +162,7 @@ def summary_table(
         f"{percent(rate)} ({percent(realised)})" for rate, realised in zip(rates[RATE], rates[REALISED_RATE])
     ] + ["AUC", "drop"]  # fmt: skip
     labels = sorted(rows[METHOD].unique())
-    cells = [[label] + [DASH] * len(columns) for label in labels]
+    cells = [[f"{label} (reference)" if label in references else label] + [DASH] * len(columns) for label in labels]
     bold = [[False] * (len(columns) + 1) for _ in labels]
     for c, (quantity, rate) in enumerate(columns):
         selected = rows[rows["quantity"] == quantity]
@@ -168,7 +173,7 @@ def summary_table(
         if declaration.ranked:
             # A smaller drop is better for a metric that is better high, and the reverse.
             sign = declaration.sign() * (-1 if quantity == "drop" else 1)
-            best = _separated_best(selected, sign)
+            best = _separated_best(selected[~selected[METHOD].isin(list(references))], sign)
             if best is not None:
                 bold[labels.index(best)][c + 1] = True
     n_seeds = sorted(set(values["n_seeds"]))
@@ -246,60 +251,6 @@ def _test_cell(row: pd.Series, test: str) -> str:
     return f"{format_pvalue(row[f'{test}_pvalue'])} ({format_pvalue(row[f'{test}_pvalue_holm'])})"
 
 
-def methods_table(results: pd.DataFrame) -> Table:
-    methods = results.drop_duplicates(METHOD).sort_values(METHOD)
-    cells = []
-    for _, row in methods.iterrows():
-        hyperparameters = row.get("hyperparameters")
-        text = str(hyperparameters) if isinstance(hyperparameters, str) else DASH
-        cells.append([row[METHOD], row["method_name"], text])
-    return Table(
-        stem="methods",
-        caption="Methods of the study: label, registered method and hyperparameters.",
-        header=["label", "method", "hyperparameters"],
-        rows=cells,
-        align="lll",
-    )
-
-
-def grid_table(results: pd.DataFrame) -> Table:
-    counts = results.groupby([*CONDITION_KEYS, RATE, "status"]).size().unstack("status", fill_value=0)
-    statuses = list(counts.columns)
-    cells = [
-        [*map(str, key[:-1]), percent(key[-1]), *(str(int(counts.loc[key, status])) for status in statuses)]
-        for key in counts.index
-    ]
-    return Table(
-        stem="runs",
-        caption="Runs per condition and target flip rate, by status.",
-        header=[*CONDITION_KEYS, "target rate", *statuses],
-        rows=cells,
-        align="lll" + "r" * (1 + len(statuses)),
-    )
-
-
-def failures_table(results: pd.DataFrame, limit: int = 200) -> Table | None:
-    failed = results[results["status"] != "succeeded"]
-    if failed.empty:
-        return None
-    cells = []
-    for _, row in failed.sort_values(["status", "run_id"]).iterrows():
-        reason = row.get("failure_reason")
-        reason = str(reason) if isinstance(reason, str) and reason else DASH
-        if len(reason) > limit:
-            reason = reason[: limit - 1] + "…"
-        cells.append(
-            [row["run_id"], row[METHOD], percent(row[RATE]), str(row["seed"]), row["status"], reason]
-        )
-    return Table(
-        stem="failed_runs",
-        caption="Runs that did not succeed; they are left out of every number above.",
-        header=["run", "method", "rate", "seed", "status", "reason"],
-        rows=cells,
-        align="llrrll",
-    )
-
-
 def format_signed(value: float) -> str:
     return DASH if value is None or math.isnan(value) else f"{value:+.3f}"
 
@@ -307,7 +258,15 @@ def format_signed(value: float) -> str:
 def format_interval(low: float, high: float) -> str:
     if math.isnan(low) or math.isnan(high):
         return DASH
-    return f"[{format_number(low)}, {format_number(high)}]"
+    return f"[{format_bound(low)}, {format_bound(high)}]"
+
+
+def format_bound(value: float) -> str:
+    """An interval's end as ``format_number`` writes it, but never rounded to 0.000: an end that is not
+    zero keeps two significant digits, so whether the interval excludes 0 can be read."""
+    if value != 0 and abs(value) < 0.0005:
+        return f"{value:.2g}"
+    return format_number(value)
 
 
 def seeds_text(counts) -> str:
@@ -318,7 +277,8 @@ def seeds_text(counts) -> str:
 
 
 def finding_cell(row) -> str:
-    """One comparison: difference, interval, Holm p and verdict, e.g. '+0.150 [0.120, 0.180] p 0.003 better'."""
+    """One comparison: difference, its Holm-level interval, Holm p and verdict, e.g.
+    '+0.150 [0.120, 0.180] p 0.003 better'."""
     parts = [format_signed(row["mean_difference"])]
     if row["n_pairs"] >= 2:
         parts.append(format_interval(row["ci_low"], row["ci_high"]))
@@ -356,13 +316,14 @@ def headline_table(
     )  # fmt: skip
     caption = (
         f"{title}: {declaration.label} ({metric}; {direction}), each method minus {baseline}, paired by seed: "
-        "mean difference, 95 % interval, Holm-adjusted paired-t p, verdict."
+        "mean difference, the interval at the test's Holm level, Holm-adjusted p, verdict."
     )
     notes = [
-        f"Intervals: {', '.join(methods) or 'none (one seed)'}, percentile (seeds resampled, then the items "
-        "within each run); p: paired t-test over seeds, Holm over this table.",
-        "Verdict better/worse: Holm p < 0.05 and the interval excludes 0; 'too few seeds' below "
-        f"{T_TEST_MIN_PAIRS} paired seeds. AUC: the normalised area under the robustness curve.",
+        f"One procedure per verdict ({', '.join(methods) or 'none: one seed'}): a paired t-test over seeds whose "
+        "standard error also carries the item sampling of the shared held-out items where the runs wrote them; "
+        "Holm's step-down over this table; the interval is that test's at the level Holm used for it, so it "
+        "excludes 0 exactly when the verdict is better or worse.",
+        f"'too few seeds' below {T_TEST_MIN_PAIRS} paired seeds. AUC: the normalised area under the robustness curve.",
     ]
     dominant = rows["dominant_source"].replace("", pd.NA).dropna()
     if not dominant.empty:
@@ -370,7 +331,7 @@ def headline_table(
         notes.append(
             "Dominant variance source of the differences: "
             + ", ".join(f"{source} in {count} of {len(dominant)} cells" for source, count in counts.items())
-            + " (items: the evaluation sample's noise explains ≥ half the seed-to-seed variance)."
+            + " (items: the item term of the standard error is at least the seed term)."
         )
     # Left-aligned cells may wrap in HTML (right-aligned numbers do not), so the table fits a screen.
     return Table(stem=stem, caption=caption, header=header, rows=cells, notes=notes, align="l" * len(header))
@@ -385,7 +346,7 @@ def ranking_table(ranked: pd.DataFrame, title: str, stem: str, declaration: Metr
     cells, bold = [], []
     for rank, (_, row) in enumerate(ranked.iterrows(), start=1):
         breaking = (
-            DASH if not declaration.ranked
+            DASH if not declaration.ranked or row["verdict"] == "baseline"
             else f"{percent(row['breaking_rate'])}" if not math.isnan(row["breaking_rate"])
             else f"none up to {percent(row['highest_rate'])}"
         )  # fmt: skip
@@ -403,8 +364,8 @@ def ranking_table(ranked: pd.DataFrame, title: str, stem: str, declaration: Metr
             bold[0][2] = True
     caption = (
         f"{title}: methods by robustness AUC of {declaration.label} ({metric_direction(declaration)}), "
-        f"mean over seeds with its 95 % hierarchical bootstrap interval. Breaking point: the lowest target "
-        f"rate at which the method's whole 95 % interval is worse than {baseline}'s mean at "
+        f"mean over seeds with its 95 % hierarchical bootstrap interval. Breaking point (none for the baseline "
+        f"itself): the lowest target rate at which the method's whole 95 % interval is worse than {baseline}'s mean at "
         f"{percent(ranked['clean_rate'].iloc[0])} "
         f"({format_number(ranked['clean_value'].iloc[0])})."
     )

@@ -2,8 +2,9 @@
 
 Each module that computes a metric declares it (``declare("heldout_accuracy", ...)`` beside the
 code): its label, its direction (``higher`` or ``lower`` is better, or ``none``), its bounds, whether
-it is measured against the (noisy) training labels, and whether it is a diagnostic (shown, never
-ranked). `noisypref collect` writes the declarations of a study's metrics to ``DIR/metrics.json``;
+it is measured against the (noisy) training labels, whether it is a diagnostic (shown, never
+ranked), and whether its values are comparable across methods (a loss of each method's own function,
+or a constant of the reference policy, is not: no paired test, no ranking). `noisypref collect` writes the declarations of a study's metrics to ``DIR/metrics.json``;
 the reports read direction and bounds from there instead of guessing from a name.
 """
 
@@ -25,6 +26,7 @@ class MetricInfo:
     noisy_labels: bool  # measured against the training labels, which carry the injected flips
     diagnostic: bool  # describes the run rather than ranks methods: shown, never given a "best"
     description: str
+    comparable: bool = True  # values of two methods measure the same thing: paired tests make sense
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -45,11 +47,14 @@ def declare(
     noisy_labels: bool = False,
     diagnostic: bool = False,
     description: str = "",
+    comparable: bool = True,
 ) -> str:
     """Register a metric's meaning; returns ``name`` so a module can keep it as its constant."""
     if direction not in DIRECTIONS:
         raise ValueError(f"metric {name!r}: direction {direction!r} is not one of {DIRECTIONS}")
-    info = MetricInfo(name, label, direction, bounds, noisy_labels, diagnostic or noisy_labels, description)
+    info = MetricInfo(
+        name, label, direction, bounds, noisy_labels, diagnostic or noisy_labels, description, comparable
+    )
     if METRICS.get(name, info) != info:
         raise ValueError(f"metric {name!r} is declared twice, differently")
     METRICS[name] = info
@@ -70,6 +75,7 @@ def declarations_document(names: list[str]) -> dict[str, Any]:
                 "noisy_labels": False,
                 "diagnostic": True,
                 "description": "not declared by the code that computed it",
+                "comparable": True,
                 "declared": False,
             }
         else:

@@ -42,7 +42,7 @@ declare("noise_detection_auroc_gamma", "noise detection AUROC (γ)", "higher", b
         description="AUROC of −γ for telling flipped from clean training pairs (γ methods)")
 declare("gold_reward_mean", "mean gold reward", "higher",
         description="mean gold reward of responses sampled from the policy")
-declare("gold_reward_reference_mean", "mean gold reward of the reference policy", "none", diagnostic=True,
+declare("gold_reward_reference_mean", "mean gold reward of the reference policy", "none", diagnostic=True, comparable=False,
         description="the same for the reference policy: a constant of the condition, not of the method")
 declare("gold_win_rate", "gold win rate vs reference", "higher", bounds=(0.0, 1.0),
         description="share of prompts where the policy's response has the higher gold reward (ties ½)")

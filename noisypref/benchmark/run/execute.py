@@ -65,7 +65,7 @@ from noisypref.benchmark.storage import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-declare("final_loss", "final training loss", "none", noisy_labels=True,
+declare("final_loss", "final training loss", "none", noisy_labels=True, comparable=False,
         description="the method's loss at the last logged step, on the noisy training labels (scales differ by method)")
 
 
