@@ -1,12 +1,13 @@
-"""Any registered noisypref method inside TRL's ``DPOTrainer`` (TRL >= 1.16; ``pip install "noisypref[trl]"``).
+"""Any registered noisypref method inside TRL's ``DPOTrainer`` (TRL >= 1.16; ``noisypref[trl]``).
 
-A TRL script switches from ``loss_type="sigmoid"`` to γ-DPO by changing the trainer class and naming the method::
+A TRL script switches from ``loss_type="sigmoid"`` to γ-DPO by changing the trainer and naming a method::
 
     from trl import DPOConfig
     from noisypref.integrations.trl import NoisyPrefDPOTrainer
 
     trainer = NoisyPrefDPOTrainer(
-        model=model, args=DPOConfig(output_dir="out", beta=0.1), train_dataset=pairs, processing_class=tokenizer,
+        model=model, args=DPOConfig(output_dir="out", beta=0.1), train_dataset=pairs,
+        processing_class=tokenizer,
         method="gamma_dpo", method_hyperparameters={"gamma0": 1.0, "tau": 10.0},
     )
 
@@ -30,7 +31,8 @@ Which setting lives where (one place each):
 
 Margin estimator state: the γ candidate set is all-gathered across the data-parallel ranks (so every rank
 solves the same problem), only training batches enter the queue (``evaluate`` leaves it untouched), and the
-queue is saved in every checkpoint (``noisypref_method.pt``) and restored by ``train(resume_from_checkpoint=...)``.
+queue is saved in every checkpoint (``noisypref_method.pt``) and restored by
+``train(resume_from_checkpoint=...)``.
 
 Metrics go through TRL's own: the token metrics TRL logs (entropy, num_tokens, logits/*, mean_token_accuracy),
 ``rewards/*`` and ``logps/*`` with TRL's names (the rewards are the method's implicit rewards), and
@@ -279,11 +281,12 @@ def completion_logps(
 def preference_method(
     method: str | PreferenceMethod, hyperparameters: Mapping[str, Any] | None, args: DPOConfig
 ) -> PreferenceMethod:
-    """The noisypref method a ``NoisyPrefDPOTrainer`` trains with; ``ValueError`` on a setting in the wrong place."""
+    """The method a ``NoisyPrefDPOTrainer`` trains with; ``ValueError`` for a setting in the wrong place."""
     for option, kept, instead in REPLACED_OPTIONS:
         if getattr(args, option) != kept:
             raise ValueError(
-                f"DPOConfig.{option} = {getattr(args, option)!r} is not used with a noisypref method ({instead}); "
+                f"DPOConfig.{option} = {getattr(args, option)!r} is not used with a noisypref method "
+                f"({instead}); "
                 f"leave it at {kept!r}"
             )
     if isinstance(method, PreferenceMethod):
