@@ -17,7 +17,10 @@ float32 (no bf16), no gradient checkpointing, one micro-batch per step, the refe
 from __future__ import annotations
 
 import os
+import re
+import resource
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -368,3 +371,49 @@ def test_dpo_config_supplies_beta_seed_and_weighting(tmp_path):
     with pytest.raises(ValueError, match="beta = 0.2 differs from DPOConfig.beta = 0.5"):
         preference_method(built, None, dpo_config(tmp_path))
     assert preference_method(built, None, dpo_config(tmp_path, beta=0.2)) is built
+
+
+# --- docs/trl.md runs as written -------------------------------------------------------------------
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SHARED = REPOSITORY.parent / "shared"
+DOC = REPOSITORY / "docs" / "trl.md"
+
+
+def example_blocks(text: str) -> list[tuple[str, str]]:
+    """The (language, code) of every bash and python block of the doc's complete example, in order."""
+    section = text.split("## A complete example", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```(bash|python)\n(.*?)^```", section, flags=re.DOTALL | re.MULTILINE)
+
+
+@pytest.mark.skipif(not (SHARED / "data").is_dir(), reason=f"the public test data folder {SHARED}/data is absent")
+def test_the_trl_doc_runs_as_written(tmp_path):
+    blocks = example_blocks(DOC.read_text(encoding="utf-8"))
+    assert [language for language, _ in blocks] == ["bash", "python", "python"]
+    work = tmp_path / "work"  # the doc runs from a folder beside shared/, as the repository root is
+    work.mkdir()
+    (tmp_path / "shared").symlink_to(SHARED)
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    }
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    outputs = []
+    for index, (language, code) in enumerate(blocks):
+        if language == "bash":
+            command = ["bash", "-euo", "pipefail", "-c", code]
+        else:
+            script = work / f"block{index}.py"
+            script.write_text(code, encoding="utf-8")
+            command = [sys.executable, str(script)]
+        completed = subprocess.run(command, cwd=work, env=environment, capture_output=True, text=True, timeout=600)
+        assert completed.returncode == 0, f"block {index} ({language}):\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+        outputs.append(completed.stdout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(f"docs/trl.md: {cpu_seconds:.1f} CPU-seconds; load {os.getloadavg()[0]:.1f}")
+    assert (work / "noisy" / "flips.csv").is_file() and (work / "tiny-model" / "config.json").is_file()
+    summary = re.search(r"γ mean ([0-9.]+) \(spread ([0-9.]+)\) over (\d+) candidates", outputs[-1])
+    assert summary, outputs[-1][-2000:]
+    assert float(summary.group(2)) > 0 and int(summary.group(3)) > 8  # margins spread over queued gaps too
