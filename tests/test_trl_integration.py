@@ -16,6 +16,7 @@ float32 (no bf16), no gradient checkpointing, one micro-batch per step, the refe
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import resource
@@ -36,7 +37,7 @@ from noisypref.benchmark.engine.reference import reference_logps  # noqa: E402
 from noisypref.benchmark.engine.train import PairOrder, train  # noqa: E402
 from noisypref.benchmark.testbed import build_word_tokenizer  # noqa: E402
 from noisypref.integrations.trl import NoisyPrefDPOTrainer, preference_method  # noqa: E402
-from noisypref.methods import build  # noqa: E402
+from noisypref.methods import available_methods, build  # noqa: E402
 from noisypref.methods.margins import MarginEstimator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -163,7 +164,8 @@ def test_dpo_through_the_integration_equals_trl_sigmoid_step_by_step(tokenizer, 
         assert ours_logged == pytest.approx(theirs_logged, abs=1e-4), name
 
 
-def test_gamma_dpo_through_the_integration_equals_the_engine_step_by_step(tokenizer, tmp_path):
+@pytest.mark.parametrize(("name", "base"), [("gamma_dpo", "dpo"), ("gamma_simpo", "simpo")])
+def test_gamma_methods_through_the_integration_equal_the_engine_step_by_step(tokenizer, tmp_path, name, base):
     pairs = random_pairs(PAIRS_PER_STEP * STEPS)
     order = PairOrder(len(pairs), PAIRS_PER_STEP, seed=0)
     engine_order = [int(index) for step in range(1, STEPS + 1) for index in order.step_pairs(step)]
@@ -172,7 +174,7 @@ def test_gamma_dpo_through_the_integration_equals_the_engine_step_by_step(tokeni
         tokenizer,
         pairs.select(engine_order),
         dpo_config(tmp_path),
-        method="gamma_dpo",
+        method=name,
         method_hyperparameters=GAMMA,
     )
     tokens = engine_tokens(tokenizer, pairs)
@@ -186,7 +188,7 @@ def test_gamma_dpo_through_the_integration_equals_the_engine_step_by_step(tokeni
     engine_records: list[dict] = []
     train(
         tiny_llama(tokenizer, seed=0),
-        build("gamma_dpo", beta=BETA, seed=SEED, **GAMMA),
+        build(name, beta=BETA, seed=SEED, **GAMMA),
         tokens,
         TrainingSettings(
             steps=STEPS,
@@ -199,7 +201,7 @@ def test_gamma_dpo_through_the_integration_equals_the_engine_step_by_step(tokeni
             max_prompt_length=16,
             log_every=1,
         ),  # fmt: skip
-        reference=reference,
+        reference=reference if name == "gamma_dpo" else None,  # γ-SimPO is reference-free
         pad_token_id=tokenizer.pad_token_id,
         seed=0,
         device="cpu",
@@ -208,20 +210,22 @@ def test_gamma_dpo_through_the_integration_equals_the_engine_step_by_step(tokeni
     engine_losses = [record["loss"] for record in engine_records]
     difference = max_difference(trainer.losses, engine_losses)
     per_step = [abs(a - b) for a, b in zip(trainer.losses, engine_losses)]
-    print(f"(b) gamma_dpo vs engine: per-step losses {trainer.losses}; |difference| per step {per_step}")
+    print(f"(b) {name} vs engine: per-step losses {trainer.losses}; |difference| per step {per_step}")
     assert difference <= ENGINE_TOLERANCE
 
-    # γ did something: the margins spread, and a DPO run on the same batches has other losses
+    # γ did something: the margins spread, and the base method on the same batches has other losses
     logged = [record for record in trainer.state.log_history if "gamma/std" in record]
     assert [record["gamma/std"] for record in logged] == pytest.approx(
         [record["gamma_std"] for record in engine_records], abs=1e-3
     )
     assert max(record["gamma/std"] for record in logged) > 0.1
-    dpo = make_trainer(
-        NoisyPrefDPOTrainer, tokenizer, pairs.select(engine_order), dpo_config(tmp_path / "dpo")
-    )
-    dpo.train()
-    assert max_difference(dpo.losses, trainer.losses) > 100 * ENGINE_TOLERANCE
+    base_method = {"gamma": GAMMA["gamma0"]} if base == "simpo" else {}  # SimPO's constant margin: γ0
+    without_gamma = make_trainer(
+        NoisyPrefDPOTrainer, tokenizer, pairs.select(engine_order), dpo_config(tmp_path / base),
+        method=base, method_hyperparameters=base_method,
+    )  # fmt: skip
+    without_gamma.train()
+    assert max_difference(without_gamma.losses, trainer.losses) > 100 * ENGINE_TOLERANCE
 
     # evaluation neither feeds the queue nor draws from the training sampler
     state = trainer.method.state_dict()["margin_estimator"]
@@ -417,3 +421,18 @@ def test_the_trl_doc_runs_as_written(tmp_path):
     summary = re.search(r"γ mean ([0-9.]+) \(spread ([0-9.]+)\) over (\d+) candidates", outputs[-1])
     assert summary, outputs[-1][-2000:]
     assert float(summary.group(2)) > 0 and int(summary.group(3)) > 8  # margins spread over queued gaps too
+
+
+def test_every_registered_method_trains_through_the_integration(tokenizer, tmp_path):
+    """Two steps of every method (defaults; β from DPOConfig): finite losses, γ statistics for γ methods."""
+    pairs = random_pairs(2 * PAIRS_PER_STEP)
+    for name in available_methods():
+        trainer = make_trainer(
+            NoisyPrefDPOTrainer, tokenizer, pairs, dpo_config(tmp_path / name, max_steps=2), method=name
+        )
+        trainer.train()
+        assert len(trainer.losses) == 2 and all(math.isfinite(loss) for loss in trainer.losses), name
+        logged = [record for record in trainer.state.log_history if "loss" in record]
+        has_gamma = trainer.method.margin_estimator is not None
+        assert all(("gamma/mean" in record) == has_gamma for record in logged), name
+        assert all(math.isfinite(record["rewards/margins"]) for record in logged), name
