@@ -120,7 +120,7 @@ class NoisyPrefDPOTrainer(DPOTrainer):
         seq_len = shift_completion_mask.size(1)
         per_token_logps = outputs.log_probs[:, -seq_len:]
         logps = completion_logps(per_token_logps, shift_completion_mask, self.ld_alpha)
-        pair_logps = self._pair_logps(model, inputs, logps, per_token_logps, outputs, shift_completion_mask)
+        pair_logps = self._pair_logps(inputs, logps, per_token_logps, outputs, shift_completion_mask)
         output = self.method(pair_logps)
         loss = output.objective
         if self.aux_loss_enabled:
@@ -138,7 +138,6 @@ class NoisyPrefDPOTrainer(DPOTrainer):
 
     def _pair_logps(
         self,
-        model: torch.nn.Module,
         inputs: dict[str, torch.Tensor],
         logps: torch.Tensor,
         per_token_logps: torch.Tensor,
