@@ -147,7 +147,10 @@ def reference_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
     options = dict(model_identity="tiny", cache_dir=Path(out_dir) / "cache", pad_token_id=0, batch_size=4)
     computed = reference_logps(tiny_llama(tokenizer), tokens, **options)  # each rank its share
     loaded = reference_logps(tiny_llama(tokenizer), tokens, **options)  # the file rank 0 wrote
-    torch.save({"computed": computed, "loaded": loaded}, Path(out_dir) / f"reference{rank}.pt")
+    # LD-DPO's shared-prefix sums too (a cache file of their own), each rank its share
+    shared_options = {**options, "cache_dir": Path(out_dir) / "cache-shared", "shared_prefix": True}
+    shared = reference_logps(tiny_llama(tokenizer), tokens, **shared_options)
+    torch.save({"computed": computed, "loaded": loaded, "shared": shared}, Path(out_dir) / f"reference{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
@@ -164,6 +167,14 @@ def test_reference_log_probs_are_shared_out_and_cached_once(tmp_path, one_torch_
         for name in ("computed", "loaded"):
             torch.testing.assert_close(result[name].logp_a, expected.logp_a, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(result[name].logp_b, expected.logp_b, atol=1e-5, rtol=1e-5)
+        expected_shared = reference_logps(
+            tiny_llama(tokenizer), tokens, model_identity="tiny", cache_dir=None, pad_token_id=0, shared_prefix=True
+        )
+        for name in ("logp_a", "logp_b", "shared_a", "shared_b"):
+            torch.testing.assert_close(
+                getattr(result["shared"], name), getattr(expected_shared, name), atol=1e-5, rtol=1e-5
+            )
+    assert len(list((tmp_path / "cache-shared" / "reference_logps").glob("*.pt"))) == 1
 
 
 def agreement_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:

@@ -1,8 +1,8 @@
 """Every registered method trains in a study on the tiny testbed: 5 steps each, through the CLI in a subprocess.
 
 The CLI (``python -m noisypref run STUDY.yaml --out DIR --workers 1``) is the stable entry point while
-the package is restructured. Methods with options that need per-token fields the engine does not
-fill yet (``ld_alpha``, ``use_weighting``) run at their defaults here.
+the package is restructured. The options that need per-token terms (LD-DPO's ``ld_alpha``, WPO's
+``use_weighting``) run too, on DPO and inside a combined method.
 """
 
 from __future__ import annotations
@@ -35,6 +35,20 @@ def test_every_method_runs_five_steps_in_a_study(tmp_path):
             },
         }
     )
+    methods += [
+        {"label": "ld_dpo", "name": "dpo", "hyperparameters": {"ld_alpha": 0.5}},
+        {"label": "wpo", "name": "dpo", "hyperparameters": {"use_weighting": True}},
+        {
+            "label": "wpo_ld_ipo_plus_sft",
+            "name": "combined",
+            "hyperparameters": {
+                "terms": [
+                    {"method": "ipo", "weight": 1.0, "ld_alpha": 0.0, "use_weighting": True},
+                    {"method": "sft", "weight": 0.5},
+                ]
+            },
+        },
+    ]
     study = {
         "name": "every_method",
         "datasets": [{"kind": "testbed", "testbed": TINY_TESTBED}],

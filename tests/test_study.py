@@ -674,11 +674,23 @@ def test_run_ids_do_not_depend_on_the_order_of_the_study_file():
 
 
 @pytest.mark.parametrize("option", [{"ld_alpha": 0.5}, {"use_weighting": True}])
-def test_method_options_the_engine_cannot_feed_yet_are_refused_at_load(option):
-    (name, value), = option.items()
+def test_wpo_and_ld_dpo_options_load_from_a_study_file(option):
+    """The engine computes their per-token terms (issue 26; they were refused at load before)."""
+    raw = {**SMALL_STUDY, "methods": [{"name": "dpo"}, {"label": "with_option", "name": "dpo", "hyperparameters": option}]}
+    runs = plan_runs(parse_study(raw))
+    with_option = [run for run in runs if run.config["method"]["label"] == "with_option"]
+    assert with_option and all(option.items() <= run.config["method"]["hyperparameters"].items() for run in with_option)
+    plain_ids = {run.run_id for run in plan_runs(parse_study({**SMALL_STUDY, "methods": [{"name": "dpo"}]}))}
+    assert plain_ids <= {run.run_id for run in runs}  # the runs without the option keep their ids
+    assert not plain_ids & {run.run_id for run in with_option}
+
+
+@pytest.mark.parametrize(
+    ("option", "allowed"), [({"ld_alpha": 1.5}, "[0.0, 1.0]"), ({"use_weighting": "yes"}, "true or false")]
+)
+def test_wpo_and_ld_dpo_options_are_checked_at_load(option, allowed):
     raw = {**SMALL_STUDY, "methods": [{"name": "dpo", "hyperparameters": option}]}
     with pytest.raises(StudyError) as caught:
         parse_study(raw)
     (problem,) = caught.value.problems
-    assert problem.startswith(f"methods[0].hyperparameters.{name} = {value!r}")
-    assert "the engine does not yet compute" in problem
+    assert problem.startswith("methods[0].hyperparameters") and allowed in problem

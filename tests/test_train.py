@@ -386,6 +386,9 @@ class NaNAtCall:
             logps = dataclasses.replace(logps, policy_chosen=logps.policy_chosen * float("nan"))
         return self.method(logps)
 
+    def optional_fields(self):
+        return self.method.optional_fields()
+
     def train(self, mode: bool = True):
         return self.method.train(mode)
 

@@ -234,3 +234,119 @@ def test_ld_alpha_matches_trl(loss_type, name, ld_alpha):
     ours = build(name, beta=BETA, ld_alpha=ld_alpha, **hp)(batch.pair_logps(list(range(PAIRS)))).loss
     theirs = [batch.trl_loss([pair], loss_type, ld_alpha=ld_alpha) for pair in range(PAIRS)]
     assert ours.tolist() == pytest.approx(theirs, abs=TOLERANCE, rel=0)
+
+
+# --- the same options through the engine: a real model, TRL's own trainer on the same pairs ---------
+#
+# WPO and LD-DPO need per-token terms the engine computes itself (SequenceLogps: the shared-prefix sums
+# and the WPO weight term; the reference cache: the reference's shared-prefix sums). TRL's DPOTrainer
+# (sigmoid loss) on a tiny random Llama gives each pair's loss from its own padded forward pass and its
+# fused LM head; the engine must give the same per-pair losses with packed rows and with padded rows
+# (a model taken not to support packing), from the reference cache and from a live reference model.
+
+ENGINE_TOLERANCE = 1e-5  # float32; packed rows and TRL's padded rows differ by round-off only
+
+
+def engine_pair_losses(method, tokens, pad_token_id, *, pack: bool, live: bool, cache_dir) -> list[float]:
+    from test_trl_equivalence import tiny_llama
+
+    from noisypref.benchmark.engine.logps import SequenceLogps
+    from noisypref.benchmark.engine.reference import (
+        LiveReference,
+        forward_pairs,
+        per_token_terms,
+        reference_logps,
+    )
+
+    terms = per_token_terms(method)
+    reference_model = tiny_llama(tokens_tokenizer(), seed=1)
+    if live:
+        reference = LiveReference(reference_model, pad_token_id)
+    else:
+        reference = reference_logps(
+            reference_model, tokens, model_identity="seed-1", cache_dir=cache_dir, pad_token_id=pad_token_id,
+            shared_prefix=terms["shared_prefix"],
+        )  # fmt: skip
+    logps_model = SequenceLogps(tiny_llama(tokens_tokenizer(), seed=0))
+    assert logps_model.supports_packing == pack
+    with torch.no_grad():
+        logps = forward_pairs(
+            logps_model, tokens, torch.arange(len(tokens)), reference, pad_token_id, torch.device("cpu"),
+            pack=pack, **terms,
+        )  # fmt: skip
+    return method(logps).loss.tolist()
+
+
+def tokens_tokenizer():
+    from noisypref.benchmark.testbed import build_word_tokenizer
+
+    return build_word_tokenizer(num_topics=3, num_words=12)  # test_trl_equivalence's WORDS
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"use_weighting": True}, {"ld_alpha": 0.5}, {"ld_alpha": 0.0}, {"ld_alpha": 0.5, "use_weighting": True}],
+    ids=["wpo", "ld_alpha_0.5", "ld_alpha_0", "both"],
+)
+def test_engine_per_token_terms_give_trls_losses_packed_and_padded(options, tmp_path, monkeypatch, one_torch_thread):
+    from test_trl_equivalence import assert_same_sequences, engine_tokens, random_pairs, trl_trainer
+
+    tokenizer = tokens_tokenizer()
+    pairs = random_pairs(8)
+    trainer = trl_trainer(tokenizer, pairs, tmp_path / "trl", max_steps=1, **options)
+    tokens = engine_tokens(tokenizer, pairs)
+    assert_same_sequences(trainer, tokens, list(range(len(pairs))))
+    with torch.no_grad():
+        theirs = [
+            float(trainer.compute_loss(trainer.model, trainer.data_collator([trainer.train_dataset[row]])))
+            for row in range(len(pairs))
+        ]
+    plain_trainer = trl_trainer(tokenizer, pairs, tmp_path / "plain", max_steps=1)
+    with torch.no_grad():
+        plain = [
+            float(plain_trainer.compute_loss(plain_trainer.model, plain_trainer.data_collator([example])))
+            for example in plain_trainer.train_dataset
+        ]
+    assert max(abs(a - b) for a, b in zip(theirs, plain)) > 1e-3  # the options change TRL's losses
+
+    method = build("dpo", beta=trainer.beta, **options)
+    for pack in (True, False):
+        with monkeypatch.context() as patch:
+            if not pack:  # every SequenceLogps of this block lays sequences out one per padded row
+                patch.setattr("noisypref.benchmark.engine.logps.packing_is_exact", lambda model: False)
+            for live in (False, True):
+                ours = engine_pair_losses(
+                    method, tokens, tokenizer.pad_token_id, pack=pack, live=live, cache_dir=tmp_path / f"cache-{pack}"
+                )
+                assert ours == pytest.approx(theirs, abs=ENGINE_TOLERANCE, rel=0), (pack, live)
+
+
+def test_the_reference_cache_keeps_shared_prefix_sums_in_a_file_of_their_own(tmp_path, one_torch_thread):
+    from test_trl_equivalence import engine_tokens, random_pairs, tiny_llama
+
+    from noisypref.benchmark.engine.reference import reference_cache_path, reference_logps
+
+    tokenizer = tokens_tokenizer()
+    tokens = engine_tokens(tokenizer, random_pairs(6))
+    options = dict(model_identity="seed-1", cache_dir=tmp_path, pad_token_id=tokenizer.pad_token_id)
+    model = tiny_llama(tokenizer, seed=1)
+    plain = reference_logps(model, tokens, **options)
+    shared = reference_logps(model, tokens, **options, shared_prefix=True)
+    plain_file = reference_cache_path(tmp_path, "seed-1", tokens)
+    shared_file = reference_cache_path(tmp_path, "seed-1", tokens, shared_prefix=True)
+    assert plain_file.is_file() and shared_file.is_file() and plain_file != shared_file
+    assert plain.shared_a is None and "shared_a" not in torch.load(plain_file)
+    assert torch.equal(shared.logp_a, plain.logp_a) and torch.equal(shared.logp_b, plain.logp_b)
+    # by hand: one sequence at a time, the first min(|a|, |b|) response log-probs of each response
+    for index in range(len(tokens)):
+        count = min(len(tokens.response_a_ids[index]), len(tokens.response_b_ids[index]))
+        for response, value in ((tokens.response_a_ids[index], shared.shared_a[index]),
+                                (tokens.response_b_ids[index], shared.shared_b[index])):  # fmt: skip
+            sequence = torch.tensor([tokens.prompt_ids[index] + response])
+            with torch.no_grad():
+                logits = model(sequence).logits[0, :-1].log_softmax(-1)
+            prompt = len(tokens.prompt_ids[index])
+            token_logps = logits[torch.arange(prompt - 1, sequence.shape[1] - 1), sequence[0, prompt:]]
+            assert float(value) == pytest.approx(float(token_logps[:count].sum()), abs=1e-5)
+    again = reference_logps(model, tokens, **options, shared_prefix=True)  # read back from the file
+    assert torch.equal(again.shared_a, shared.shared_a) and torch.equal(again.shared_b, shared.shared_b)

@@ -261,6 +261,16 @@ class PreferenceMethod:
         """The scalar objective of a batch."""
         return loss.mean()
 
+    def optional_fields(self) -> frozenset[str]:
+        """The optional ``PairLogps`` fields this method reads (the engine computes those, and only those)."""
+        options = self.config if isinstance(self.config, SequenceOptions) else None
+        fields: set[str] = set()
+        if options is not None and options.ld_alpha is not None:
+            fields.update(SHARED_PREFIX_FIELDS)
+        if options is not None and options.use_weighting:
+            fields.update(WEIGHT_FIELDS)
+        return frozenset(fields)
+
     # --- the shared flow --------------------------------------------------------------------
     def __call__(self, logps: PairLogps) -> MethodOutput:
         if self.requires_reference and not logps.has_reference:

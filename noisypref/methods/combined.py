@@ -90,6 +90,9 @@ class Combined(PreferenceMethod):
             diagnostics=diagnostics,
         )
 
+    def optional_fields(self) -> frozenset[str]:
+        return frozenset().union(*(term.optional_fields() for term in self.terms))
+
     def train(self, mode: bool = True) -> Combined:
         super().train(mode)
         for term in self.terms:

@@ -366,7 +366,7 @@ class MethodSettings(Section):
 
     def problems(self) -> list[tuple[str, Any, str]]:
         try:
-            config = method_config(self.name, self.hyperparameters)
+            method_config(self.name, self.hyperparameters)
         except (ValueError, TypeError) as error:
             return [("hyperparameters", self.hyperparameters, f"valid hyperparameters of {self.name!r} ({error})")]
         symbols = symbolic_hyperparameters(self.hyperparameters)
@@ -376,25 +376,12 @@ class MethodSettings(Section):
                 "on no flipped pair, so an assumed flip rate has nothing to assume"
             )
             return [("reference", self.reference, expected)]
-        return [
-            (f"hyperparameters.{name}", getattr(config, name), f"{off} here: {why}")
-            for name, off, why in ENGINE_UNSUPPORTED_OPTIONS
-            if getattr(config, name, None) not in (None, False)
-        ]
+        return []
 
     @property
     def reference_kind(self) -> str:
         """none (a competitor), clean_only or known_rate (`config.references`)."""
         return reference_kind(self.reference, self.hyperparameters)
-
-
-# Method options the methods library has but the training engine cannot feed yet: they need per-token
-# terms (noisypref.methods.base.SHARED_PREFIX_FIELDS, WEIGHT_FIELDS) that neither the policy forward nor
-# the reference log-prob cache computes. From Python, with a PairLogps holding them, they work.
-ENGINE_UNSUPPORTED_OPTIONS = (
-    ("ld_alpha", "null", "the engine does not yet compute the shared-prefix log-probs LD-DPO needs"),
-    ("use_weighting", "false", "the engine does not yet compute the per-token WPO weights"),
-)
 
 
 def _mapping(value: Any, what: str) -> dict[str, Any]:

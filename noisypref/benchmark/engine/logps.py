@@ -11,6 +11,11 @@ removes about a third of the positions a right-padded batch computes.
 The language-model head is applied to the response positions only, in chunks whose log-softmax is
 recomputed in the backward pass instead of stored, so no ``[batch, length, vocabulary]`` float32
 tensor is held.
+
+Per-token terms some methods need besides the sums (``SequenceLogps.forward``'s ``shared_lengths`` and
+``token_weights``, on the packed and the padded layouts alike): the sum over each sequence's first
+``shared_lengths[s]`` response tokens (LD-DPO's shared prefix: ``min(|yw|, |yl|)`` of its pair), and
+WPO's per-sequence weight term ``(1/|y|) Σ_t [log π(y_t) − log Σ_v π(v)²]``, without gradient.
 """
 
 from __future__ import annotations
@@ -169,7 +174,12 @@ class SequenceLogps(nn.Module):
         )
         self.supports_packing = packing_is_exact(model)
 
-    def forward(self, batch: SequenceBatch) -> torch.Tensor:
+    def forward(
+        self, batch: SequenceBatch, shared_lengths: torch.Tensor | None = None, token_weights: bool = False
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Each sequence's summed response log-prob; with ``shared_lengths`` (one count per sequence) or
+        ``token_weights``, a dict: ``"sum"``, ``"shared"`` (the sum over the first ``shared_lengths[s]``
+        response tokens) and ``"weight_log"`` (WPO's term, module docstring), as asked."""
         # The token at position t + 1 is predicted from position t (of the same sequence: a sequence's
         # first token is a prompt token, never a response token).
         prediction_mask = batch.response_mask[:, 1:]
@@ -177,37 +187,80 @@ class SequenceLogps(nn.Module):
         inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
         if self.response_only_head:
             hidden = self.model.base_model(**inputs).last_hidden_state
-            token_logps = self._head_log_probs(hidden[:, :-1][prediction_mask], targets)
+            token_logps, log_sum_squares = self._head_log_probs(
+                hidden[:, :-1][prediction_mask], targets, token_weights
+            )
         else:
             logits = self.model(**inputs).logits[:, :-1][prediction_mask]
             token_logps = _target_log_probs(logits, targets)
-        sums = torch.zeros(batch.num_sequences, dtype=torch.float32, device=batch.input_ids.device)
-        return sums.index_add(0, batch.sequence_index[:, 1:][prediction_mask], token_logps)
+            log_sum_squares = _log_sum_squared_probs(logits) if token_weights else None
+        sequences = batch.sequence_index[:, 1:][prediction_mask]
+        zeros = torch.zeros(batch.num_sequences, dtype=torch.float32, device=batch.input_ids.device)
+        sums = zeros.index_add(0, sequences, token_logps)
+        if shared_lengths is None and not token_weights:
+            return sums
+        terms = {"sum": sums}
+        if shared_lengths is not None:
+            place = _response_place(sequences, batch.num_sequences)
+            in_prefix = place < shared_lengths.to(sequences.device)[sequences]
+            terms["shared"] = zeros.index_add(0, sequences, token_logps * in_prefix)
+        if token_weights:
+            # WPO (Zhou et al. 2024, eq. 2): log π(y_t) aligned by log Σ_v π(v)², mean over the response
+            aligned = zeros.index_add(0, sequences, token_logps.detach() - log_sum_squares)
+            terms["weight_log"] = aligned / batch.response_lengths.to(aligned).clamp(min=1)
+        return terms
 
-    def _head_log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _head_log_probs(
+        self, hidden: torch.Tensor, targets: torch.Tensor, token_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Target log-probs of the response positions; with ``token_weights``, log Σ_v p_v² (detached)."""
         head = self.model.get_output_embeddings()
 
-        def chunk_log_probs(hidden_chunk: torch.Tensor, target_chunk: torch.Tensor) -> torch.Tensor:
-            return _target_log_probs(head(hidden_chunk), target_chunk)
+        def chunk_log_probs(hidden_chunk, target_chunk) -> tuple[torch.Tensor, ...]:
+            logits = head(hidden_chunk)
+            log_probs = _target_log_probs(logits, target_chunk)
+            return (log_probs, _log_sum_squared_probs(logits)) if token_weights else (log_probs,)
 
         if hidden.shape[0] <= self.chunk_tokens:
-            return chunk_log_probs(hidden, targets)
-        pieces = []
-        for start in range(0, hidden.shape[0], self.chunk_tokens):
-            stop = start + self.chunk_tokens
-            if torch.is_grad_enabled():
-                pieces.append(
-                    checkpoint(chunk_log_probs, hidden[start:stop], targets[start:stop], use_reentrant=False)
-                )
-            else:
-                pieces.append(chunk_log_probs(hidden[start:stop], targets[start:stop]))
-        return torch.cat(pieces)
+            pieces = [chunk_log_probs(hidden, targets)]
+        else:
+            pieces = []
+            for start in range(0, hidden.shape[0], self.chunk_tokens):
+                stop = start + self.chunk_tokens
+                if torch.is_grad_enabled():
+                    chunk = (hidden[start:stop], targets[start:stop])
+                    pieces.append(checkpoint(chunk_log_probs, *chunk, use_reentrant=False))
+                else:
+                    pieces.append(chunk_log_probs(hidden[start:stop], targets[start:stop]))
+        log_probs = torch.cat([piece[0] for piece in pieces])
+        return log_probs, torch.cat([piece[1] for piece in pieces]) if token_weights else None
 
 
 def _target_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[target] per row, in float32."""
     logits = logits.float()
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _log_sum_squared_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log Σ_v softmax(logits)_v² per row, in float32, without gradient (WPO's alignment term)."""
+    logits = logits.detach().float()
+    return torch.logsumexp(2 * logits, dim=-1) - 2 * torch.logsumexp(logits, dim=-1)
+
+
+def _response_place(sequences: torch.Tensor, num_sequences: int) -> torch.Tensor:
+    """Each response token's place in its response (0, 1, …), given the sequence of every response token
+    in layout order: a sequence's response tokens are contiguous and in order in both layouts."""
+    order = torch.arange(sequences.numel(), device=sequences.device)
+    first = torch.full((num_sequences,), sequences.numel(), dtype=order.dtype, device=sequences.device)
+    first = first.scatter_reduce(0, sequences, order, reduce="amin")
+    return order - first[sequences]
+
+
+def pair_shared_lengths(batch: SequenceBatch) -> torch.Tensor:
+    """LD-DPO's shared prefix of a ``pair_batch`` (chosen first): ``min(|yw|, |yl|)`` per sequence."""
+    chosen, rejected = batch.response_lengths.chunk(2)
+    return torch.minimum(chosen, rejected).repeat(2)
 
 
 @torch.no_grad()
@@ -252,15 +305,19 @@ def sequence_logps(
     pad_token_id: int,
     batch_size: int = 128,
     on_batch: Callable[[int], None] | None = None,
+    shared_lengths: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Summed response log-probs of many sequences (no gradient), in batches of similar length; on the CPU.
-    ``on_batch`` receives the number of sequences of each batch done (progress)."""
+    ``on_batch`` receives the number of sequences of each batch done (progress). With ``shared_lengths``
+    (one count per sequence) the result has two columns: the sum, and the sum over the first
+    ``shared_lengths[i]`` response tokens."""
     device = model.device
     logps_model = SequenceLogps(model)
     was_training = model.training
     model.eval()
     by_length = sorted(range(len(prompt_ids)), key=lambda row: len(prompt_ids[row]) + len(response_ids[row]))
-    result = torch.empty(len(prompt_ids), dtype=torch.float32)
+    shape = (len(prompt_ids),) if shared_lengths is None else (len(prompt_ids), 2)
+    result = torch.empty(shape, dtype=torch.float32)
     for start in range(0, len(by_length), batch_size):
         rows = by_length[start : start + batch_size]
         batch = sequence_batch(
@@ -268,9 +325,13 @@ def sequence_logps(
             [response_ids[row] for row in rows],
             pad_token_id,
             pack=logps_model.supports_packing,
-        )
+        ).to(device)
         with autocast_for(device):
-            result[rows] = logps_model(batch.to(device)).float().cpu()
+            if shared_lengths is None:
+                result[rows] = logps_model(batch).float().cpu()
+            else:
+                terms = logps_model(batch, shared_lengths=torch.tensor([shared_lengths[row] for row in rows]))
+                result[rows] = torch.stack([terms["sum"], terms["shared"]], dim=1).float().cpu()
         if on_batch is not None:
             on_batch(len(rows))
     model.train(was_training)

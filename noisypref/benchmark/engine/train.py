@@ -46,7 +46,7 @@ from transformers import PreTrainedModel
 from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.logps import SequenceLogps
-from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs
+from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs, per_token_terms
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.progress import phase
 from noisypref.benchmark.storage import torch_save_atomic
@@ -293,6 +293,7 @@ def accumulate_gradients(
                 pad_token_id,
                 step_context.device,
                 pack=step_context.pack,
+                **per_token_terms(method),
             )
             output = method(logps)
             if not distributed.all_true(bool(torch.isfinite(output.objective.detach())), step_context.device):

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from noisypref.benchmark.config.metrics import declare
 from noisypref.benchmark.config.sections import EvaluationSettings
 from noisypref.benchmark.engine.logps import SequenceLogps, sequence_logps
-from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs
+from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs, per_token_terms
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.evaluation.alpaca_eval import NothingToFit, length_controlled_minimal_winrate
 from noisypref.benchmark.testbed import GoldReward, sample_responses
@@ -136,6 +136,7 @@ def method_outputs(
             pad_token_id,
             policy.device,
             pack=logps_model.supports_packing,
+            **per_token_terms(method),
         )
         output = method(logps)
         collected["chosen_reward"].append(output.chosen_reward)

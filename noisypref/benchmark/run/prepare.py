@@ -26,7 +26,12 @@ from noisypref.benchmark.data.hub import hub_lookup
 from noisypref.benchmark.data.loaders import load_preferences, split_heldout
 from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.models import adapters_disabled, apply_lora, load_causal_lm, resolve_model
-from noisypref.benchmark.engine.reference import LiveReference, ReferenceLogps, reference_logps
+from noisypref.benchmark.engine.reference import (
+    LiveReference,
+    ReferenceLogps,
+    per_token_terms,
+    reference_logps,
+)
 from noisypref.benchmark.engine.tokenization import TokenizedPairs, tokenize_pairs
 from noisypref.benchmark.evaluation.chat_benchmarks import check_runnable, parse_benchmarks
 from noisypref.benchmark.progress import phase
@@ -87,7 +92,10 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
     train_reference = heldout_reference = None
     cached = method.requires_reference and config.model.reference == "cached"
     if cached:  # computed before training changes the policy; usually a cache hit
-        options = dict(model_identity=identity, cache_dir=cache_dir, pad_token_id=pad_token_id)
+        options = dict(
+            model_identity=identity, cache_dir=cache_dir, pad_token_id=pad_token_id,
+            shared_prefix=per_token_terms(method)["shared_prefix"],  # LD-DPO's rewards need shared-prefix sums
+        )  # fmt: skip
         train_reference = reference_logps(policy, train_tokens, **options)
         heldout_reference = reference_logps(policy, heldout_tokens, **options)
     if config.model.lora is not None:

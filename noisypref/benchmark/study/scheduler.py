@@ -53,7 +53,7 @@ from noisypref.benchmark.study.folder import (
 from noisypref.benchmark.study.grid import PlannedRun, plan_runs
 from noisypref.benchmark.study.results import collect_results
 from noisypref.benchmark.study.schema import Study
-from noisypref.benchmark.study.tracking import track_run
+from noisypref.benchmark.study.tracking import LiveTracking, finish_trackers
 from noisypref.plugins import import_plugins
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class RunTask:
     wait: bool = False  # wait for a lock held elsewhere instead of giving up
     failures_since: float | None = None  # with wait: a failure recorded after this time is final
     plugins: tuple[str, ...] = ()  # the study's plugin modules, imported before the run (noisypref.plugins)
-    tracking: TrackingSettings | None = None  # trackers the finished run is sent to (study.tracking)
+    tracking: TrackingSettings | None = None  # trackers the run is sent to as it trains (study.tracking)
     study: str = ""  # the study's name: the trackers' group
     label: str = ""  # the run's label: its name in the trackers
 
@@ -174,7 +174,7 @@ def run_study(
 
     Returns the summary; `summary.all_succeeded` tells whether every selected run has a result.
     With `collect`, writes out_dir/results.parquet at the end. The progress bar shows on a terminal.
-    `tracking` (default: the study's) names the trackers each finished run is sent to.
+    `tracking` (default: the study's) names the trackers each run is sent to while it trains.
     """
     if workers < 1:
         raise ValueError(f"workers = {workers} is not allowed; it must be an integer >= 1")
@@ -241,6 +241,7 @@ def run_study(
             for outcome in runner(waiting):
                 _record(outcome, by_id[outcome.run_id], summary, bar)
     summary.wall_time_s = time.perf_counter() - start
+    finish_trackers()  # the trackers' services, kept for the whole study (one W&B service, not one per run)
     if collect:
         summary.results_table = collect_results(folder, study)
     return summary
@@ -297,14 +298,13 @@ def attempt_run(task: RunTask) -> RunOutcome:
 
 
 def _execute(task: RunTask, run_dir: Path) -> RunOutcome:
-    try:
+    if task.tracking is None or not task.tracking.trackers:
         return _execute_run(task, run_dir)
-    finally:
-        if task.tracking is not None and task.tracking.trackers:
-            track_run(
-                task.tracking, study=task.study, run_id=task.run_id, label=task.label or task.run_id,
-                run_dir=run_dir, out_dir=run_dir.parent.parent,
-            )  # fmt: skip
+    with LiveTracking(
+        task.tracking, study=task.study, run_id=task.run_id, label=task.label or task.run_id,
+        config=task.config, run_dir=run_dir, out_dir=run_dir.parent.parent,
+    ):  # fmt: skip
+        return _execute_run(task, run_dir)
 
 
 def _execute_run(task: RunTask, run_dir: Path) -> RunOutcome:
