@@ -43,9 +43,9 @@ TRAILING_COLUMNS = ("wall_time_s", "status", "failure_reason")
 
 
 def results_frame(folder: StudyFolder, study: Study | None = None) -> pd.DataFrame:
-    """One row per run of the study in `folder` (its study.yaml unless `study` is given)."""
-    study = study or folder.load_study()
-    rows = [_row(study.name, run, folder) for run in plan_runs(study)]
+    """One row per run of the study in `folder` (its plan.json or study.yaml unless `study` is given)."""
+    name, runs = (study.name, plan_runs(study)) if study is not None else folder.planned_runs()
+    rows = [_row(name, run, folder) for run in runs]
     hyperparameter_columns = sorted({key for row in rows for key in row["hp"]})
     metric_columns = list(dict.fromkeys(key for row in rows for key in row["metrics"]))
     records = []

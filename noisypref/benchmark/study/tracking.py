@@ -146,3 +146,19 @@ def write_trackio(
 
 
 WRITERS = {"tensorboard": write_tensorboard, "wandb": write_wandb, "trackio": write_trackio}
+
+# The package each tracker imports, and the extra of noisypref that installs it.
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "track"), "wandb": ("wandb", "track"), "trackio": ("trackio", "trackio")}
+
+
+def missing_tracker_reasons(trackers: tuple[str, ...]) -> dict[str, str]:
+    """For each tracker whose package is not installed here, what to install (checked before any run,
+    so that a study does not run to the end with one warning per run)."""
+    import importlib.util
+
+    reasons = {}
+    for tracker in trackers:
+        package, extra = TRACKER_PACKAGES[tracker]
+        if importlib.util.find_spec(package) is None:
+            reasons[tracker] = f"{tracker} needs the {package} package: pip install 'noisypref[{extra}]'"
+    return reasons
