@@ -213,6 +213,7 @@ def train(
     )
     order = PairOrder(len(pairs), config.batch_size, seed)
     start_step = 0
+    last_record: dict[str, float] | None = None  # of the last logged step
     if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).exists():
         checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_FILE
         try:
@@ -223,10 +224,10 @@ def train(
             if process_index == 0:
                 checkpoint_path.unlink(missing_ok=True)
         if metrics_path is not None and process_index == 0:
-            _drop_metrics_after(metrics_path, start_step)
+            logged = _drop_metrics_after(metrics_path, start_step)
+            last_record = logged[-1] if logged and start_step else None
 
     skipped_steps = 0
-    last_record: dict[str, float] | None = None
     window_start, window_pairs = time.perf_counter(), 0
     started = time.perf_counter()
     with phase(
@@ -519,13 +520,14 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def _drop_metrics_after(metrics_path: Path, step: int) -> None:
+def _drop_metrics_after(metrics_path: Path, step: int) -> list[dict[str, Any]]:
     """Remove metric lines of steps after ``step`` (written after the checkpoint a run resumes from),
     and any line that is not a complete record (a torn last line of a killed run), with a warning
-    naming the file and the line."""
+    naming the file and the line; returns the records kept (the last one is the run's latest
+    metrics, should it resume at its last step)."""
     if not metrics_path.exists():
-        return
-    kept = []
+        return []
+    kept, records = [], []
     for number, line in enumerate(metrics_path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -539,4 +541,6 @@ def _drop_metrics_after(metrics_path: Path, step: int) -> None:
             continue
         if logged_step <= step:
             kept.append(line)
+            records.append(record)
     metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    return records
