@@ -56,7 +56,7 @@ class StoreOnce(argparse.Action):
         setattr(namespace, self.dest, values)
 
     def refusal(self, option_string: str, first: object, second: object) -> str:
-        return f"argument {option_string}: given twice ({first!r}, then {second!r}); give it once"
+        return f"argument {option_string}: given twice ({first}, then {second}); give it once"
 
 
 def describe_os_error(error: OSError) -> str:
