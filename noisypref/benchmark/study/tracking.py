@@ -4,7 +4,8 @@ TensorBoard (``torch.utils.tensorboard``), Weights & Biases (``wandb``) and/or T
 The run folder stays the record: when a run ends (succeeded or failed), ``track_run`` reads its
 config.json, metrics.jsonl and result.json and writes one tracker run per noisypref run, named by the
 run's label, grouped by study, its steps those of metrics.jsonl. The trackers are optional extras
-(``pip install "noisypref[track]"``); a tracker that is missing or fails is logged and the study goes on.
+(``pip install "noisypref[track]"``): one that is not installed is refused before the first run
+(``missing_tracker_reasons``, the preflight); one that fails on a run is logged and the study goes on.
 
 - TensorBoard: event files in ``<tensorboard_dir>/<study>/<label>-<run_id>/`` (default
   tensorboard_dir: the study folder's ``tensorboard/``): scalars ``train/<metric>`` per step,
