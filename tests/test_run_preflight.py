@@ -7,11 +7,13 @@ folders are not created (no study.yaml, no runs/).
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from noisypref import plugins
 from noisypref.benchmark.study import slurm
 from noisypref.cli import main
 
@@ -89,7 +91,14 @@ def test_emitted_job_commands_carry_the_plugin_folder_of_the_study_file(tmp_path
     (lab / "lab_losses_for_jobs.py").write_text("")  # a plugin module that registers nothing
     study = lab / "study.yaml"
     study.write_text(yaml.safe_dump({**STUDY, "plugins": ["lab_losses_for_jobs"]}))
-    status, out, err = cli(capsys, "run", study, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--emit-jobs")
+    try:
+        status, out, err = cli(
+            capsys, "run", study, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--emit-jobs"
+        )
+    finally:  # as a fresh process would be: the lab folder off the import path
+        sys.modules.pop("lab_losses_for_jobs", None)
+        sys.path.remove(str(lab.resolve()))
+        plugins._plugin_folders.remove(str(lab.resolve()))
     assert status == 0, err
     (command,) = out.splitlines()
     words = shlex.split(command)
