@@ -1,7 +1,7 @@
 """A study's plugin modules where researchers keep them: beside the study file. They import without
-PYTHONPATH (installed packages win a clash of names), a missing one is reported with the folders
-searched, and `noisypref status` and `collect` read a plugin study's folder without the plugin code
-(from its plan.json), in a shell where the plugin does not import.
+PYTHONPATH, in spawned worker processes too (installed packages win a clash of names); a missing one
+is reported with the folders searched; and `noisypref status` and `collect` read a plugin study's
+folder without the plugin code (from its plan.json), in a shell where the plugin does not import.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from test_study import TINY_TESTBED
 
 from noisypref import plugins
 from noisypref.cli import main
@@ -69,15 +70,24 @@ def write_lab(root: Path, module: str, method: str) -> Path:
     return lab / "study.yaml"
 
 
-def test_a_plugin_beside_the_study_file_imports_without_pythonpath(tmp_path):
+def test_a_plugin_beside_the_study_file_runs_in_spawned_workers_without_pythonpath(tmp_path):
     study = write_lab(tmp_path, "lab_losses_beside", "lab_dpo_beside")
+    document = yaml.safe_load(study.read_text())
+    document.update(
+        datasets=[{"kind": "testbed", "testbed": TINY_TESTBED}],
+        training={"steps": 2, "batch_size": 8, "max_length": 16, "max_prompt_length": 4},
+        evaluation={"num_eval_prompts": 8, "max_new_tokens": 5},
+        noise=[{"model": "symmetric", "rates": [0.2]}],
+    )
+    study.write_text(yaml.safe_dump(document))
     environment = {**os.environ, "PYTHONPATH": str(REPO)}  # noisypref only: the lab folder is not on it
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    command = [sys.executable, "-m", "noisypref", "validate", str(study), "--count"]
-    done = subprocess.run(command, cwd=elsewhere, env=environment, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "study 'lab_study' is valid" in done.stdout and "2 method setting(s)" in done.stdout
+    command = [sys.executable, "-m", "noisypref", "run", str(study), "--out", "out", "--workers", "2", "--no-report"]
+    done = subprocess.run(command, cwd=elsewhere, env=environment, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = pd.read_parquet(elsewhere / "out" / "results.parquet")
+    assert sorted(table["method_name"]) == ["dpo", "lab_dpo_beside"] and set(table["status"]) == {"succeeded"}
 
 
 def test_a_plugin_that_is_not_found_names_the_folders_searched(tmp_path, capsys):
