@@ -190,7 +190,10 @@ def test_heldout_accuracy_uses_the_methods_own_rewards() -> None:
     assert preference_accuracy(dpo["chosen_reward"], dpo["rejected_reward"]) == 0.5
 
 
-def test_kl_estimate_matches_the_exact_kl_of_an_enumerable_model() -> None:
+def enumerable_kl_setup():
+    """Two tiny models over 3 words and eos whose responses (at most 3 tokens) can all be listed:
+    (policy, reference, tokenizer, max_new_tokens, probability of each response under the policy,
+    its log π − log π_ref)."""
     # No bos, eos doubles as padding: every sampled token sequence decodes and re-tokenises exactly.
     vocabulary = {"<eos>": 0, "topic_0": 1, "w0": 2, "w1": 3}
     word_level = Tokenizer(models.WordLevel(vocabulary, unk_token="<eos>"))
@@ -210,9 +213,16 @@ def test_kl_estimate_matches_the_exact_kl_of_an_enumerable_model() -> None:
     reference_logps_ = np.array([plain_logp(reference, prompt + response, 1) for response in responses])
     probabilities = np.exp(policy_logps)
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
-    log_ratio = policy_logps - reference_logps_
+    return policy, reference, tokenizer, max_new_tokens, probabilities, policy_logps - reference_logps_
+
+
+def test_kl_estimate_matches_the_exact_kl_of_an_enumerable_model() -> None:
+    policy, reference, tokenizer, max_new_tokens, probabilities, log_ratio = enumerable_kl_setup()
     exact_kl = float(np.sum(probabilities * log_ratio))
-    standard_deviation = math.sqrt(float(np.sum(probabilities * (log_ratio - exact_kl) ** 2)))
+    # the estimator's terms, k3 = (r − 1) − log r with r = π_ref/π: their mean under π is the KL
+    k3 = np.expm1(-log_ratio) + log_ratio
+    assert float(np.sum(probabilities * k3)) == pytest.approx(exact_kl, abs=1e-6) and (k3 >= 0).all()
+    standard_deviation = math.sqrt(float(np.sum(probabilities * (k3 - exact_kl) ** 2)))
 
     samples = 3000
     estimate = kl_estimate(
@@ -226,3 +236,18 @@ def test_kl_estimate_matches_the_exact_kl_of_an_enumerable_model() -> None:
     )
     assert exact_kl > 0.05
     assert estimate == pytest.approx(exact_kl, abs=4 * standard_deviation / math.sqrt(samples))
+
+
+def test_kl_estimate_is_never_negative_even_from_one_sample() -> None:
+    # A sample whose log π − log π_ref is negative made the plain mean negative; k3 is ≥ 0 per sample.
+    policy, reference, tokenizer, max_new_tokens, probabilities, log_ratio = enumerable_kl_setup()
+    negative_share = float(probabilities[log_ratio < 0].sum())
+    assert negative_share > 0.2  # the plain estimate from one sample is negative this often
+    estimates = [
+        kl_estimate(policy, reference, tokenizer, ["topic_0"], num_samples=1, max_new_tokens=max_new_tokens, seed=seed)
+        for seed in range(30)
+    ]
+    assert min(estimates) >= 0.0
+    # each one-sample estimate is the k3 of one response the policy can produce
+    k3 = np.expm1(-log_ratio) + log_ratio
+    assert all(np.isclose(k3, estimate, atol=1e-5).any() for estimate in estimates)

@@ -72,6 +72,7 @@ def write_study(path: Path, **sections) -> Path:
 
 def file_study(tmp_path: Path, data: Path, **sections) -> Path:
     sections.setdefault("models", [{"name": str(local_model_folder(tmp_path))}])
+    sections.setdefault("training", {"batch_size": 4})  # a step takes batch_size distinct pairs of the small files
     return write_study(tmp_path / "study.yaml", datasets=[{"kind": "file", "source": str(data)}], **sections)
 
 

@@ -58,6 +58,14 @@ def torch_save_atomic(path: Path, value: Any) -> None:
         torch.save(value, temporary)
 
 
+def make_files_shareable(folder: Path) -> None:
+    """Give every file under ``folder`` the mode of the other outputs (0644): some writers (safetensors)
+    create their files private to their owner."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o644)
+
+
 @contextlib.contextmanager
 def file_lock(lock_path: Path, *, wait: bool = True) -> Iterator[bool]:
     """Hold an exclusive ``fcntl.flock`` on ``lock_path`` for the block and yield True; with ``wait``

@@ -44,6 +44,21 @@ class UserError(Exception):
     """A mistake in what the user asked for: shown as one message, exit status 2, no traceback."""
 
 
+class StoreOnce(argparse.Action):
+    """An option that takes one value and may be given once: a second occurrence is refused (argparse
+    would silently keep the last), naming both values."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001 (argparse's)
+        given = namespace.__dict__.setdefault("_options_given", {})
+        if self.dest in given:
+            parser.error(self.refusal(option_string, given[self.dest], values))
+        given[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+    def refusal(self, option_string: str, first: object, second: object) -> str:
+        return f"argument {option_string}: given twice ({first}, then {second}); give it once"
+
+
 def describe_os_error(error: OSError) -> str:
     """The message of a file-system error: the path, the reason, and what to do about a full disk."""
     text = f"{error.filename}: {error.strerror or error}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from noisypref.benchmark.data.loaders import (
     write_preferences,
     write_records,
 )
-from noisypref.cli import UserError, make_output_folder
+from noisypref.cli import StoreOnce, UserError, make_output_folder
 from noisypref.noise_injection import NOISE_MODELS, get_noise_model, inject
 from noisypref.noise_injection.base import realised_rate_warning
 
@@ -26,6 +27,18 @@ FLIP_TABLE_NAME = "flips.csv"
 FLIP_SUMMARY_NAME = "flips.json"
 LAYOUT_FORMATS = ("trl", "same")
 FILE_TYPES = ("jsonl", "parquet")
+
+
+class FormatOnce(StoreOnce):
+    """--format, given once; a second --format naming a file type is most likely meant as --file-type."""
+
+    def refusal(self, option_string: str, first: object, second: object) -> str:
+        text = super().refusal(option_string, first, second)
+        file_type = next((value for value in (second, first) if value in FILE_TYPES), None)
+        if file_type is not None:
+            layout = next((value for value in (first, second) if value in LAYOUT_FORMATS), "trl")
+            text += f"; {file_type} is a file type: give --format {layout} --file-type {file_type}"
+        return text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,8 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--list", action="store_true", help="list the noise models with their options and exit"
     )
-    parser.add_argument("--data", help="a local json / jsonl / jsonl.gz / parquet file, or a hub dataset id")
-    parser.add_argument("--split", help="hub split to load (needed when the hub dataset has several)")
+    parser.add_argument("--data", action=StoreOnce, help="a local json / jsonl / jsonl.gz / parquet file, or a hub dataset id")
+    parser.add_argument("--split", action=StoreOnce, help="hub split to load (needed when the hub dataset has several)")
     parser.add_argument(
         "--data-option",
         action="append",
@@ -55,10 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="option for datasets.load_dataset, e.g. data_dir=harmless-base (repeatable; hub ids only)",
     )
-    parser.add_argument("--model", help=f"noise model: {', '.join(sorted(NOISE_MODELS))}")
-    parser.add_argument("--rate", type=float, help="target flip rate in [0, 1]")
+    parser.add_argument("--model", action=StoreOnce, help=f"noise model: {', '.join(sorted(NOISE_MODELS))}")
+    parser.add_argument("--rate", type=float, action=StoreOnce, help="target flip rate in [0, 1]")
     parser.add_argument(
-        "--seed", type=int, default=0, help=f"seed of the keyed draws, 0 to {MAX_SEED} (default 0)"
+        "--seed", type=int, default=0, action=StoreOnce, help=f"seed of the keyed draws, 0 to {MAX_SEED} (default 0)"
     )
     parser.add_argument(
         "--option",
@@ -67,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="noise-model option, VALUE read as JSON where it parses (mode=bernoulli, accuracy=[0.9,0.8,0.7])",
     )
-    parser.add_argument("--out", type=Path, help="output folder (created if missing)")
+    parser.add_argument("--out", type=Path, action=StoreOnce, help="output folder (created if missing)")
     parser.add_argument(
         "--force",
         action="store_true",
@@ -75,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--format",
+        action=FormatOnce,
         choices=LAYOUT_FORMATS + FILE_TYPES,
         default="trl",
         help="layout of the noisy data: trl (TRL's preference format prompt/chosen/rejected; the default) "
@@ -82,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "file type (as --file-type does) with the trl layout",
     )
     parser.add_argument(
-        "--file-type", choices=FILE_TYPES, help="file type of the noisy data (default jsonl)"
+        "--file-type", choices=FILE_TYPES, action=StoreOnce, help="file type of the noisy data (default jsonl)"
     )
     parser.set_defaults(func=run_noise)
 
@@ -116,8 +130,29 @@ def run_noise(args: argparse.Namespace) -> int:
             f"--split {args.split!r}: {args.data} is a local file, which holds one split; "
             "--split chooses the split of a hub dataset only (drop it)"
         )
+    if args.format in FILE_TYPES and args.file_type not in (None, args.format):
+        raise UserError(
+            f"--format {args.format} and --file-type {args.file_type} name two file types; give --file-type "
+            f"{args.file_type} alone (with --format trl or same for the layout)"
+        )
     check_earlier_output(args.out, args.force)
+    existed = args.out.exists()
     make_output_folder(args.out, "the output folder (--out)")
+    written: list[Path] = []
+    try:
+        return write_noisy_data(args, written)
+    except BaseException:
+        # a failed command leaves --out as it found it: no empty folder, no half of the output
+        for path in written:
+            path.unlink(missing_ok=True)
+        if not existed:
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
+
+
+def write_noisy_data(args: argparse.Namespace, written: list[Path]) -> int:
+    """Load, inject and write the noisy data, the flip table and summary (each path added to
+    ``written`` before it is written)."""
     dataset = load_preferences(args.data, args.split, **parse_key_values(args.data_option, "--data-option"))
     try:
         noisy, record = inject(
@@ -133,16 +168,20 @@ def run_noise(args: argparse.Namespace) -> int:
             args.data, args.split, **parse_key_values(args.data_option, "--data-option")
         )
         flipped = record.table["is_flipped"].tolist()
+        written.append(data_path)
         write_records(
             [swap_labels(row) if is_flipped else row for row, is_flipped in zip(records, flipped, strict=True)],
             data_path,
         )
         written_layout = f"the input's layout, {layout}"
     else:
+        written.append(data_path)
         write_preferences(noisy, data_path)
         written_layout = "TRL's preference format"
+    written.append(args.out / FLIP_TABLE_NAME)
     record.to_csv(args.out / FLIP_TABLE_NAME)
     summary = {"data": str(args.data), "split": args.split, **record.summary()}
+    written.append(args.out / FLIP_SUMMARY_NAME)
     (args.out / FLIP_SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(
         f"{args.model} noise, seed {args.seed}: flipped {record.num_flipped} of {record.num_pairs} pairs, "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import logging
 import os
 import shlex
@@ -61,6 +63,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-report", action="store_true", help="do not write OUT/report/ (`noisypref report OUT` writes it)"
     )
     parser.add_argument(
+        "--plugin-path",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="also look for the study's plugin modules in DIR (repeatable); they are looked up in the "
+        "installed packages, then in the study file's folder, then here",
+    )
+    parser.add_argument(
         "--track",
         metavar="TRACKERS",
         help="send each run's training curve, final metrics and config to these trackers, comma-separated: "
@@ -112,10 +122,16 @@ def run_run(args: argparse.Namespace) -> int:
     )
     from noisypref.benchmark.study.launch import Leader, control_group, follow
     from noisypref.benchmark.study.preflight import check_preflight
-    from noisypref.benchmark.study.scheduler import default_cache_dir, resolve_executor
+    from noisypref.benchmark.study.scheduler import default_cache_dir, resolve_executor, select_runs
 
-    study = load_study(args.study or default_study_path())
+    study = load_study(args.study or default_study_path(), plugin_folders=args.plugin_path or ())
     check_data_files(study, args.study)
+    if args.track is not None:  # --track replaces the study's trackers; checked as they are
+        study = dataclasses.replace(study, tracking=parse_track(study, args.track))
+    if args.launcher == "slurm":
+        check_slurm_launch(args)
+    if args.run_id is not None:
+        select_runs(plan_runs(study), args.run_id)  # an unknown id is refused before any folder is written
     out = args.out or Path("runs") / study.name
     devices = parse_devices(args.devices)
     launched = launched_world_size()
@@ -138,7 +154,7 @@ def run_run(args: argparse.Namespace) -> int:
         folder.prepare(study, force=args.force)
         pending = [run for run in plan_runs(study) if not folder.is_done(run.run_id)]
         for run in pending:
-            print(job_command(folder.study_file, out, cache_dir, run.run_id))
+            print(job_command(folder.study_file, out, cache_dir, run.run_id, plugin_folders(study, args)))
         print(f"{len(pending)} unfinished run(s) of study {study.name!r}", file=sys.stderr)
         return 0
     executor = os.environ.get(EXECUTOR_VARIABLE, DEFAULT_EXECUTOR)
@@ -160,7 +176,6 @@ def run_run(args: argparse.Namespace) -> int:
             force=args.force,
             run_ids=args.run_id,
             collect=args.run_id is None,
-            tracking=parse_track(study, args.track),
         )
     except KeyboardInterrupt:
         print(describe_interruption(study, out, args), file=sys.stderr)
@@ -203,18 +218,16 @@ def submit_to_slurm(study, out: Path, cache_dir: Path, args: argparse.Namespace)
     from noisypref.benchmark.study.scheduler import select_runs
     from noisypref.benchmark.study.slurm import SUBMITIT_FOLDER, SlurmSettings, slurm_executor, submit_runs
 
-    if args.slurm_gpus_per_job < 0 or args.slurm_time < 1:
-        raise UserError("--slurm-gpus-per-job must be >= 0 and --slurm-time (minutes) >= 1")
     folder = StudyFolder(out)
     folder.prepare(study, force=args.force)
     runs = plan_runs(study) if args.run_id is None else select_runs(plan_runs(study), args.run_id)
     pending = [run.run_id for run in runs if not folder.is_done(run.run_id)]
     settings = SlurmSettings(args.slurm_partition, args.slurm_gpus_per_job, args.slurm_time)
-    try:
-        executor = slurm_executor(out / SUBMITIT_FOLDER, settings)
-    except ImportError:
-        raise UserError("--launcher slurm needs submitit: pip install 'noisypref[slurm]'") from None
-    jobs = submit_runs(executor, folder.study_file, out, cache_dir, pending, array=not args.slurm_no_array)
+    executor = slurm_executor(out / SUBMITIT_FOLDER, settings)
+    jobs = submit_runs(
+        executor, folder.study_file, out, cache_dir, pending, array=not args.slurm_no_array,
+        plugin_folders=plugin_folders(study, args),
+    )  # fmt: skip
     for run_id, job in zip(pending, jobs, strict=True):
         print(f"{run_id}  job {job.job_id}")
     print(
@@ -222,6 +235,32 @@ def submit_to_slurm(study, out: Path, cache_dir: Path, args: argparse.Namespace)
         f"watch them with `noisypref status {out}`, then `noisypref collect {out}` and `noisypref report {out}`"
     )
     return 0
+
+
+def check_slurm_launch(args: argparse.Namespace) -> None:
+    """Everything --launcher slurm needs, before any folder is written: options that fit together,
+    submitit, and a Slurm installation on this machine."""
+    if args.emit_jobs:
+        raise UserError(
+            "--launcher slurm and --emit-jobs do not go together: --launcher slurm submits the jobs itself, "
+            "--emit-jobs prints their commands for you to submit; give one of them"
+        )
+    if args.slurm_gpus_per_job < 0 or args.slurm_time < 1:
+        raise UserError(
+            f"--slurm-gpus-per-job {args.slurm_gpus_per_job} --slurm-time {args.slurm_time}: the GPUs per "
+            "job must be >= 0 and the time limit >= 1 minute"
+        )
+    if importlib.util.find_spec("submitit") is None:
+        raise UserError("--launcher slurm needs submitit: pip install 'noisypref[slurm]'")
+    from noisypref.benchmark.study.slurm import missing_slurm_commands
+
+    missing = missing_slurm_commands()
+    if missing:
+        raise UserError(
+            f"--launcher slurm: this machine has no Slurm ({' and '.join(missing)} not found on PATH); "
+            "run the command on a login node of the cluster, or print one job command per unfinished run "
+            "with --emit-jobs (instead of --launcher slurm) and submit them yourself"
+        )
 
 
 def write_study_report(out: Path) -> Path | None:
@@ -268,6 +307,7 @@ def describe_interruption(study, out: Path, args: argparse.Namespace) -> str:
     resume += ["--workers", str(args.workers)] if not args.devices else []
     resume += ["--devices", args.devices] if args.devices else []
     resume += ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
+    resume += [part for folder in args.plugin_path or () for part in ("--plugin-path", str(folder))]
     resume += [part for run_id in args.run_id or () for part in ("--run-id", run_id)]
     return (
         f"noisypref run: interrupted. {done} of {len(runs)} runs are done and kept in {out}; the runs "
@@ -295,17 +335,19 @@ def check_launch_arguments(args: argparse.Namespace, processes: int) -> None:
         )
 
 
-def parse_track(study, text: str | None):
-    """The study's tracking settings with the trackers of ``--track`` (None: the study's own)."""
-    import dataclasses
+def parse_track(study, text: str):
+    """The study's tracking settings with the trackers of ``--track``, each one installed here."""
+    from noisypref.benchmark.study.tracking import missing_tracker_reasons
 
-    if text is None:
-        return None
     trackers = [name.strip() for name in text.split(",") if name.strip()]
     try:
-        return dataclasses.replace(study.tracking, trackers=tuple(trackers))
+        tracking = dataclasses.replace(study.tracking, trackers=tuple(trackers))
     except ValueError as error:
         raise UserError(f"--track {text!r}: {error}") from None
+    missing = missing_tracker_reasons(tracking.trackers)
+    if missing:
+        raise UserError(f"--track {text!r}: {'; '.join(missing.values())} (or leave the tracker out)")
+    return tracking
 
 
 def parse_devices(text: str | None) -> list[str]:
@@ -341,10 +383,19 @@ def check_devices_visible(devices: list[str]) -> None:
         )
 
 
-def job_command(study_file: Path, out: Path, cache_dir: Path, run_id: str) -> str:
+def plugin_folders(study, args: argparse.Namespace) -> list[Path]:
+    """Where a job finds the study's plugin modules: a job reads the study folder's copy of the study
+    file, so the original file's folder (and --plugin-path) travel with it."""
+    if not study.plugins or args.study is None:
+        return []
+    return [Path(args.study).resolve().parent, *(Path(folder).resolve() for folder in args.plugin_path or ())]
+
+
+def job_command(study_file: Path, out: Path, cache_dir: Path, run_id: str, plugin_folders: list[Path] = ()) -> str:
     """A shell command computing one run, with absolute paths so it runs from any folder."""
     parts = [
         sys.executable, "-m", "noisypref", "run", str(Path(study_file).resolve()),
         "--out", str(Path(out).resolve()), "--cache-dir", str(Path(cache_dir).resolve()), "--run-id", run_id,
+        *(part for folder in plugin_folders for part in ("--plugin-path", str(folder))),
     ]  # fmt: skip
     return shlex.join(parts)

@@ -25,16 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_status(args: argparse.Namespace) -> int:
     from noisypref.benchmark.progress import HEARTBEAT_FILE, describe_heartbeat, read_heartbeat
-    from noisypref.benchmark.study import StudyFolder, plan_runs
+    from noisypref.benchmark.study import StudyFolder
     from noisypref.benchmark.study.folder import DONE, FAILED, PENDING, RUNNING, RUNS_FOLDER, STATES
 
     folder = StudyFolder(args.out)
-    study = folder.load_study()
-    runs = plan_runs(study)
+    name, runs = folder.planned_runs()
     statuses = [folder.status(run) for run in runs]
     counts = Counter(status.state for status in statuses)
     print(
-        f"study {study.name!r} in {args.out}: {len(runs)} runs: "
+        f"study {name!r} in {args.out}: {len(runs)} runs: "
         + ", ".join(f"{counts[state]} {state}" for state in STATES)
     )
     for state in (RUNNING, FAILED, PENDING, DONE) if args.all else (RUNNING, FAILED):

@@ -293,6 +293,15 @@ def realised_rate_warning(record: FlipRecord) -> str | None:
     return f"the realised flip rate {realised:.4f} is far from the target {target} ({num_pairs} pairs): {reason}"
 
 
+def high_rate_warning(rate: float) -> str | None:
+    """Why a flip rate above 0.5 is rarely meant (None at or below 0.5): allowed, but the noisy labels
+    then mostly disagree with the original ones, and at 1 every label is reversed."""
+    if rate <= 0.5:
+        return None
+    reversed_labels = "every label is reversed" if rate >= 1 else "most labels disagree with the original ones"
+    return f"flip rate {rate} is above 0.5: {reversed_labels}, so training learns the opposite preference"
+
+
 def inject(
     dataset: datasets.Dataset, model: str, rate: float, seed: int, **options: Any
 ) -> tuple[datasets.Dataset, FlipRecord]:
@@ -309,12 +318,9 @@ def inject(
     _check_rate(rate)
     _check_seed(seed)
     _check_dataset(dataset, model_options.required_columns, model)
-    if rate > 0.5:
-        warnings.warn(
-            f"flip rate {rate} is above 0.5: most labels of the noisy dataset will disagree with the original ones",
-            UserWarning,
-            stacklevel=2,
-        )
+    warning = high_rate_warning(rate)
+    if warning is not None:
+        warnings.warn(warning, UserWarning, stacklevel=2)
     pairs = PreferencePairs(dataset)
     draw = noise_model.draw_flips(pairs, float(rate), int(seed), model_options)
     is_flipped = np.asarray(draw.is_flipped, dtype=bool)

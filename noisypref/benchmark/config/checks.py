@@ -11,9 +11,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import itertools
 import math
 import numbers
 import re
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -67,9 +69,37 @@ class ErrorList:
 
 
 def show(value: Any) -> str:
-    """A value as it would appear in a message: repr, shortened."""
-    text = repr(value)
+    """A value as it would appear in a message: repr, shortened. A large or deep value (a list of a
+    million items, a mapping nested a thousand levels) is rendered in bounded time and memory."""
+    text = repr(value) if _is_small(value) else _BOUNDED_REPR.repr(value)
     return text if len(text) <= SHOWN_VALUE_CHARACTERS else text[: SHOWN_VALUE_CHARACTERS - 3] + "..."
+
+
+def _bounded_repr() -> reprlib.Repr:
+    bounded = reprlib.Repr()
+    bounded.maxlevel = 3
+    bounded.maxlist = bounded.maxtuple = bounded.maxdict = bounded.maxset = bounded.maxfrozenset = 8
+    bounded.maxstring = bounded.maxother = bounded.maxlong = SHOWN_VALUE_CHARACTERS
+    return bounded
+
+
+_BOUNDED_REPR = _bounded_repr()
+
+
+def _is_small(value: Any) -> bool:
+    """Whether ``value`` holds at most SHOWN_VALUE_CHARACTERS items and strings of modest length,
+    at every depth together (its full repr is then cheap); stops counting as soon as it is not."""
+    pending, seen = [value], 0
+    while pending:
+        item = pending.pop()
+        seen += 1
+        if seen > SHOWN_VALUE_CHARACTERS or (isinstance(item, str) and len(item) > 10 * SHOWN_VALUE_CHARACTERS):
+            return False
+        if isinstance(item, Mapping):
+            pending.extend(itertools.islice(item.items(), SHOWN_VALUE_CHARACTERS + 1))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            pending.extend(itertools.islice(item, SHOWN_VALUE_CHARACTERS + 1))
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

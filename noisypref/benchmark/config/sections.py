@@ -42,6 +42,7 @@ from noisypref.benchmark.config.references import (
 )
 from noisypref.benchmark.testbed.config import TestbedConfig
 from noisypref.noise_injection import NOISE_MODELS
+from noisypref.sampling import flip_count
 
 TESTBED = "testbed"  # the dataset kind, and the model name meaning "the testbed's reference policy"
 DATASET_KINDS = (TESTBED, "file", "hub")
@@ -83,6 +84,9 @@ class TrainingSettings(Section):
     sharding: str = setting("none", choice(SHARDING_MODES), since="0.1.1")
     # every N optimizer steps the run folder keeps checkpoint/checkpoint.pt; a rerun resumes from it
     checkpoint_every: int = setting(0, integer(minimum=0), since="0.2")
+    # keep checkpoint/ once the run has succeeded (by default it is removed then: it can be several
+    # times the model's size, and a finished run never resumes)
+    keep_checkpoint: bool = setting(False, boolean(), since="0.2")
     # keep the trained policy (safetensors + tokenizer) in the run folder's model/
     save_model: bool = setting(False, boolean(), since="0.2")
     # the seed of the training randomness (pair order, LoRA initialisation, the method's draws);
@@ -258,6 +262,30 @@ class DatasetSettings(Section):
         if self.hub_options and self.kind != "hub":
             problems.append(("hub_options", self.hub_options, "nothing: it applies to kind 'hub' only"))
         return problems
+
+    def pair_counts(
+        self, file_pairs: int | None = None, max_heldout_pairs: int | None = None
+    ) -> tuple[int, int] | None:
+        """(training pairs, held-out pairs) that a run of this dataset gets, as
+        `run.prepare.resolve_dataset` takes them: the testbed's sizes, or a file of ``file_pairs``
+        pairs split by ``heldout_fraction``; both capped by ``max_pairs`` (the held-out pairs at
+        ceil(heldout_fraction * max_pairs) for a file) and the held-out pairs by ``max_heldout_pairs``
+        (``evaluation.max_heldout_pairs``). None where the size is not known before loading (a hub
+        dataset, or ``file_pairs`` not given)."""
+        if self.kind == TESTBED:
+            train, heldout = self.testbed.num_train_pairs, self.testbed.num_heldout_pairs
+        elif self.kind == "file" and file_pairs is not None:
+            heldout = flip_count(self.heldout_fraction, file_pairs)  # split_heldout's count
+            train = file_pairs - heldout
+            if self.max_pairs is not None:
+                heldout = min(heldout, max(1, math.ceil(self.heldout_fraction * self.max_pairs)))
+        else:
+            return None
+        if self.max_pairs is not None:
+            train = min(train, self.max_pairs)
+        if max_heldout_pairs is not None:
+            heldout = min(heldout, max_heldout_pairs)
+        return train, heldout
 
     @property
     def display_label(self) -> str:

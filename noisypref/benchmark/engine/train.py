@@ -23,7 +23,10 @@ arguments (the method object, callbacks), not subclasses.
   step's update is dropped, the method's state (batch statistics, margin queue) restored, and the
   step counted in ``TrainingResult.skipped_steps``.
 - Checkpoints (``checkpoint_every``): model, optimizer and the method's state (margin queue, β-DPO
-  statistics), written atomically to ``checkpoint_dir/checkpoint.pt``; ``train`` resumes from it.
+  statistics), written atomically to ``checkpoint_dir/checkpoint.pt``; ``train`` resumes from it,
+  dropping the metrics lines logged after it (and a torn last line). A checkpoint that does not
+  load is discarded with a warning naming it, and the run starts again from step 0.
+- A run whose every step was skipped under ``nan_policy="skip"`` raises ``NothingTrainedError``.
 """
 
 from __future__ import annotations
@@ -73,6 +76,22 @@ class TrainingResult:
     sharding: str = "none"  # as trained (fsdp asked for in one process trains unsharded)
     # Sharded training: the trained policy's full weights, on rank 0's CPU ({} on the other ranks).
     full_state_dict: dict[str, torch.Tensor] | None = None
+
+
+class NothingTrainedError(RuntimeError):
+    """Every step of a run under ``nan_policy="skip"`` had a non-finite objective or gradient and was
+    skipped: the policy is the reference model, and no metric of it says anything about the method."""
+
+    def __init__(self, steps: int, method: str, start_step: int) -> None:
+        since = f" since the checkpoint of step {start_step}" if start_step else ""
+        super().__init__(
+            f"every one of the {steps} training steps{since} of method {method!r} had a non-finite loss or "
+            "gradient and was skipped (training.nan_policy = skip): nothing was trained"
+        )
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read (torn by a crash or a full disk while it was written)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -164,6 +183,11 @@ def train(
             f"training.batch_size / gradient_accumulation = {per_process} pairs per micro-batch is not "
             f"divisible by the {processes} data-parallel processes"
         )
+    if config.batch_size > len(pairs):  # a step would hold pairs several times over, and its memory grows with it
+        raise ValueError(
+            f"training.batch_size = {config.batch_size} is more than the {len(pairs)} training pairs: every "
+            f"optimiser step takes batch_size distinct pairs; give a batch_size of at most {len(pairs)}"
+        )
     sharding = distributed.sharding_mode(config.sharding)
     if sharding == "fsdp" and processes == 1:
         logger.warning("training.sharding = fsdp in a single process: nothing to shard, training unsharded")
@@ -189,14 +213,21 @@ def train(
     )
     order = PairOrder(len(pairs), config.batch_size, seed)
     start_step = 0
+    last_record: dict[str, float] | None = None  # of the last logged step
     if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).exists():
-        start_step = step_context.load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, optimizer, method)
-        logger.info("resuming from the checkpoint of step %d", start_step)
+        checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_FILE
+        try:
+            start_step = step_context.load_checkpoint(checkpoint_path, optimizer, method)
+            logger.info("resuming from the checkpoint of step %d", start_step)
+        except UnreadableCheckpointError as error:  # nothing was restored from it: a fresh start is exact
+            logger.warning("%s; the run starts again from step 0", error)
+            if process_index == 0:
+                checkpoint_path.unlink(missing_ok=True)
         if metrics_path is not None and process_index == 0:
-            _drop_metrics_after(metrics_path, start_step)
+            logged = _drop_metrics_after(metrics_path, start_step)
+            last_record = logged[-1] if logged and start_step else None
 
     skipped_steps = 0
-    last_record: dict[str, float] | None = None
     window_start, window_pairs = time.perf_counter(), 0
     started = time.perf_counter()
     with phase(
@@ -222,7 +253,7 @@ def train(
                 skipped_steps += 1
                 optimizer.zero_grad(set_to_none=True)
                 method.load_state_dict(method_state)
-                progress.advance(1)
+                progress.advance(1, skipped=skipped_steps)
                 continue
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -242,6 +273,8 @@ def train(
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 step_context.save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, step, optimizer, method)
 
+    if skipped_steps and skipped_steps == config.steps - start_step:
+        raise NothingTrainedError(skipped_steps, method.name, start_step)
     if sharding == "fsdp":  # every process takes part; rank 0 gets the weights for evaluation
         full_state = distributed.full_state_dict(logps_model)
     policy.eval()
@@ -464,8 +497,9 @@ def load_checkpoint(
     path: Path, policy: PreTrainedModel, optimizer: torch.optim.Optimizer, method: PreferenceMethod
 ) -> int:
     """Restore model, optimizer, method state and RNG of an unsharded run; return the step the
-    checkpoint was taken at."""
-    state = _check_checkpoint_sharding(path, torch.load(path, map_location="cpu", weights_only=False), "none")
+    checkpoint was taken at. `UnreadableCheckpointError`, having restored nothing, when the file does
+    not load."""
+    state = _check_checkpoint_sharding(path, read_checkpoint(path), "none")
     policy.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     method.load_state_dict(state["method"])
@@ -473,10 +507,41 @@ def load_checkpoint(
     return int(state["step"])
 
 
-def _drop_metrics_after(metrics_path: Path, step: int) -> None:
-    """Remove metric lines of steps after ``step`` (written after the checkpoint a run resumes from)."""
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's content; `UnreadableCheckpointError` naming the file when it does not load."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torn zip archive, truncated pickle, a disk error: all mean "not usable"
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UnreadableCheckpointError(
+            f"the checkpoint {path} cannot be read ({type(error).__name__}: {first_line}); it is discarded"
+        ) from error
+    if not isinstance(state, dict) or "step" not in state:
+        raise UnreadableCheckpointError(f"the checkpoint {path} holds no training state; it is discarded")
+    return state
+
+
+def _drop_metrics_after(metrics_path: Path, step: int) -> list[dict[str, Any]]:
+    """Remove metric lines of steps after ``step`` (written after the checkpoint a run resumes from),
+    and any line that is not a complete record (a torn last line of a killed run), with a warning
+    naming the file and the line; returns the records kept (the last one is the run's latest
+    metrics, should it resume at its last step)."""
     if not metrics_path.exists():
-        return
-    lines = metrics_path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        return []
+    kept, records = [], []
+    for number, line in enumerate(metrics_path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            logged_step = record["step"] if isinstance(record, dict) else None
+        except json.JSONDecodeError:
+            logged_step = None
+        if not isinstance(logged_step, int):
+            logger.warning("%s, line %d is not a complete metrics record (%.60s); dropped", metrics_path, number, line)
+            continue
+        if logged_step <= step:
+            kept.append(line)
+            records.append(record)
     metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    return records

@@ -9,7 +9,7 @@
 - **Gold reward** (testbed): responses sampled from the policy and the reference policy for the same
   prompts with the same seed; mean gold reward of each, the policy's win rate against the reference
   by the gold reward (ties ½), its length-controlled win rate (alpaca_eval's GLM, see
-  ``length_controlled_win_rate``), and a sampled estimate of KL(π‖π_ref).
+  ``length_controlled_win_rate``), and a sampled estimate of KL(π‖π_ref) (k3, non-negative per sample).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs, 
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.evaluation.alpaca_eval import NothingToFit, length_controlled_minimal_winrate
 from noisypref.benchmark.testbed import GoldReward, sample_responses
+from noisypref.benchmark.testbed.sampling import sample_response_ids
 from noisypref.methods import PreferenceMethod
 
 logger = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ declare("gold_lc_win_rate", "length-controlled gold win rate", "higher", bounds=
         description="the win rate at equal length, by alpaca_eval's length_controlled_minimal GLM")
 declare("policy_response_words_mean", "mean response length (words)", "none", bounds=(0.0, None), diagnostic=True,
         description="mean number of words of the policy's sampled responses")
-declare("kl_estimate", "KL(π‖π_ref) estimate", "none", diagnostic=True,
-        description="Monte-Carlo estimate of the policy's KL divergence from the reference policy")
+declare("kl_estimate", "KL(π‖π_ref) estimate", "none", bounds=(0.0, None), diagnostic=True,
+        description="Monte-Carlo estimate of the policy's KL divergence from the reference policy: the mean of "
+                    "k3 = (r − 1) − log r, r = π_ref(y)/π(y), over y ~ π (each term ≥ 0; Schulman 2020)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,35 +259,32 @@ def kl_estimate(
     max_new_tokens: int,
     seed: int,
 ) -> float:
-    """Monte-Carlo KL(π‖π_ref) = mean over y ~ π(·|x) of log π(y|x) − log π_ref(y|x).
+    """Monte-Carlo KL(π‖π_ref) over y ~ π(·|x), by the k3 estimator: the mean of (r − 1) − log r with
+    r = π_ref(y|x) / π(y|x).
 
-    y is sampled at temperature 1 until eos or ``max_new_tokens``; its log-prob includes the eos
-    when one was sampled. Responses are decoded and re-tokenised: exact for tokenizers whose
-    decode → encode is the identity on sampled tokens (the testbed's word-level tokenizer, as long
-    as the policy emits no special token other than eos, which decoding drops).
+    Each term is ≥ 0 (log r ≤ r − 1), and its mean is unbiased, since E_π[r] = 1 (Schulman 2020,
+    "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html); the plain mean of
+    log π − log π_ref is unbiased too but can come out negative. y is sampled at temperature 1 until
+    a stop token or ``max_new_tokens``, and the sampled token ids themselves are scored (the stop
+    token included when one was sampled), so no decode/re-tokenise round trip changes y.
     """
-    responses = _flatten(
-        sample_responses(
-            policy,
-            tokenizer,
-            list(prompts),
-            num_samples=num_samples,
-            temperature=1.0,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-        )
+    response_ids = sample_response_ids(
+        policy,
+        tokenizer,
+        list(prompts),
+        num_samples=num_samples,
+        temperature=1.0,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
     )
     repeated_prompts = [prompt for prompt in prompts for _ in range(num_samples)]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     prompt_ids = [bos + ids for ids in tokenizer(repeated_prompts, add_special_tokens=False)["input_ids"]]
-    response_ids = [
-        ids + [tokenizer.eos_token_id] if len(ids) < max_new_tokens else ids
-        for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]
-    ]
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    policy_logps = sequence_logps(policy, prompt_ids, response_ids, pad_token_id)
-    reference_logps = sequence_logps(reference_model, prompt_ids, response_ids, pad_token_id)
-    return float((policy_logps.double() - reference_logps.double()).mean())
+    policy_logps = sequence_logps(policy, prompt_ids, response_ids, pad_token_id).double()
+    reference_logps = sequence_logps(reference_model, prompt_ids, response_ids, pad_token_id).double()
+    log_ratio = reference_logps - policy_logps  # log r
+    return float((torch.expm1(log_ratio) - log_ratio).mean())  # k3 = (r − 1) − log r, expm1 for small |log r|
 
 
 def _flatten(nested: list[list[str]]) -> list[str]:

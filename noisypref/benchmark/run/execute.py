@@ -14,6 +14,8 @@ see ``default_run_config``), and writes into ``run_dir``:
                     as trained (a known-rate run's realised_flip_rate symbols resolved; those named in
                     "symbolic_hyperparameters"); written last and atomically, so a run is complete
                     exactly when result.json exists
+    checkpoint/     the mid-run checkpoint (training.checkpoint_every), removed once result.json is
+                    written unless training.keep_checkpoint
 
 Steps: resolve the dataset (the testbed via ``build_testbed``, or a file / hub id via
 ``load_preferences`` + ``split_heldout`` with a fixed split seed, so every run on a dataset shares
@@ -34,6 +36,7 @@ import contextlib
 import logging
 import math
 import platform
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -61,9 +64,11 @@ from noisypref.benchmark.run.prepare import (
     truncation_summary,
     unsharded_policy,
 )
-from noisypref.benchmark.storage import write_json_atomic
+from noisypref.benchmark.storage import make_files_shareable, write_json_atomic
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINT_FOLDER = "checkpoint"  # the mid-run checkpoint; removed once the run succeeds (training.keep_checkpoint)
 
 declare("final_loss", "final training loss", "none", noisy_labels=True, comparable=False,
         description="the method's loss at the last logged step, on the noisy training labels (scales differ by method)")
@@ -176,6 +181,9 @@ def execute_run(
     }
     if _is_main_process():
         write_json_atomic(run_dir / "result.json", result)
+        checkpoint_dir = run_dir / CHECKPOINT_FOLDER
+        if checkpoint_dir.is_dir() and not config.training.keep_checkpoint:  # a finished run never resumes
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
     logger.info(
         "run %s done in %.1f s: %s",
         config.run_id,
@@ -190,7 +198,7 @@ def _train_and_evaluate(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     prepared = prepare_run(config, run_dir, cache_dir, device)
     metrics_path = run_dir / "metrics.jsonl"
-    checkpoint_dir = run_dir / "checkpoint" if config.training.checkpoint_every else None
+    checkpoint_dir = run_dir / CHECKPOINT_FOLDER if config.training.checkpoint_every else None
     if (checkpoint_dir is None or not checkpoint_dir.exists()) and _is_main_process():
         metrics_path.unlink(missing_ok=True)  # a fresh run; a resumed one keeps its earlier steps
     training = train(
@@ -219,8 +227,13 @@ def _train_and_evaluate(
                 config, prepared.data, prepared.policy, prepared.pad_token_id, cache_dir, device
             )
     missing: dict[str, str] = {}  # metric -> why it could not be computed
+    if "loss" not in training.final_metrics:
+        missing["final_loss"] = (
+            f"no logged step had a finite loss ({training.skipped_steps} of {training.steps} steps were skipped "
+            "as non-finite, training.nan_policy = skip)"
+        )
     metrics = {
-        "final_loss": training.final_metrics["loss"],
+        **({"final_loss": training.final_metrics["loss"]} if "loss" in training.final_metrics else {}),
         **evaluate_run(
             config,
             prepared,
@@ -234,6 +247,7 @@ def _train_and_evaluate(
     if config.training.save_model:  # the trained policy, loadable with from_pretrained
         prepared.policy.save_pretrained(run_dir / "model", safe_serialization=True)
         prepared.tokenizer.save_pretrained(run_dir / "model")
+        make_files_shareable(run_dir / "model")
     benchmark_details: dict[str, Any] = {}
     if parse_benchmarks(config.evaluation.benchmarks) and _is_main_process():
         benchmark_metrics, benchmark_details = run_benchmarks(

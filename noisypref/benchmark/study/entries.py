@@ -183,7 +183,15 @@ def _load_noise_options(model: str, raw: Any, path: str, errors: ErrorList) -> d
 
 
 def load_seeds(raw: Any, errors: ErrorList) -> list[int] | None:
-    values = as_list(raw)
+    """A list of distinct seeds. A single number is refused: `seeds: 3` reads as "three seeds" as
+    easily as "the seed 3"."""
+    if not isinstance(raw, list):
+        example = f"[{raw}] for the one seed {raw}, or [{', '.join(map(str, range(raw)))}] for {raw} seeds" if (
+            isinstance(raw, int) and not isinstance(raw, bool) and 1 <= raw <= 5
+        ) else "[0, 1, 2] for three seeds"
+        errors.invalid("seeds", raw, f"a list of seeds, e.g. {example} (a single number is ambiguous)")
+        return None
+    values = raw
     if not values:
         errors.invalid("seeds", raw, "a non-empty list of integers >= 0")
         return None

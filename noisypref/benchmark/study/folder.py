@@ -1,6 +1,8 @@
 """A study's output folder, its run folders, and the lock that claims a run.
 
 DIR/study.yaml              the resolved study (every default filled in)
+DIR/plan.json               its runs (id, config, place in the grid), written with study.yaml: read by
+                            `status` and `collect`, which thus need no plugin code
 DIR/runs/<run_id>/          one folder per run
     .lock                   flock-ed by the process computing the run (released by the OS if it dies)
     config.json, metrics.jsonl, flips.csv, ...      written by the engine
@@ -14,6 +16,7 @@ DIR/superseded/<time>/      a previous study's study.yaml, results.parquet and r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -33,6 +36,7 @@ from noisypref.benchmark.study.schema import Study, load_study, parse_study
 from noisypref.benchmark.study.yaml_io import read_yaml
 
 STUDY_FILE = "study.yaml"
+PLAN_FILE = "plan.json"
 RUNS_FOLDER = "runs"
 RESULT_FILE = "result.json"
 FAILURE_FILE = "failure.json"
@@ -85,12 +89,19 @@ class StudyFolder:
     def run_dir(self, run_id: str) -> Path:
         return self.root / RUNS_FOLDER / run_id
 
+    @property
+    def plan_file(self) -> Path:
+        return self.root / PLAN_FILE
+
     def prepare(self, study: Study, *, force: bool = False) -> None:
-        """Create the folder and write study.yaml; refuse a folder holding a different study unless `force`."""
+        """Create the folder and write study.yaml and plan.json; refuse a folder holding a different
+        study unless `force`."""
         resolved = study.to_dict()
         if self.study_file.is_file():
             existing = _resolved_again(read_yaml(self.study_file))
             if existing == resolved:
+                if self._read_plan() is None:  # a folder written before plan.json existed
+                    self._write_plan(study)
                 return
             if force:
                 self._supersede(study)
@@ -105,10 +116,41 @@ class StudyFolder:
         try:
             (self.root / RUNS_FOLDER).mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.study_file, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+            self._write_plan(study)
         except OSError as error:
             raise StudyFolderError(
                 f"the output folder {self.root} cannot be written ({error.filename}: {error.strerror})"
             ) from None
+
+    def _write_plan(self, study: Study) -> None:
+        """plan.json: the study.yaml it belongs to (as read back) and every planned run."""
+        plan = {
+            "study": _plain(read_yaml(self.study_file)),
+            "runs": [dataclasses.asdict(run) for run in plan_runs(study)],
+        }
+        write_text_atomic(self.plan_file, json.dumps(plan, indent=1, sort_keys=True) + "\n")
+
+    def _read_plan(self) -> tuple[str, list[PlannedRun]] | None:
+        """(study name, runs) of plan.json when it belongs to the study.yaml in place; else None."""
+        plan = read_json(self.plan_file)
+        if plan is None or not self.study_file.is_file():
+            return None
+        study = plan.get("study")
+        if study != _plain(read_yaml(self.study_file)) or not isinstance(study, dict):
+            return None
+        try:
+            return str(study["name"]), [PlannedRun(**run) for run in plan["runs"]]
+        except (KeyError, TypeError):  # written by a version whose runs had other fields
+            return None
+
+    def planned_runs(self) -> tuple[str, list[PlannedRun]]:
+        """(study name, every run) of the study in the folder: from plan.json, which needs neither the
+        study's plugins nor its data files; from study.yaml where plan.json is absent or stale."""
+        plan = self._read_plan()
+        if plan is not None:
+            return plan
+        study = self.load_study()
+        return study.name, plan_runs(study)
 
     def _supersede(self, study: Study) -> None:
         """Move what belongs to the study in the folder and not to `study` -- its study.yaml, its
@@ -127,7 +169,7 @@ class StudyFolder:
             target = self.root / SUPERSEDED_FOLDER / f"{stamp}-{suffix}"
         (target / RUNS_FOLDER).mkdir(parents=True)
         shutil.copy2(self.study_file, target / STUDY_FILE)
-        for table in (self.results_table, self.metrics_file):
+        for table in (self.results_table, self.metrics_file, self.plan_file):
             if table.is_file():
                 table.rename(target / table.name)
         for entry in old_runs:
@@ -178,6 +220,11 @@ def _resolved_again(existing: Any) -> Any:
         if dataset["kind"] == "file" and dataset["label"] == dataset["source"]:
             dataset["label"] = DatasetSettings(kind="file", source=dataset["source"]).display_label
     return resolved
+
+
+def _plain(value: Any) -> Any:
+    """YAML data as JSON data (what plan.json can hold and compare)."""
+    return json.loads(json.dumps(value))
 
 
 def _differing_sections(existing: Any, resolved: dict[str, Any]) -> list[str]:

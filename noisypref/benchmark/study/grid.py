@@ -38,6 +38,7 @@ class PlannedRun:
     model: str
     grid_points: int  # how many grid points this run stands for (several for merged rate-0 runs)
     reference: str = NO_REFERENCE  # none (a competitor), clean_only or known_rate
+    base_label: str | None = None  # the label of this competitor's own base (`sweeps.base_labels`)
 
     @property
     def is_reference(self) -> bool:
@@ -74,6 +75,7 @@ def plan_runs(study: Study) -> list[PlannedRun]:
     rate 0 left out."""
     runs: dict[str, PlannedRun] = {}
     noise_points = [(noise, rate) for noise in study.noise for rate in noise.rates]
+    base_labels = study.base_labels()
     grid = itertools.product(study.datasets, noise_points, study.method_variants(), study.seeds, study.models)
     for dataset, (noise, rate), variant, seed, model in grid:
         if rate == 0 and variant.reference_kind != NO_REFERENCE:
@@ -104,6 +106,7 @@ def plan_runs(study: Study) -> list[PlannedRun]:
             model=model.name,
             grid_points=1,
             reference=variant.reference_kind,
+            base_label=base_labels[variant.label],
         )
     return list(runs.values())
 

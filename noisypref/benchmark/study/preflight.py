@@ -3,12 +3,13 @@
 `load_study` checks the file on its own; what it cannot see is whether a model name resolves here
 (a known alias, a local folder, or a hub id that is cached or reachable), whether a local data file
 has what the study asks of it (scores for the noise models that read them, enough pairs for the
-held-out split, at least one pair whose responses differ), and whether the machine has what a
-setting needs (flex attention trains on CUDA only). `check_preflight` raises `StudyError` with
-every such problem (field path, value, what is allowed) and logs a warning for each metric whose
-sample is too small to mean much, and for each known-rate reference whose method would refuse a
-realised flip rate near a rate of the study (those runs will fail); `noisypref validate` and
-`noisypref run` call it.
+held-out split, at least batch_size training pairs, at least one pair whose responses differ), and
+whether the machine has what a setting needs (flex attention trains on CUDA only; each tracker its
+package). `check_preflight` raises `StudyError` with every such problem (field path, value, what is
+allowed) and logs a warning for each metric whose sample is too small to mean much, for each
+known-rate reference whose method would refuse a realised flip rate near a rate of the study (those
+runs will fail), and for each setting that is allowed but rarely meant (flip rates above 0.5, a
+checkpoint interval longer than the run); `noisypref validate` and `noisypref run` call it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from noisypref.benchmark.config.references import (
 from noisypref.benchmark.config.sections import TESTBED, DatasetSettings, method_config
 from noisypref.benchmark.study.schema import Study
 from noisypref.noise_injection import get_noise_model
+from noisypref.noise_injection.base import high_rate_warning
 from noisypref.sampling import flip_count
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ def check_preflight(study: Study, source: str | Path, *, machine: bool = True) -
     for path, value, expected in preflight_problems(study, files, machine=machine):
         errors.invalid(path, value, expected)
     errors.raise_if_any(str(source))
-    for warning in small_sample_warnings(study, files) + known_rate_warnings(study):
+    for warning in small_sample_warnings(study, files) + known_rate_warnings(study) + setting_warnings(study):
         logger.warning("%s: %s", source, warning)
 
 
@@ -81,6 +83,14 @@ def preflight_problems(
     for index, pairs in files.items():
         if pairs is not None:
             problems += _local_file_problems(study, study.datasets[index], pairs, f"datasets[{index}]")
+    if machine:
+        from noisypref.benchmark.study.tracking import missing_tracker_reasons
+
+        missing = missing_tracker_reasons(study.tracking.trackers)
+        if missing:
+            problems.append(
+                ("tracking.trackers", list(study.tracking.trackers), f"trackers installed here: {'; '.join(missing.values())}")
+            )
     return problems
 
 
@@ -168,6 +178,17 @@ def _local_file_problems(study: Study, dataset: DatasetSettings, pairs: Any, pat
                 "at this fraction)",
             )
         )
+    train_pairs, _ = dataset.pair_counts(total, study.evaluation.max_heldout_pairs)
+    for section_path, training in _training_sections(study):
+        if training.batch_size > train_pairs > 0:
+            problems.append(
+                (
+                    f"{section_path}.batch_size",
+                    training.batch_size,
+                    f"at most the {train_pairs} training pairs of {path} ({dataset.source}): every optimiser "
+                    "step takes batch_size distinct pairs",
+                )
+            )
     identical = sum(
         chosen == rejected for chosen, rejected in zip(pairs["chosen"], pairs["rejected"], strict=True)
     )
@@ -225,15 +246,26 @@ def small_sample_warnings(study: Study, files: dict[int, Any]) -> list[str]:
     """One line per metric that the study computes on fewer than MIN_METRIC_SAMPLE comparisons."""
     warnings = []
     for index, dataset in enumerate(study.datasets):
-        if dataset.kind == TESTBED:
-            heldout = dataset.testbed.num_heldout_pairs
-            where = f"datasets[{index}].testbed.num_heldout_pairs = {heldout}"
-        elif files.get(index) is not None:
-            heldout = flip_count(dataset.heldout_fraction, len(files[index]))
-            where = f"datasets[{index}] ({dataset.source}) has {heldout} held-out pair(s)"
-        else:
+        file_pairs = len(files[index]) if files.get(index) is not None else None
+        counts = dataset.pair_counts(file_pairs, study.evaluation.max_heldout_pairs)
+        if counts is None:
             continue  # a hub dataset's size is known only once it is downloaded
-        if heldout is not None and 0 < heldout < MIN_METRIC_SAMPLE:
+        heldout = counts[1]
+        if dataset.kind == TESTBED:
+            where = f"datasets[{index}] (testbed) has {heldout} held-out pair(s)"
+        else:
+            where = f"datasets[{index}] ({dataset.source}) has {heldout} held-out pair(s)"
+        limits = [
+            f"{name} = {value}"
+            for name, value in (
+                (f"datasets[{index}].max_pairs", dataset.max_pairs),
+                ("evaluation.max_heldout_pairs", study.evaluation.max_heldout_pairs),
+            )
+            if value is not None
+        ]
+        if limits:
+            where += f" with {' and '.join(limits)}"
+        if 0 < heldout < MIN_METRIC_SAMPLE:
             warnings.append(f"{where}: heldout_accuracy is computed {_too_small(heldout)}")
     if any(dataset.kind == TESTBED for dataset in study.datasets):
         sizes = {
@@ -275,6 +307,36 @@ def known_rate_warnings(study: Study) -> list[str]:
                     "those runs will fail"
                 )
     return warnings
+
+
+def setting_warnings(study: Study) -> list[str]:
+    """One line per setting that is allowed but rarely meant: flip rates above 0.5, checkpoints that
+    are never written."""
+    warnings = []
+    for noise_index, noise in enumerate(study.noise):
+        for rate_index, rate in enumerate(noise.rates):
+            warning = high_rate_warning(rate)
+            if warning is not None:
+                warnings.append(f"noise[{noise_index}].rates[{rate_index}] = {rate:g}: {warning}")
+    for section_path, training in _training_sections(study):
+        if training.checkpoint_every > training.steps:
+            warnings.append(
+                f"{section_path}.checkpoint_every = {training.checkpoint_every} with steps = {training.steps}: "
+                "no checkpoint is ever written (one is written every checkpoint_every steps), so an "
+                "interrupted run starts again from step 0"
+            )
+    return warnings
+
+
+def _training_sections(study: Study) -> list[tuple[str, Any]]:
+    """The study's training section and each method entry's that overrides it, with their paths."""
+    sections = [("training", study.training)]
+    sections += [
+        (f"methods[{index}].training", method.training)
+        for index, method in enumerate(study.methods)
+        if method.training_overrides
+    ]
+    return sections
 
 
 def _too_small(sample: int) -> str:

@@ -52,10 +52,9 @@ TRAILING_COLUMNS = ("wall_time_s", "status", "failure_reason")
 
 
 def results_frame(folder: StudyFolder, study: Study | None = None) -> pd.DataFrame:
-    """One row per run of the study in `folder` (its study.yaml unless `study` is given)."""
-    study = study or folder.load_study()
-    base_labels = study.base_labels()
-    rows = [_row(study.name, run, folder, base_labels[run.method]) for run in plan_runs(study)]
+    """One row per run of the study in `folder` (its plan.json or study.yaml unless `study` is given)."""
+    name, runs = (study.name, plan_runs(study)) if study is not None else folder.planned_runs()
+    rows = [_row(name, run, folder) for run in runs]
     hyperparameter_columns = sorted({key for row in rows for key in row["hp"]})
     metric_columns = list(dict.fromkeys(key for row in rows for key in row["metrics"]))
     records = []
@@ -97,7 +96,7 @@ def collect_results(folder: StudyFolder, study: Study | None = None) -> Path:
     return folder.results_table
 
 
-def _row(study_name: str, run: PlannedRun, folder: StudyFolder, base_label: str | None) -> dict[str, Any]:
+def _row(study_name: str, run: PlannedRun, folder: StudyFolder) -> dict[str, Any]:
     config = run.config
     result = folder.read_result(run.run_id)
     failure = None if result is not None else folder.read_failure(run.run_id)
@@ -126,7 +125,7 @@ def _row(study_name: str, run: PlannedRun, folder: StudyFolder, base_label: str 
         "method_label": run.method,
         "method_name": config["method"]["name"],
         "reference": run.reference,
-        "base_label": base_label,
+        "base_label": run.base_label,
         "hyperparameters": json.dumps(hyperparameters, sort_keys=True),
         "symbolic_hyperparameters": json.dumps(symbols, sort_keys=True) if symbols else None,
         "seed": run.seed,

@@ -3,6 +3,7 @@
     name: my_study                       # names the output folder runs/<name>/
     description: optional free text
     plugins: [my_lab.losses]             # modules to import first: your own methods and noise models
+                                         # (installed, on PYTHONPATH, or beside this file)
     datasets:                            # default: [{kind: testbed}]
       - {label: testbed, kind: testbed, testbed: {num_train_pairs: 1024}, max_pairs: null}
       - {label: uf, kind: hub, source: HuggingFaceH4/ultrafeedback_binarized, split: train_prefs,
@@ -36,8 +37,9 @@ every problem, each with its field path, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,7 @@ from noisypref.benchmark.study.sweeps import (
     load_methods,
 )
 from noisypref.benchmark.study.yaml_io import read_yaml
-from noisypref.plugins import PluginError, import_plugins
+from noisypref.plugins import PluginError, add_plugin_folders, import_plugins
 
 STUDY_KEYS = (
     "name",
@@ -97,7 +99,8 @@ STUDY_KEYS = (
     "report",
     "tracking",
 )
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+MAX_NAME_CHARACTERS = 100  # the name is a folder name (runs/<name>/): file systems allow 255 bytes
+NAME_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_CHARACTERS - 1}}}"
 
 
 
@@ -145,22 +148,27 @@ class Study:
         return json.loads(json.dumps(resolved))  # tuples -> lists: plain YAML/JSON data
 
 
-def load_study(path: str | Path, *, check_files: bool = True) -> Study:
-    """Read and validate a study file; raises StudyError listing every problem."""
-    return parse_study(read_yaml(path), source=str(path), check_files=check_files)
+def load_study(path: str | Path, *, check_files: bool = True, plugin_folders: Sequence[str | Path] = ()) -> Study:
+    """Read and validate a study file; raises StudyError listing every problem. Its plugin modules
+    are looked up in the installed packages, then beside the file, then in ``plugin_folders``."""
+    folders = [Path(path).parent, *plugin_folders]
+    return parse_study(read_yaml(path), source=str(path), check_files=check_files, plugin_folders=folders)
 
 
-def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) -> Study:
+def parse_study(
+    raw: Any, source: str = "study", *, check_files: bool = True, plugin_folders: Sequence[str | Path] = ()
+) -> Study:
     """Validate a study mapping (as read from YAML) into a `Study`; raises StudyError listing every problem.
 
     `check_files`: whether the data files of `file` datasets must exist (relative paths are read
     from the current folder); off to read the study of a finished study folder from anywhere.
+    `plugin_folders`: searched for the plugin modules after the installed packages.
     """
     errors = ErrorList()
     if not isinstance(raw, Mapping):
         errors.invalid("(top level)", raw, f"a mapping with the keys {', '.join(STUDY_KEYS)}")
         errors.raise_if_any(source)
-    plugins = _load_plugins(raw.get("plugins", []), errors)  # first: they register methods and noise models
+    plugins = _load_plugins(raw.get("plugins", []), plugin_folders, errors)  # first: they register methods and noise models
     unknown_keys(raw, STUDY_KEYS, "", errors)
     for required in ("name", "noise", "methods"):
         if required not in raw:
@@ -181,6 +189,9 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
     _check_benchmarks(evaluation, methods, models, check_files, errors)
     check_unique_labels(methods, errors)
     _check_report_pairs(report, methods, errors)
+    _check_batch_sizes(datasets, training, methods, evaluation, errors)
+    if report is not None and isinstance(raw.get("report"), Mapping):
+        _check_report(raw["report"], report, methods, errors)
     errors.raise_if_any(source)
     return Study(
         name=name,
@@ -198,9 +209,12 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
     )
 
 
-def _load_plugins(raw: Any, errors: ErrorList) -> tuple[str, ...]:
-    """Import the study's plugin modules (and the installed entry points); problems reported."""
+def _load_plugins(raw: Any, folders: Sequence[str | Path], errors: ErrorList) -> tuple[str, ...]:
+    """Import the study's plugin modules (and the installed entry points), looking in ``folders``
+    after the installed packages; problems reported."""
     values = as_list(raw)
+    if values and folders:
+        add_plugin_folders(folders)
     names = []
     for index, value in enumerate(values):
         path = f"plugins[{index}]" if isinstance(raw, list) else "plugins"
@@ -216,7 +230,10 @@ def _load_plugins(raw: Any, errors: ErrorList) -> tuple[str, ...]:
     return tuple(names)
 
 
-_NAME_RULE = "a name of letters, digits, '.', '_' and '-' starting with a letter or digit (it names a folder)"
+_NAME_RULE = (
+    f"a name of at most {MAX_NAME_CHARACTERS} letters, digits, '.', '_' and '-' starting with a letter or "
+    "digit (it names a folder)"
+)
 
 
 def _check_testbed_model_pairing(
@@ -293,3 +310,62 @@ def _check_benchmarks(
                     f"{path}.{key}", source, "an existing file (paths are read from the current folder)"
                 )
 
+
+
+def _check_batch_sizes(
+    datasets: Mapping[str, DatasetSettings],
+    training: TrainingSettings | None,
+    methods: Mapping[str, MethodEntry],
+    evaluation: EvaluationSettings | None,
+    errors: ErrorList,
+) -> None:
+    """A step trains on batch_size distinct pairs: no more than a dataset has (known here for the
+    testbed; a data file's size is checked by the preflight, a hub dataset's by the engine)."""
+    sections = [("training", training)] + [
+        (f"{path}.training", method.training) for path, method in methods.items() if "batch_size" in method.training_overrides
+    ]
+    for section_path, settings in sections:
+        if settings is None:
+            continue
+        for dataset_path, dataset in datasets.items():
+            counts = dataset.pair_counts(max_heldout_pairs=getattr(evaluation, "max_heldout_pairs", None))
+            if counts is not None and settings.batch_size > counts[0]:
+                errors.invalid(
+                    f"{section_path}.batch_size",
+                    settings.batch_size,
+                    f"at most the {counts[0]} training pairs of {dataset_path} (label {dataset.label!r}): "
+                    "every optimiser step takes batch_size distinct pairs",
+                )
+                break
+
+
+def _check_report(
+    raw: Mapping[str, Any], report: ReportSettings, methods: Mapping[str, MethodEntry], errors: ErrorList
+) -> None:
+    """What the report leads with must exist: declared metrics, and a baseline among the study's
+    method labels. Checked only where the study sets them (the defaults fall back quietly)."""
+    if "primary_metrics" in raw:
+        declared = declared_metrics()
+        for index, name in enumerate(report.primary_metrics):
+            if name not in declared:
+                close = difflib.get_close_matches(name, list(declared), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                errors.invalid(
+                    f"report.primary_metrics[{index}]",
+                    name,
+                    f"a metric a run computes{hint}: one of {', '.join(sorted(declared))}",
+                )
+    if "baseline" in raw and methods:
+        labels = [variant.label for method in methods.values() for variant in method.variants()]
+        if report.baseline not in labels:
+            errors.invalid("report.baseline", report.baseline, f"a method label of this study: {', '.join(labels)}")
+
+
+def declared_metrics() -> dict[str, Any]:
+    """Every metric the engine declares (noisypref.benchmark.config.metrics), by name. The engine's
+    modules declare them where they compute them: imported here, inside the check, because they load
+    torch, and only a study that names its primary metrics needs them."""
+    import noisypref.benchmark.run.execute  # noqa: F401
+    from noisypref.benchmark.config.metrics import METRICS
+
+    return dict(METRICS)

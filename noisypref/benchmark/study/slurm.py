@@ -11,6 +11,7 @@ job array (``array=True``) or one job each.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 SUBMITIT_FOLDER = "slurm"  # inside the study folder: submitit's pickles and the jobs' stdout/stderr
+SLURM_COMMANDS = ("sbatch", "srun")  # submitit submits with sbatch, and refuses to start without srun
 
 
 class JobFailed(RuntimeError):
@@ -34,11 +36,20 @@ class SlurmSettings:
     array_parallelism: int = 64  # jobs of the array running at once
 
 
-def run_command(study_file: Path, out: Path, cache_dir: Path, run_id: str) -> list[str]:
-    """The `noisypref run` arguments a job executes."""
+def missing_slurm_commands() -> list[str]:
+    """The Slurm commands submitting needs that this machine does not have on its PATH."""
+    return [command for command in SLURM_COMMANDS if shutil.which(command) is None]
+
+
+def run_command(
+    study_file: Path, out: Path, cache_dir: Path, run_id: str, plugin_folders: Sequence[Path] = ()
+) -> list[str]:
+    """The `noisypref run` arguments a job executes (``plugin_folders``: where the study's plugin
+    modules are, for a study file that is the study folder's copy)."""
     return [
         "run", str(Path(study_file).resolve()), "--out", str(Path(out).resolve()),
         "--cache-dir", str(Path(cache_dir).resolve()), "--run-id", run_id, "--workers", "1", "--no-report",
+        *(part for folder in plugin_folders for part in ("--plugin-path", str(Path(folder).resolve()))),
     ]  # fmt: skip
 
 
@@ -81,9 +92,10 @@ def submit_runs(
     run_ids: Sequence[str],
     *,
     array: bool = True,
+    plugin_folders: Sequence[Path] = (),
 ) -> list[Any]:
     """Submit one job per run (a job array when ``array``); returns the submitit jobs, in run order."""
-    commands = [run_command(study_file, out, cache_dir, run_id) for run_id in run_ids]
+    commands = [run_command(study_file, out, cache_dir, run_id, plugin_folders) for run_id in run_ids]
     if not commands:
         return []
     if array:

@@ -8,7 +8,8 @@ metrics.jsonl from a background thread (every ``POLL_INTERVAL_S``), and sends ea
 gradient norm, pairs per second) as it appears, whichever process writes the file (this one, a worker, or
 rank 0 of a launch); when the run ends (succeeded or failed) it sends the rest, the final metrics of
 result.json and the status. The trackers are optional extras (``pip install "noisypref[track]"``); a
-tracker that is missing or fails is logged and the study goes on.
+tracker that is not installed is refused before the first run (``missing_tracker_reasons``, the
+preflight); one that fails on a run is logged and the study goes on.
 
 - TensorBoard: event files in ``<tensorboard_dir>/<study>/<label>-<run_id>/`` (default tensorboard_dir:
   the study folder's ``tensorboard/``): scalars ``train/<metric>`` per step (flushed as they come),
@@ -269,3 +270,19 @@ class TrackioTracker:
 
 
 TRACKERS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "trackio": TrackioTracker}
+
+# The package each tracker imports, and the extra of noisypref that installs it.
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "track"), "wandb": ("wandb", "track"), "trackio": ("trackio", "trackio")}
+
+
+def missing_tracker_reasons(trackers: tuple[str, ...]) -> dict[str, str]:
+    """For each tracker whose package is not installed here, what to install (checked before any run,
+    so that a study does not run to the end with one warning per run)."""
+    import importlib.util
+
+    reasons = {}
+    for tracker in trackers:
+        package, extra = TRACKER_PACKAGES[tracker]
+        if importlib.util.find_spec(package) is None:
+            reasons[tracker] = f"{tracker} needs the {package} package: pip install 'noisypref[{extra}]'"
+    return reasons

@@ -114,6 +114,38 @@ def sample_responses(
     testbed's sample fastest on one torch thread (``torch.set_num_threads(1)``): several threads can
     be ten times slower when another process keeps a core busy.
     """
+    stop_ids = stop_token_ids(model, tokenizer)
+    sampled = sample_response_ids(
+        model,
+        tokenizer,
+        prompts,
+        num_samples=num_samples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    decoded = [
+        tokenizer.decode([token for token in ids if token not in stop_ids], skip_special_tokens=True).strip()
+        for ids in sampled
+    ]
+    return [decoded[index : index + num_samples] for index in range(0, len(decoded), num_samples)]
+
+
+def sample_response_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int = 256,
+) -> list[list[int]]:
+    """The token ids `sample_responses` decodes: ``num_samples`` responses per prompt, prompt by
+    prompt in one flat list, each up to and including its stop token (when one was sampled before
+    ``max_new_tokens``). Scoring these ids scores exactly what was sampled."""
     if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError(
             f"num_samples ({num_samples}), batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must be >= 1"
@@ -129,7 +161,7 @@ def sample_responses(
 
     was_training = model.training
     model.eval()
-    decoded: list[str] = []
+    sampled: list[list[int]] = []
     starts = range(0, len(repeated_prompts), batch_size)
     for start in tqdm(starts, desc="sampling responses", leave=False, disable=len(starts) < 4):
         input_ids, attention_mask = left_padded_prompts(
@@ -148,9 +180,9 @@ def sample_responses(
         for row in new_tokens.tolist():
             response_ids = []
             for token in row:
+                response_ids.append(token)
                 if token in stop_ids:
                     break
-                response_ids.append(token)
-            decoded.append(tokenizer.decode(response_ids, skip_special_tokens=True).strip())
+            sampled.append(response_ids)
     model.train(was_training)
-    return [decoded[index : index + num_samples] for index in range(0, len(decoded), num_samples)]
+    return sampled
