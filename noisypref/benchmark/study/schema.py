@@ -343,7 +343,8 @@ def _check_report(
     raw: Mapping[str, Any], report: ReportSettings, methods: Mapping[str, MethodEntry], errors: ErrorList
 ) -> None:
     """What the report leads with must exist: declared metrics, and a baseline among the study's
-    method labels. Checked only where the study sets them (the defaults fall back quietly)."""
+    competitors' labels (a reference is never the baseline). Checked only where the study sets them to
+    something other than the default (the default baseline falls back quietly)."""
     if "primary_metrics" in raw:
         declared = declared_metrics()
         for index, name in enumerate(report.primary_metrics):
@@ -355,10 +356,18 @@ def _check_report(
                     name,
                     f"a metric a run computes{hint}: one of {', '.join(sorted(declared))}",
                 )
-    if "baseline" in raw and methods:
-        labels = [variant.label for method in methods.values() for variant in method.variants()]
+    # the default baseline falls back quietly (a resolved study.yaml spells it out, so "given" alone cannot tell)
+    if "baseline" in raw and methods and report.baseline != ReportSettings().baseline:
+        labels = [
+            variant.label
+            for method in methods.values()
+            for variant in method.variants()
+            if variant.reference_kind == NO_REFERENCE
+        ]
         if report.baseline not in labels:
-            errors.invalid("report.baseline", report.baseline, f"a method label of this study: {', '.join(labels)}")
+            errors.invalid(
+                "report.baseline", report.baseline, f"a competitor's method label of this study: {', '.join(labels)}"
+            )
 
 
 def declared_metrics() -> dict[str, Any]:
