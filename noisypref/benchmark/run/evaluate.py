@@ -19,6 +19,7 @@ from noisypref.benchmark.config.run_config import RunConfig
 from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.models import load_causal_lm
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
+from noisypref.benchmark.evaluation.cleaning_metrics import cleaning_quality, training_flips
 from noisypref.benchmark.evaluation.metrics import (
     gold_reward_metrics,
     method_outputs,
@@ -64,6 +65,9 @@ def evaluate_run(
     receives the reason for each metric the config asks for that could not be computed.
     """
     metrics = {"realised_flip_rate": run.flips.realised_rate}
+    if run.cleaning is not None:
+        metrics.update(cleaning_quality(run.cleaning, run.flips))
+    trained_flips = training_flips(run.flips, run.cleaning)  # which trained pairs are mislabelled, after cleaning
     items: dict[str, tuple[list[str], np.ndarray]] = {}
     # Batches of the training micro-batch size: a γ method's candidate set is then as in training.
     batch_size = config.training.batch_size // config.training.gradient_accumulation
@@ -73,7 +77,7 @@ def evaluate_run(
             progress.advance,
         )  # fmt: skip
     if pairs_path is not None and _is_main_process():
-        write_pair_diagnostics(pairs_path, run.train_tokens.pair_ids, run.flips, train_outputs)
+        write_pair_diagnostics(pairs_path, run.train_tokens.pair_ids, trained_flips, train_outputs)
     # Pairs whose two responses are the same tokens carry no preference: no metric counts them.
     informative = informative_pairs(run.train_tokens)
     informative_heldout = informative_pairs(run.heldout_tokens)
@@ -92,7 +96,7 @@ def evaluate_run(
     train_outputs = {name: values[informative] for name, values in train_outputs.items()}
     metrics["train_accuracy"] = float(np.mean(train_outputs["reward_gap"] > 0))
     if config.evaluation.noise_detection:
-        is_flipped = run.flips.table["is_flipped"].to_numpy()[informative]
+        is_flipped = trained_flips.table["is_flipped"].to_numpy()[informative]
         metrics.update(noise_detection(train_outputs, is_flipped))
     if config.evaluation.heldout_accuracy and informative_heldout.any():
         pairs = len(run.heldout_tokens)

@@ -1,4 +1,4 @@
-"""Expanding a study into runs: datasets x noise entries x rates x methods x seeds x models.
+"""Expanding a study into runs: datasets x noise entries x rates x cleaning x methods x seeds x models.
 
 Each run is a fully resolved run config (`noisypref.benchmark.config.run_config`) named by its run id. Runs whose
 configs are identical are merged: every rate-0 run means "no flips", whatever the noise model, so
@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from noisypref.benchmark.config.cleaning import NO_CLEANING
 from noisypref.benchmark.config.run_config import make_run_config, run_id
 from noisypref.benchmark.config.sections import NoiseSettings
 from noisypref.benchmark.study.schema import Study
@@ -34,12 +35,14 @@ class PlannedRun:
     seed: int
     model: str
     grid_points: int  # how many grid points this run stands for (several for merged rate-0 runs)
+    cleaning: str = NO_CLEANING  # the cleaning entry's label
 
     def describe(self) -> str:
         noise = (
             "no noise" if self.noise_model == NO_NOISE_LABEL else f"{self.noise_model} {self.noise_rate:g}"
         )
-        return f"{self.method} | {self.dataset} | {noise} | seed {self.seed} | {self.model}"
+        method = self.method if self.cleaning == NO_CLEANING else f"{self.method} after {self.cleaning}"
+        return f"{method} | {self.dataset} | {noise} | seed {self.seed} | {self.model}"
 
 
 def grid_point_count(study: Study) -> int:
@@ -48,6 +51,7 @@ def grid_point_count(study: Study) -> int:
     return (
         len(study.datasets)
         * noise_points
+        * len(study.cleaning)
         * len(study.method_variants())
         * len(study.seeds)
         * len(study.models)
@@ -58,8 +62,10 @@ def plan_runs(study: Study) -> list[PlannedRun]:
     """Every distinct run of the study, in grid order (first occurrence of merged runs)."""
     runs: dict[str, PlannedRun] = {}
     noise_points = [(noise, rate) for noise in study.noise for rate in noise.rates]
-    grid = itertools.product(study.datasets, noise_points, study.method_variants(), study.seeds, study.models)
-    for dataset, (noise, rate), variant, seed, model in grid:
+    grid = itertools.product(
+        study.datasets, noise_points, study.cleaning, study.method_variants(), study.seeds, study.models
+    )
+    for dataset, (noise, rate), cleaning, variant, seed, model in grid:
         config = make_run_config(
             study=study.name,
             dataset=dataset,
@@ -69,6 +75,7 @@ def plan_runs(study: Study) -> list[PlannedRun]:
             training=variant.training,
             evaluation=variant.evaluation,
             seed=seed,
+            cleaning=cleaning.settings,
         )
         identifier = run_id(config)
         if identifier in runs:
@@ -85,6 +92,7 @@ def plan_runs(study: Study) -> list[PlannedRun]:
             seed=seed,
             model=model.name,
             grid_points=1,
+            cleaning=cleaning.label,
         )
     return list(runs.values())
 

@@ -2,8 +2,10 @@
 
 Columns: study, run_id, dataset, noise_model ("none" for rate-0 runs, which stand for every noise
 model), noise_options (JSON), target_flip_rate, realised_flip_rate, method_label, method_name,
-hyperparameters (JSON) and one hp_<name> column per hyperparameter, seed, model, one column per
-metric of the engine's result, wall_time_s, status (succeeded / failed / pending) and failure_reason.
+hyperparameters (JSON) and one hp_<name> column per hyperparameter, seed, model, cleaning (the label of
+the run's cleaning entry, "none" where the noisy pairs are trained as they are) and cleaning_judge (the
+judge, "none" alike), one column per metric of the engine's result, wall_time_s, status (succeeded /
+failed / pending) and failure_reason.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from noisypref.benchmark.config.cleaning import NO_CLEANING
 from noisypref.benchmark.config.metrics import declarations_document
 from noisypref.benchmark.storage import atomic_path, write_json_atomic
 from noisypref.benchmark.study.folder import OutputNotWritable, StudyFolder
@@ -38,6 +41,8 @@ LEADING_COLUMNS = (
     "hyperparameters",
     "seed",
     "model",
+    "cleaning",
+    "cleaning_judge",
 )
 TRAILING_COLUMNS = ("wall_time_s", "status", "failure_reason")
 
@@ -114,6 +119,8 @@ def _row(study_name: str, run: PlannedRun, folder: StudyFolder) -> dict[str, Any
         "hyperparameters": json.dumps(hyperparameters, sort_keys=True),
         "seed": run.seed,
         "model": run.model,
+        "cleaning": run.cleaning,
+        "cleaning_judge": config["cleaning"]["judge"] if "cleaning" in config else NO_CLEANING,
         "hp": hyperparameters,
         "metrics": metrics,
         "wall_time_s": wall_time_s,

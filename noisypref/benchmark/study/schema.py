@@ -22,6 +22,7 @@
     evaluation: {num_eval_prompts: 256, ...}   # defaults: EvaluationSettings
       # also: {benchmarks: {alpaca_eval: {...}, arena_hard: {...}}}  (noisypref.benchmark.evaluation.chat_benchmarks)
     report: {primary_metrics: [heldout_accuracy, gold_win_rate], baseline: dpo}   # what the report leads with
+    cleaning: [none, {judge: reward_model}]   # default [none]: cleaners crossed with methods (study.cleaning_entries)
 
 Every section is a settings class of `noisypref.benchmark.config.sections` (its defaults and checks
 are defined there once); this module adds what only a study has: sweeps, grids, labels, plugins.
@@ -58,6 +59,7 @@ from noisypref.benchmark.config.sections import (
 )
 from noisypref.benchmark.evaluation.alpaca_eval import HUB_DATASET as ALPACA_EVAL_HUB_ID
 from noisypref.benchmark.evaluation.chat_benchmarks import parse_benchmarks
+from noisypref.benchmark.study.cleaning_entries import NO_CLEANING_ENTRY, CleaningEntry, load_cleaning
 from noisypref.benchmark.study.entries import (
     NoiseEntry,
     as_list,
@@ -84,6 +86,7 @@ STUDY_KEYS = (
     "evaluation",
     "report",
     "tracking",
+    "cleaning",
 )
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
@@ -105,6 +108,7 @@ class Study:
     # how runs are watched (trackers), not what they compute: left out of study.yaml (to_dict), so
     # that `--track` never makes a study folder hold "another study"
     tracking: TrackingSettings = TrackingSettings()
+    cleaning: tuple[CleaningEntry, ...] = (NO_CLEANING_ENTRY,)
 
     def method_variants(self) -> list[MethodVariant]:
         return [variant for method in self.methods for variant in method.variants()]
@@ -126,6 +130,8 @@ class Study:
             evaluation=settings_dict(self.evaluation),
             report=settings_dict(self.report),
         )
+        if self.cleaning != (NO_CLEANING_ENTRY,):  # a study without cleaning resolves as before
+            resolved["cleaning"] = [entry.to_plain() for entry in self.cleaning]
         return json.loads(json.dumps(resolved))  # tuples -> lists: plain YAML/JSON data
 
 
@@ -161,6 +167,7 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
     methods = load_methods(raw.get("methods", []), raw, training, evaluation, errors)
     seeds = load_seeds(raw.get("seeds", [0]), errors)
     models = load_models(raw.get("models", [{"name": TESTBED}]), errors)
+    cleaning = load_cleaning(raw.get("cleaning"), errors)
     _check_testbed_model_pairing(datasets, models, errors)
     _check_benchmarks(evaluation, methods, models, check_files, errors)
     check_unique_labels(methods, errors)
@@ -178,6 +185,7 @@ def parse_study(raw: Any, source: str = "study", *, check_files: bool = True) ->
         plugins=plugins,
         report=report,
         tracking=tracking,
+        cleaning=tuple(cleaning),
     )
 
 
