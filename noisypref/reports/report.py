@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noisypref.reports.cleaning import cleaning_sections, fold_cleaning_into_labels, ranked_runs
 from noisypref.reports.declarations import (
     METRICS_FILE,
     MetricDeclarations,
@@ -132,7 +133,10 @@ class _ReportBuilder:
         resamples: int,
     ):  # fmt: skip
         self.study = study
-        self.results = study.results
+        # a cleaned run is labelled "<cleaner>+<loss>"; the oracle judge's runs are a reference: only the
+        # cleaning section reads them (noisypref.reports.cleaning)
+        self.all_results = fold_cleaning_into_labels(study.results)
+        self.results = ranked_runs(self.all_results)
         self.runs = curve_runs(self.results)
         self.resamples = resamples
         self.declarations: MetricDeclarations = read_metric_declarations(study.directory)
@@ -235,6 +239,10 @@ class _ReportBuilder:
             self.intervals.to_csv(self.report_dir / "intervals.csv", index=False)
             sections = [
                 *self._findings(),
+                *cleaning_sections(
+                    self.all_results, self.baseline, self.primary, self.declarations, self.titles,
+                    self._table, self._figure, self._stem,
+                ),
                 *self._robustness(),
                 *self._gamma(),
                 *self._training(),
