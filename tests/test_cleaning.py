@@ -27,7 +27,7 @@ from noisypref.cleaning import (
     get_judge,
     register_judge,
 )
-from noisypref.cleaning.estimate import mirrored_mixture_rate
+from noisypref.cleaning.estimate import anchor_flip_rate
 from noisypref.cleaning.reward_model import fold_of_each_pair
 from noisypref.noise_injection import inject
 
@@ -444,15 +444,21 @@ def test_undefined_detection_metrics_are_left_out():
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.3, 0.45])
-def test_the_mirrored_mixture_recovers_the_rate_of_margins_drawn_from_it(rate):
+def test_the_anchor_estimate_recovers_the_rate_of_symmetric_flips_of_a_confident_judge(rate):
+    """Margins of clean pairs N(1.5, 1) (the judge's confident tenth is right), flips independent of them."""
     rng = np.random.default_rng(0)
     clean_margins = rng.normal(1.5, 1.0, 40_000)
     margins = np.where(rng.random(40_000) < rate, -clean_margins, clean_margins)
-    assert mirrored_mixture_rate(margins) == pytest.approx(rate, abs=0.015)
+    assert anchor_flip_rate(margins) == pytest.approx(rate, abs=0.015)
 
 
-def test_the_mirrored_mixture_has_an_answer_for_degenerate_margins():
-    assert mirrored_mixture_rate(np.ones(5)) == 0.0
-    assert mirrored_mixture_rate(-np.ones(5)) == 0.5
-    with pytest.raises(ValueError, match="at least two finite margins"):
-        mirrored_mixture_rate(np.array([np.nan, 1.0]))
+def test_the_anchor_estimate_is_the_share_of_negative_margins_among_the_largest_by_hand():
+    margins = np.array([5.0, -4.0, 0.1, -0.2, 3.0, -2.5, 1.0, 0.0, 2.0, -1.5])
+    # the 4 largest |margin|: 5, -4, 3, -2.5 -> 2 of 4 negative
+    assert anchor_flip_rate(margins, anchor_share=0.4) == 0.5
+    # the 5 largest add 2.0: 2 of 5, and a zero margin counts one half
+    assert anchor_flip_rate(margins, anchor_share=0.5) == pytest.approx(0.4)
+    assert anchor_flip_rate(np.array([0.0, 0.0]), anchor_share=1.0) == 0.5
+    assert anchor_flip_rate(np.ones(5)) == 0.0 and anchor_flip_rate(-np.ones(5)) == 0.5
+    with pytest.raises(ValueError, match="finite margins"):
+        anchor_flip_rate(np.array([np.nan, 1.0]))

@@ -2,9 +2,10 @@
 way round is suspect (the PerpCorrect family: Kong et al., "Perplexity-aware Correction for Robust
 Alignment with Noisy Preferences", NeurIPS 2024).
 
-margin = log π_ref(chosen | x) − log π_ref(rejected | x) (``normalise: sum``), or per token,
-mean log π_ref(chosen) − mean log π_ref(rejected) (``normalise: mean``), which is minus PerpCorrect's
-PPLDiff = log PPL(chosen) − log PPL(rejected). Suspicion = −margin. PerpCorrect first aligns its
+margin = mean log π_ref(chosen | x) − mean log π_ref(rejected | x) per token (``normalise: mean``, the
+default), which is minus PerpCorrect's PPLDiff = log PPL(chosen) − log PPL(rejected); or the summed
+log-likelihood ratio log π_ref(chosen | x) − log π_ref(rejected | x) (``normalise: sum``), which favours
+the shorter response (on the testbed its AUROC is 0.48, the per-token one's 0.79). Suspicion = −margin. PerpCorrect first aligns its
 surrogate model on clean validation pairs; this judge uses the run's reference model as it is (no clean
 data is assumed), so it can only be as good as the reference model's own preferences.
 """
@@ -23,7 +24,7 @@ from noisypref.cleaning.base import (
     option_field,
     register_judge,
 )
-from noisypref.cleaning.estimate import mirrored_mixture_rate
+from noisypref.cleaning.estimate import anchor_flip_rate
 
 NORMALISATIONS = ("sum", "mean")
 
@@ -31,7 +32,7 @@ NORMALISATIONS = ("sum", "mean")
 @dataclass(frozen=True)
 class ReferenceMarginOptions(JudgeOptions):
     normalise: str = option_field(
-        "sum", "'sum': log-likelihood ratio of the responses; 'mean': per token (minus PerpCorrect's PPLDiff)"
+        "mean", "'mean': per token (minus PerpCorrect's PPLDiff); 'sum': log-likelihood ratio of the responses"
     )
 
     def __post_init__(self) -> None:
@@ -63,4 +64,4 @@ def score_by_reference_model(inputs: JudgeInputs, options: ReferenceMarginOption
         np.asarray(logps.chosen_length, dtype=np.float64), np.asarray(logps.rejected_length, dtype=np.float64),
         options.normalise,
     )  # fmt: skip
-    return JudgeScores(-margins, mirrored_mixture_rate(margins))
+    return JudgeScores(-margins, anchor_flip_rate(margins))

@@ -32,7 +32,7 @@ from noisypref.cleaning.base import (
     option_field,
     register_judge,
 )
-from noisypref.cleaning.estimate import mirrored_mixture_rate
+from noisypref.cleaning.estimate import anchor_flip_rate
 from noisypref.sampling import keyed_uniforms
 
 FOLD_STREAM = "reward_model_folds"
@@ -100,7 +100,7 @@ def score_by_reward_model(inputs: JudgeInputs, options: RewardModelOptions) -> J
             margins[score_rows] = models.trained_reward_gaps(
                 train_rows, score_rows, steps=options.steps, beta=options.beta, seed=inputs.seed
             )
-    return JudgeScores(-margins, mirrored_mixture_rate(margins))
+    return JudgeScores(-margins, anchor_flip_rate(margins))
 
 
 def reward_model_folder_margins(inputs: JudgeInputs, options: RewardModelOptions) -> np.ndarray:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from noisypref.cleaning.base import JudgeInputs, JudgeOptions, JudgeScores, option_field, register_judge
-from noisypref.cleaning.estimate import mirrored_mixture_rate
+from noisypref.cleaning.estimate import anchor_flip_rate
 
 
 @dataclass(frozen=True)
@@ -52,4 +52,4 @@ def score_by_dataset_scores(inputs: JudgeInputs, options: ScoreMarginOptions) ->
             f"judge 'score_margin' needs a finite {options.chosen_column} and {options.rejected_column} on every "
             f"pair; {int((~np.isfinite(margins)).sum())} row(s) have none (rows {rows})"
         )
-    return JudgeScores(-margins, mirrored_mixture_rate(margins))
+    return JudgeScores(-margins, anchor_flip_rate(margins))

@@ -22,7 +22,7 @@ from noisypref.cleaning.base import (
     option_field,
     register_judge,
 )
-from noisypref.cleaning.estimate import mirrored_mixture_rate
+from noisypref.cleaning.estimate import anchor_flip_rate
 
 
 @dataclass(frozen=True)
@@ -54,4 +54,4 @@ def score_by_warmup_loss(inputs: JudgeInputs, options: SmallLossOptions) -> Judg
     )
     reward_gaps = np.asarray(reward_gaps, dtype=np.float64)
     dpo_loss = np.logaddexp(0.0, -reward_gaps)  # −log σ(h) (Rafailov et al. 2023, eq. 7)
-    return JudgeScores(dpo_loss, mirrored_mixture_rate(reward_gaps))
+    return JudgeScores(dpo_loss, anchor_flip_rate(reward_gaps))

@@ -49,8 +49,9 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def describe_grid(study, grid_points: int, runs: int) -> str:
     noise_points = sum(len(noise.rates) for noise in study.noise)
+    cleaning = f"{len(study.cleaning)} cleaning entries x " if len(study.cleaning) > 1 else ""
     text = (
-        f"grid: {len(study.datasets)} dataset(s) x {noise_points} (noise model, rate) x "
+        f"grid: {len(study.datasets)} dataset(s) x {noise_points} (noise model, rate) x {cleaning}"
         f"{len(study.method_variants())} method setting(s) x {len(study.seeds)} seed(s) x "
         f"{len(study.models)} model(s) = {grid_points} grid points -> {runs} runs"
     )
@@ -76,4 +77,6 @@ def run_table(runs) -> str:
             "model": [run.model for run in runs],
         }
     )
+    if any(run.cleaning != "none" for run in runs):  # a study with a cleaning axis (docs/cleaning.md)
+        table.insert(4, "cleaning", [run.cleaning for run in runs])
     return table.to_string(index=False)
