@@ -462,3 +462,23 @@ def test_the_anchor_estimate_is_the_share_of_negative_margins_among_the_largest_
     assert anchor_flip_rate(np.ones(5)) == 0.0 and anchor_flip_rate(-np.ones(5)) == 0.5
     with pytest.raises(ValueError, match="finite margins"):
         anchor_flip_rate(np.array([np.nan, 1.0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_noisypref_judges_lists_every_judge_with_its_options(capsys):
+    import json
+
+    from noisypref.cli import main
+
+    assert main(["judges", "--json"]) == 0
+    entries = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)}
+    assert set(entries) == set(JUDGES)
+    assert [name for name, entry in entries.items() if entry["reads_flip_record"]] == ["oracle"]
+    assert entries["reward_model"]["options"]["folds"] == 4 and entries["reward_model"]["needs_model"]
+    assert not entries["score_margin"]["needs_model"]
+    assert main(["judges"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"{name}  (" in listing for name in JUDGES) and "normalise (default \"mean\")" in listing

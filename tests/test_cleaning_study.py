@@ -134,3 +134,28 @@ def test_a_tiny_study_cleans_once_per_judge_rate_and_seed_and_trains_every_metho
     wrong_after = flips.set_index("pair_id")["is_flipped"] ^ flip_record.set_index("pair_id")["flagged"]
     assert flip_pairs["is_flipped"].to_dict() == wrong_after.to_dict()
     assert CleaningRecord.read(records[0]).num_pairs == 40
+
+
+def test_the_cleaning_cost_benchmark_runs_in_smoke_mode():
+    """benchmarks/cleaning_cost.py on a tiny testbed: every judge of the shipped study and every method
+    measured, and the estimate its own arithmetic of the figures it prints."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    completed = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "cleaning_cost.py"), "--smoke"],
+        capture_output=True, text=True, check=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    figures = json.loads(completed.stdout.strip().splitlines()[-1])
+    costs = figures["cpu_seconds"]
+    assert {name for name in costs if name.startswith("cleaning ")} == {
+        f"cleaning {entry}" for entry in ("none", "oracle", "reference_margin", "reward_model", "small_loss", "ensemble")
+    }
+    assert {name for name in costs if name.startswith("run ")} == {"run dpo", "run cdpo", "run gamma_dpo"}
+    cleaning = sum(seconds for name, seconds in costs.items() if name.startswith("cleaning "))
+    runs = sum(seconds for name, seconds in costs.items() if name.startswith("run ")) / 3
+    assert figures["runs"] == 108 and figures["points"] == 6
+    assert figures["study_cpu_seconds_estimate"] == pytest.approx(costs["testbed"] + 6 * cleaning + 108 * runs)
