@@ -121,6 +121,8 @@ def test_the_report_has_the_cleaning_finding_table_and_figure(tmp_path):
     assert "The best cleaner is reward_model+dpo" in section and "the best robust loss is cdpo" in section
     assert "figures/cleaning-detection-heldout-accuracy.png" in section
     assert (folder / "report" / "figures" / "cleaning-detection-heldout-accuracy.png").is_file()
+    # the judges' metrics belong to the cleaning section, not to a robustness curve per method
+    assert not list((folder / "report" / "figures").glob("robustness-cleaning-*"))
     # the general sections rank cleaned runs as methods, never the oracle
     ranking = markdown.split("## Cleaning against robust losses", 1)[0]
     assert "reward_model+cdpo" in ranking and "oracle+dpo" not in ranking

@@ -63,6 +63,9 @@ DETECTION_METRICS = (
     ("cleaning_noise_left", "noise left"),
     ("cleaning_pairs_left", "pairs left"),
 )
+# The metrics of the cleaning judges: properties of a cleaned dataset, the same for every loss trained on
+# it, so they are shown in the cleaning section only (not as robustness curves per method).
+CLEANING_METRICS = (*(column for column, _ in DETECTION_METRICS), "cleaning_estimated_rate")
 CONFIDENCE = 0.95
 SECTION_TITLE = "Cleaning against robust losses"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from noisypref.reports.cleaning import fold_cleaning_into_labels, ranked_runs
 from noisypref.reports.declarations import read_metric_declarations, read_report_settings
 from noisypref.reports.findings import AUC, BOOTSTRAP_RESAMPLES, findings
 from noisypref.reports.statistics import curve_runs
@@ -32,6 +33,7 @@ class StudyFindings:
 
 def _study_findings(directory: Path, baseline: str | None, resamples: int) -> StudyFindings:
     study = load_study(directory)
+    study.results = ranked_runs(fold_cleaning_into_labels(study.results))  # cleaner+loss labels, no oracle
     declarations = read_metric_declarations(study.directory)
     settings = read_report_settings(study.study_yaml)
     labels = sorted(set(study.results[METHOD]))

@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from noisypref.reports.cleaning import cleaning_sections, fold_cleaning_into_labels, ranked_runs
+from noisypref.reports.cleaning import (
+    CLEANING_METRICS,
+    cleaning_sections,
+    fold_cleaning_into_labels,
+    ranked_runs,
+)
 from noisypref.reports.declarations import (
     METRICS_FILE,
     MetricDeclarations,
@@ -154,6 +159,7 @@ class _ReportBuilder:
         else:
             declared = [name for name in self.declarations.metrics if name in available]
             self.metrics = declared + [name for name in available if name not in declared]
+            self.metrics = [name for name in self.metrics if name not in CLEANING_METRICS]  # its own section
         labels = sorted(set(self.results[METHOD]))
         if baseline is not None and baseline not in labels:
             raise ValueError(
