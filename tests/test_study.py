@@ -129,6 +129,7 @@ def expected_run_count(raw: dict) -> int:
     """Runs of a study computed from its YAML alone: the product of the list lengths, with the rate-0
     grid points of all noise entries counted once."""
     datasets = len(raw.get("datasets", [{}]))
+    cleaning = len(raw.get("cleaning", ["none"]))
     seeds = len(raw.get("seeds", [0]))
     models = len(raw.get("models", [{}]))
     method_settings = 0
@@ -140,7 +141,7 @@ def expected_run_count(raw: dict) -> int:
     rates = [rate for noise in raw["noise"] for rate in noise["rates"]]
     zero_rates = sum(rate == 0 for rate in rates)
     noise_points = len(rates) - max(0, zero_rates - 1)
-    return datasets * noise_points * method_settings * seeds * models
+    return datasets * noise_points * cleaning * method_settings * seeds * models
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.name for path in CONFIGS])
