@@ -201,7 +201,7 @@ def test_a_dataset_of_identical_pairs_is_refused_and_identical_pairs_leave_every
     )
     prepared = SimpleNamespace(
         policy=None, method=None, train_tokens=train_tokens, heldout_tokens=heldout_tokens, train_reference=None,
-        heldout_reference=None, pad_token_id=0, flips=flips, data=SimpleNamespace(testbed=None),
+        heldout_reference=None, pad_token_id=0, flips=flips, data=SimpleNamespace(testbed=None), cleaning=None,
     )  # fmt: skip
     config = parse_run_config(default_run_config())
     metrics = engine.evaluate_run(config, prepared, tmp_path, torch.device("cpu"))

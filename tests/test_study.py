@@ -130,6 +130,7 @@ def expected_run_count(raw: dict) -> int:
     grid points of all noise entries counted once, and none for references (an entry with
     `reference: clean_only` or a hyperparameter given as realised_flip_rate)."""
     datasets = len(raw.get("datasets", [{}]))
+    cleaning = len(raw.get("cleaning", ["none"]))
     seeds = len(raw.get("seeds", [0]))
     models = len(raw.get("models", [{}]))
     method_settings = reference_settings = 0
@@ -143,7 +144,8 @@ def expected_run_count(raw: dict) -> int:
     rates = [rate for noise in raw["noise"] for rate in noise["rates"]]
     zero_rates = sum(rate == 0 for rate in rates)
     noise_points = len(rates) - max(0, zero_rates - 1)
-    grid = noise_points * method_settings + (len(rates) - zero_rates) * reference_settings
+    # references run only on the uncleaned pairs, at the rates above 0
+    grid = noise_points * cleaning * method_settings + (len(rates) - zero_rates) * reference_settings
     return datasets * grid * seeds * models
 
 

@@ -20,6 +20,7 @@ from noisypref import __version__
 COMMAND_MODULES = [
     "noisypref.cli.methods",
     "noisypref.cli.noise",
+    "noisypref.cli.judges",
     "noisypref.cli.alpacaeval",
     "noisypref.cli.report",
     "noisypref.cli.compare",

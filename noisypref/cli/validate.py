@@ -65,8 +65,9 @@ def describe_grid(study, grid_points: int, runs: int, skipped_references: int = 
     methods = f"{len(variants)} method setting(s)"
     if references:
         methods += f" ({len(variants) - references} competitor(s), {references} reference(s))"
+    cleaning = f"{len(study.cleaning)} cleaning entries x " if len(study.cleaning) > 1 else ""
     text = (
-        f"grid: {len(study.datasets)} dataset(s) x {noise_points} (noise model, rate) x "
+        f"grid: {len(study.datasets)} dataset(s) x {noise_points} (noise model, rate) x {cleaning}"
         f"{methods} x {len(study.seeds)} seed(s) x "
         f"{len(study.models)} model(s) = {grid_points} grid points -> {runs} runs"
     )
@@ -122,4 +123,6 @@ def run_table(runs) -> str:
             "model": [run.model for run in runs],
         }
     )
+    if any(run.cleaning != "none" for run in runs):  # a study with a cleaning axis (docs/cleaning.md)
+        table.insert(4, "cleaning", [run.cleaning for run in runs])
     return table.to_string(index=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from noisypref.reports.cleaning import fold_cleaning_into_labels, ranked_runs
 from noisypref.reports.declarations import read_metric_declarations, read_report_settings
 from noisypref.reports.findings import AUC, findings
 from noisypref.reports.statistics import curve_runs
@@ -53,6 +54,7 @@ class StudyFindings:
 
 def _study_findings(directory: Path, baseline: str | None) -> StudyFindings:
     study = load_study(directory)
+    study.results = ranked_runs(fold_cleaning_into_labels(study.results))  # cleaner+loss labels, no oracle
     declarations = read_metric_declarations(study.directory)
     settings = read_report_settings(study.study_yaml)
     labels = sorted(set(competitor_runs(study.results)[METHOD]))

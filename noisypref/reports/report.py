@@ -20,6 +20,12 @@ import numpy as np
 import pandas as pd
 
 from noisypref.reports.appendix import appendix_sections
+from noisypref.reports.cleaning import (
+    CLEANING_METRICS,
+    cleaning_sections,
+    fold_cleaning_into_labels,
+    ranked_runs,
+)
 from noisypref.reports.declarations import (
     METRICS_FILE,
     MetricDeclarations,
@@ -112,7 +118,10 @@ class _ReportBuilder:
         resamples: int,
     ):  # fmt: skip
         self.study = study
-        self.results = study.results
+        # a cleaned run is labelled "<cleaner>+<loss>"; the oracle judge's runs are a reference: only the
+        # cleaning section reads them (noisypref.reports.cleaning)
+        self.all_results = fold_cleaning_into_labels(study.results)
+        self.results = ranked_runs(self.all_results)
         self.runs = curve_runs(self.results)
         self.resamples = resamples
         self.declarations: MetricDeclarations = read_metric_declarations(study.directory)
@@ -130,6 +139,7 @@ class _ReportBuilder:
         else:
             declared = [name for name in self.declarations.metrics if name in available]
             self.metrics = declared + [name for name in available if name not in declared]
+            self.metrics = [name for name in self.metrics if name not in CLEANING_METRICS]  # its own section
         labels = sorted(set(competitor_runs(self.results)[METHOD]))
         references = reference_labels(self.results)
         if baseline is not None and baseline in references:
@@ -224,6 +234,10 @@ class _ReportBuilder:
             self.intervals.to_csv(self.report_dir / "intervals.csv", index=False)
             sections = [
                 *findings_sections(self),
+                *cleaning_sections(
+                    self.all_results, self.baseline, self.primary, self.declarations, self.titles,
+                    self.add_table, self.add_figure, self.new_stem,
+                ),
                 *self._robustness(),
                 *gamma_sections(self),
                 *training_sections(self),

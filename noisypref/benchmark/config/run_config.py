@@ -6,6 +6,9 @@ A run config is plain data (it is written to config.json and read back)::
      "method": {"label", "name", "hyperparameters", ["reference"]}, "model": {...}, "training": {...},
      "evaluation": {...}, "seed": 0}
 
+plus, for a run whose noisy training pairs a judge cleans first, ``"cleaning": {"judge", "options",
+"treatment", "budget"}`` (`noisypref.benchmark.config.cleaning`); a run without it keeps its id.
+
 each section being the plain form of its settings class (`noisypref.benchmark.config.sections`), every
 default filled in, except fields added since 0.1 while at their default (`checks.run_id_section`).
 `make_run_config` builds one from settings, `parse_run_config` checks one and returns `RunConfig`,
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from noisypref.benchmark.config.checks import Invalid, run_id_section, show
+from noisypref.benchmark.config.cleaning import CleaningSettings
 from noisypref.benchmark.config.references import symbolic_hyperparameters
 from noisypref.benchmark.config.sections import (
     TESTBED,
@@ -37,6 +41,7 @@ from noisypref.benchmark.config.sections import (
 )
 
 RUN_KEYS = ("study", "dataset", "noise", "method", "model", "training", "evaluation", "seed")
+OPTIONAL_RUN_KEYS = ("cleaning",)  # present only where a judge cleans the training pairs
 RUN_ID_HEX_DIGITS = 12
 
 
@@ -53,6 +58,7 @@ class RunConfig:
     evaluation: EvaluationSettings
     seed: int
     raw: dict[str, Any]
+    cleaning: CleaningSettings | None = None
 
     @property
     def run_id(self) -> str:
@@ -75,8 +81,10 @@ def make_run_config(
     training: TrainingSettings | None = None,
     evaluation: EvaluationSettings | None = None,
     seed: int = 0,
+    cleaning: CleaningSettings | None = None,
 ) -> dict[str, Any]:
-    """The run config of these settings (defaults for any not given: DPO on the default testbed, no noise)."""
+    """The run config of these settings (defaults for any not given: DPO on the default testbed, no noise,
+    no cleaning)."""
     method = method or MethodSettings()
     hyperparameters = run_id_section(method_config(method.name, method.hyperparameters))
     # a symbolic value stays symbolic in the run config: its run id names the symbol, not a rate
@@ -93,6 +101,8 @@ def make_run_config(
         "evaluation": run_id_section(evaluation or EvaluationSettings()),
         "seed": seed,
     }
+    if cleaning is not None:
+        config["cleaning"] = cleaning.run_dict()
     return json.loads(json.dumps(config))  # tuples -> lists: hashes the same after a JSON round trip
 
 
@@ -108,9 +118,12 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
     if not isinstance(run_config, Mapping):
         raise ValueError(f"run config = {show(run_config)} is invalid: expected a mapping with keys {RUN_KEYS}")
     missing = [key for key in RUN_KEYS if key not in run_config]
-    unknown = sorted(set(run_config) - set(RUN_KEYS))
+    unknown = sorted(set(run_config) - set(RUN_KEYS) - set(OPTIONAL_RUN_KEYS))
     if missing or unknown:
-        raise ValueError(f"run config: missing key(s) {missing}, unknown key(s) {unknown}; expected exactly {RUN_KEYS}")
+        raise ValueError(
+            f"run config: missing key(s) {missing}, unknown key(s) {unknown}; expected exactly {RUN_KEYS} "
+            f"(and optionally {OPTIONAL_RUN_KEYS})"
+        )
     try:
         seed = seed_check(run_config["seed"])
     except Invalid as error:
@@ -146,6 +159,9 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
             "evaluation.benchmarks is invalid with model.name = 'testbed': the benchmarks need a chat "
             "model (the testbed's word-level tokenizer has no chat template)"
         )
+    cleaning = None
+    if "cleaning" in run_config:
+        cleaning = CleaningSettings.from_dict(run_config["cleaning"], "cleaning")
     return RunConfig(
-        study=str(run_config["study"]), seed=seed, raw=copy.deepcopy(dict(run_config)), **sections
+        study=str(run_config["study"]), seed=seed, raw=copy.deepcopy(dict(run_config)), cleaning=cleaning, **sections
     )

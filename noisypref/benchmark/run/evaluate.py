@@ -20,6 +20,7 @@ from noisypref.benchmark.config.run_config import RunConfig
 from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.models import load_causal_lm
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
+from noisypref.benchmark.evaluation.cleaning_metrics import cleaning_quality, training_flips
 from noisypref.benchmark.evaluation.metrics import (
     gold_reward_metrics,
     method_outputs,
@@ -70,6 +71,9 @@ def evaluate_run(
     """
     # the noise injected into the run's training pairs, also for a clean_only run, which trains without them
     metrics = {"realised_flip_rate": run.flips.realised_rate, "training_pairs": len(run.train_tokens)}
+    if run.cleaning is not None:
+        metrics.update(cleaning_quality(run.cleaning, run.flips))
+    trained_flips = training_flips(run.flips, run.cleaning)  # which trained pairs are mislabelled, after cleaning
     items: dict[str, tuple[list[str], np.ndarray]] = {}
     # Batches of the training micro-batch size: a γ method's candidate set is then as in training.
     batch_size = config.training.batch_size // config.training.gradient_accumulation
@@ -79,7 +83,7 @@ def evaluate_run(
             progress.advance,
         )  # fmt: skip
     if pairs_path is not None and _is_main_process():
-        write_pair_diagnostics(pairs_path, run.train_tokens.pair_ids, run.flips, train_outputs)
+        write_pair_diagnostics(pairs_path, run.train_tokens.pair_ids, trained_flips, train_outputs)
     # Pairs whose two responses are the same tokens carry no preference: no metric counts them.
     informative = informative_pairs(run.train_tokens)
     informative_heldout = informative_pairs(run.heldout_tokens)
@@ -104,7 +108,7 @@ def evaluate_run(
             if "gamma" in train_outputs:
                 missing["noise_detection_auroc_gamma"] = reason
     elif config.evaluation.noise_detection:
-        flipped = dict(zip(run.flips.table["pair_id"], run.flips.table["is_flipped"].astype(bool), strict=True))
+        flipped = dict(zip(trained_flips.table["pair_id"], trained_flips.table["is_flipped"].astype(bool), strict=True))
         is_flipped = np.array([flipped[pair_id] for pair_id in run.train_tokens.pair_ids], dtype=bool)
         metrics.update(noise_detection(train_outputs, is_flipped[informative]))
     if config.evaluation.heldout_accuracy and informative_heldout.any():

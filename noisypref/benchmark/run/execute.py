@@ -5,6 +5,9 @@ see ``default_run_config``), and writes into ``run_dir``:
 
     config.json     the run config as given
     flips.csv       which training pairs were flipped (pair_id, is_flipped, flip_probability)
+    cleaning.csv    with a ``cleaning`` section: the judge's score of each noisy training pair, whether it
+                    flagged it and the action taken (keep / remove / flip); its summary is result.json's
+                    "cleaning"
     metrics.jsonl   training metrics, one line per logged step
     pairs.parquet   per training pair after training: pair_id, is_flipped, reward_gap (eval mode),
                     gamma (γ methods only); the reports' γ diagnostics read it
@@ -278,6 +281,8 @@ def _train_and_evaluate(
     symbols = symbolic_hyperparameters(config.method.hyperparameters)
     if symbols:
         details["symbolic_hyperparameters"] = symbols
+    if prepared.cleaning is not None:
+        details["cleaning"] = prepared.cleaning.summary()
     if benchmark_details:
         details["benchmarks"] = benchmark_details
     if missing:

@@ -35,8 +35,10 @@ from noisypref.benchmark.engine.reference import (
 from noisypref.benchmark.engine.tokenization import TokenizedPairs, tokenize_pairs
 from noisypref.benchmark.evaluation.chat_benchmarks import check_runnable, parse_benchmarks
 from noisypref.benchmark.progress import phase
+from noisypref.benchmark.run.cleaning import EnginePairModels, clean_training_pairs
 from noisypref.benchmark.storage import atomic_path
 from noisypref.benchmark.testbed import Testbed, build_testbed
+from noisypref.cleaning import CleaningRecord
 from noisypref.methods import PreferenceMethod, build
 from noisypref.noise_injection import FlipRecord, inject
 
@@ -67,6 +69,7 @@ class PreparedRun:
     heldout_tokens: TokenizedPairs
     train_reference: ReferenceLogps | LiveReference | None
     heldout_reference: ReferenceLogps | LiveReference | None
+    cleaning: CleaningRecord | None = None  # what the cleaning judge did to the noisy pairs, if the run has one
 
 
 def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch.device) -> PreparedRun:
@@ -83,8 +86,8 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
             return load_data_model_and_tokens(config, run_dir, cache_dir, device)
 
     with phase(f"loading {config.dataset.display_label} and model {config.model.name}"):
-        data, flips, policy, tokenizer, identity, pad_token_id, train_tokens, heldout_tokens = distributed.agreed(
-            load, "preparing the run"
+        data, flips, cleaning, policy, tokenizer, identity, pad_token_id, train_tokens, heldout_tokens = (
+            distributed.agreed(load, "preparing the run")
         )
     log_sizes_and_truncation(config, train_tokens, heldout_tokens)
     hyperparameters = method_hyperparameters(config, flips)
@@ -117,6 +120,7 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
         heldout_tokens,
         train_reference,
         heldout_reference,
+        cleaning=cleaning,
     )
 
 
@@ -185,8 +189,9 @@ def unsharded_policy(
 def load_data_model_and_tokens(
     config: RunConfig, run_dir: Path, cache_dir: Path, device: torch.device
 ) -> tuple:
-    """The data, its flips (written to flips.csv), the policy, its tokenizer, its cache identity, the pad
-    token and the token ids of the training and held-out pairs."""
+    """The data, its flips (written to flips.csv), the cleaning record (written to cleaning.csv; None without
+    a ``cleaning`` section), the policy, its tokenizer, its cache identity, the pad token and the token ids
+    of the training pairs (cleaned, where the run cleans them) and of the held-out pairs."""
     data = resolve_dataset(config, cache_dir)
     noisy_pairs, flips = inject(
         data.train_pairs, config.noise.model, config.noise.rate, config.seed, **config.noise.options
@@ -197,9 +202,20 @@ def load_data_model_and_tokens(
     policy, tokenizer, identity = load_model_and_tokenizer(config, data, cache_dir, device)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     lengths = dict(max_length=config.training.max_length, max_prompt_length=config.training.max_prompt_length)
+    cleaning = None
+    if config.cleaning is not None:  # the judge sees the noisy pairs (the oracle alone their flips too)
+        noisy_tokens = tokenize_pairs(noisy_pairs, tokenizer, cache_dir=cache_dir, **lengths)
+        models = EnginePairModels(
+            config, reference_model_location(config, data, cache_dir), noisy_tokens, policy, identity,
+            pad_token_id, cache_dir, device,
+        )  # fmt: skip
+        noisy_pairs, cleaning = clean_training_pairs(config, noisy_pairs, flips, models, cache_dir)
+        if _is_main_process():
+            with atomic_path(run_dir / "cleaning.csv") as temporary:
+                cleaning.to_csv(temporary)
     train_tokens = tokenize_pairs(training_pairs(config, noisy_pairs, flips), tokenizer, cache_dir=cache_dir, **lengths)
     heldout_tokens = tokenize_pairs(data.heldout_pairs, tokenizer, cache_dir=cache_dir, **lengths)
-    return data, flips, policy, tokenizer, identity, pad_token_id, train_tokens, heldout_tokens
+    return data, flips, cleaning, policy, tokenizer, identity, pad_token_id, train_tokens, heldout_tokens
 
 
 def training_pairs(config: RunConfig, noisy_pairs: datasets.Dataset, flips: FlipRecord) -> datasets.Dataset:

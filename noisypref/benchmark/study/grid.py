@@ -1,4 +1,4 @@
-"""Expanding a study into runs: datasets x noise entries x rates x methods x seeds x models.
+"""Expanding a study into runs: datasets x noise entries x rates x cleaning x methods x seeds x models.
 
 Each run is a fully resolved run config (`noisypref.benchmark.config.run_config`) named by its run id. Runs whose
 configs are identical are merged: every rate-0 run means "no flips", whatever the noise model, so
@@ -14,6 +14,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from noisypref.benchmark.config.cleaning import NO_CLEANING
 from noisypref.benchmark.config.references import NO_REFERENCE
 from noisypref.benchmark.config.run_config import make_run_config, run_id
 from noisypref.benchmark.config.sections import NoiseSettings
@@ -39,6 +40,7 @@ class PlannedRun:
     grid_points: int  # how many grid points this run stands for (several for merged rate-0 runs)
     reference: str = NO_REFERENCE  # none (a competitor), clean_only or known_rate
     base_label: str | None = None  # the label of this competitor's own base (`sweeps.base_labels`)
+    cleaning: str = NO_CLEANING  # the cleaning entry's label
 
     @property
     def is_reference(self) -> bool:
@@ -48,7 +50,8 @@ class PlannedRun:
         noise = (
             "no noise" if self.noise_model == NO_NOISE_LABEL else f"{self.noise_model} {self.noise_rate:g}"
         )
-        return f"{self.method} | {self.dataset} | {noise} | seed {self.seed} | {self.model}"
+        method = self.method if self.cleaning == NO_CLEANING else f"{self.method} after {self.cleaning}"
+        return f"{method} | {self.dataset} | {noise} | seed {self.seed} | {self.model}"
 
 
 def grid_point_count(study: Study) -> int:
@@ -57,6 +60,7 @@ def grid_point_count(study: Study) -> int:
     return (
         len(study.datasets)
         * noise_points
+        * len(study.cleaning)
         * len(study.method_variants())
         * len(study.seeds)
         * len(study.models)
@@ -76,9 +80,12 @@ def plan_runs(study: Study) -> list[PlannedRun]:
     runs: dict[str, PlannedRun] = {}
     noise_points = [(noise, rate) for noise in study.noise for rate in noise.rates]
     base_labels = study.base_labels()
-    grid = itertools.product(study.datasets, noise_points, study.method_variants(), study.seeds, study.models)
-    for dataset, (noise, rate), variant, seed, model in grid:
-        if rate == 0 and variant.reference_kind != NO_REFERENCE:
+    grid = itertools.product(
+        study.datasets, noise_points, study.cleaning, study.method_variants(), study.seeds, study.models
+    )
+    for dataset, (noise, rate), cleaning, variant, seed, model in grid:
+        # references stand at rates above 0 and on the noisy pairs as they are (no cleaning)
+        if variant.reference_kind != NO_REFERENCE and (rate == 0 or cleaning.label != NO_CLEANING):
             continue
         config = make_run_config(
             study=study.name,
@@ -89,6 +96,7 @@ def plan_runs(study: Study) -> list[PlannedRun]:
             training=variant.training,
             evaluation=variant.evaluation,
             seed=seed,
+            cleaning=cleaning.settings,
         )
         identifier = run_id(config)
         if identifier in runs:
@@ -107,6 +115,7 @@ def plan_runs(study: Study) -> list[PlannedRun]:
             grid_points=1,
             reference=variant.reference_kind,
             base_label=base_labels[variant.label],
+            cleaning=cleaning.label,
         )
     return list(runs.values())
 

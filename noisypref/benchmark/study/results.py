@@ -7,8 +7,10 @@ run's realised flip rate: references are drawn, never ranked), base_label (the l
 variant that is this competitor's own base, e.g. gamma_dpo's dpo at the same β: `sweeps.base_labels`;
 None without one), hyperparameters (JSON) and one hp_<name> column per hyperparameter (a known-rate
 run's resolved value; None until it has run), symbolic_hyperparameters (JSON {name: symbol} of the
-hyperparameters the study gave as a symbol, else None), seed, model, one column per metric of the
-engine's result, wall_time_s, status (succeeded / failed / pending) and failure_reason.
+hyperparameters the study gave as a symbol, else None), seed, model, cleaning (the label of the run's
+cleaning entry, "none" where the noisy pairs are trained as they are) and cleaning_judge (the judge,
+"none" alike), one column per metric of the engine's result, wall_time_s, status (succeeded / failed
+/ pending) and failure_reason.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from noisypref.benchmark.config.cleaning import NO_CLEANING
 from noisypref.benchmark.config.metrics import declarations_document
 from noisypref.benchmark.config.references import symbolic_hyperparameters, with_symbols_replaced
 from noisypref.benchmark.storage import atomic_path, write_json_atomic
@@ -47,6 +50,8 @@ LEADING_COLUMNS = (
     "symbolic_hyperparameters",
     "seed",
     "model",
+    "cleaning",
+    "cleaning_judge",
 )
 TRAILING_COLUMNS = ("wall_time_s", "status", "failure_reason")
 
@@ -130,6 +135,8 @@ def _row(study_name: str, run: PlannedRun, folder: StudyFolder) -> dict[str, Any
         "symbolic_hyperparameters": json.dumps(symbols, sort_keys=True) if symbols else None,
         "seed": run.seed,
         "model": run.model,
+        "cleaning": run.cleaning,
+        "cleaning_judge": config["cleaning"]["judge"] if "cleaning" in config else NO_CLEANING,
         "hp": hyperparameters,
         "metrics": metrics,
         "wall_time_s": wall_time_s,

@@ -27,6 +27,7 @@
       # also: {benchmarks: {alpaca_eval: {...}, arena_hard: {...}}}  (noisypref.benchmark.evaluation.chat_benchmarks)
     report: {primary_metrics: [heldout_accuracy, gold_win_rate], baseline: dpo,   # what the report leads with
              pairs: [{method: gamma_dpo, base: robust_dpo}]}   # with/without pairs beyond the automatic ones
+    cleaning: [none, {judge: reward_model}]   # default [none]: cleaners crossed with methods (study.cleaning_entries)
 
 Every section is a settings class of `noisypref.benchmark.config.sections` (its defaults and checks
 are defined there once); this module adds what only a study has: sweeps, grids, labels, plugins.
@@ -66,6 +67,7 @@ from noisypref.benchmark.config.sections import (
 )
 from noisypref.benchmark.evaluation.alpaca_eval import HUB_DATASET as ALPACA_EVAL_HUB_ID
 from noisypref.benchmark.evaluation.chat_benchmarks import parse_benchmarks
+from noisypref.benchmark.study.cleaning_entries import NO_CLEANING_ENTRY, CleaningEntry, load_cleaning
 from noisypref.benchmark.study.entries import (
     NoiseEntry,
     as_list,
@@ -98,6 +100,7 @@ STUDY_KEYS = (
     "evaluation",
     "report",
     "tracking",
+    "cleaning",
 )
 MAX_NAME_CHARACTERS = 100  # the name is a folder name (runs/<name>/): file systems allow 255 bytes
 NAME_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_CHARACTERS - 1}}}"
@@ -120,6 +123,7 @@ class Study:
     # how runs are watched (trackers), not what they compute: left out of study.yaml (to_dict), so
     # that `--track` never makes a study folder hold "another study"
     tracking: TrackingSettings = TrackingSettings()
+    cleaning: tuple[CleaningEntry, ...] = (NO_CLEANING_ENTRY,)
 
     def method_variants(self) -> list[MethodVariant]:
         return [variant for method in self.methods for variant in method.variants()]
@@ -145,6 +149,8 @@ class Study:
             evaluation=settings_dict(self.evaluation),
             report=settings_dict(self.report),
         )
+        if self.cleaning != (NO_CLEANING_ENTRY,):  # a study without cleaning resolves as before
+            resolved["cleaning"] = [entry.to_plain() for entry in self.cleaning]
         return json.loads(json.dumps(resolved))  # tuples -> lists: plain YAML/JSON data
 
 
@@ -185,6 +191,7 @@ def parse_study(
     methods = load_methods(raw.get("methods", []), raw, training, evaluation, errors)
     seeds = load_seeds(raw.get("seeds", [0]), errors)
     models = load_models(raw.get("models", [{"name": TESTBED}]), errors)
+    cleaning = load_cleaning(raw.get("cleaning"), errors)
     _check_testbed_model_pairing(datasets, models, errors)
     _check_benchmarks(evaluation, methods, models, check_files, errors)
     check_unique_labels(methods, errors)
@@ -206,6 +213,7 @@ def parse_study(
         plugins=plugins,
         report=report,
         tracking=tracking,
+        cleaning=tuple(cleaning),
     )
 
 

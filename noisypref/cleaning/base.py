@@ -1,0 +1,497 @@
+"""The judge registry, what a judge sees, budgets, treatments, the cleaning record and the shared `clean`.
+
+A judge is one function that scores every pair of a noisy dataset (higher: more likely mislabelled),
+plus a frozen dataclass of its options, registered by name with `register_judge`. `clean` does
+everything else once for every judge: it checks the dataset, asks the judge for its scores, picks the
+flagged pairs within the budget, removes them or swaps their labels, and builds the `CleaningRecord`.
+
+What a judge sees is `JudgeInputs`: the noisy pairs, the seed and, for judges that need a model, the
+`PairModels` the caller supplies. Nothing in it leads to the flip record. Only the judge named
+`ORACLE_JUDGE` is registered with ``reads_flip_record`` and receives `OracleInputs`, which add the
+record's per-pair flags; `register_judge` refuses that permission to any other name (DESIGN.md §1:
+the oracle is the one marked place where the flip record reaches data preparation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from noisypref.noise_injection.base import REQUIRED_COLUMNS, PreferencePairs, swap_labels
+from noisypref.sampling import flip_count, top_k_mask
+
+logger = logging.getLogger(__name__)
+
+ORACLE_JUDGE = "oracle"
+TREATMENTS = ("remove", "flip")
+BUDGET_KINDS = ("estimated", "realised_rate", "fraction", "threshold")
+# Budgets written as a word; the other two are mappings {fraction: x} / {threshold: x}.
+WORD_BUDGETS = ("estimated", "realised_rate")
+ACTIONS = ("keep", "remove", "flip")
+RECORD_COLUMNS = ("pair_id", "score", "flagged", "action")
+
+
+# ---------------------------------------------------------------------------------------------
+# What a judge sees.
+
+
+@dataclass(frozen=True)
+class ResponseLogps:
+    """Summed log-probs of each pair's chosen and rejected response (as labelled in the noisy data)
+    and the responses' lengths in tokens, aligned with the pairs."""
+
+    chosen: np.ndarray
+    rejected: np.ndarray
+    chosen_length: np.ndarray
+    rejected_length: np.ndarray
+
+
+class PairModels(Protocol):
+    """Model computations a judge may ask for. The caller supplies them (a run: the engine, on the run's
+    reference model and tokens), so judges stay pure functions of their inputs and import no engine."""
+
+    def reference_logps(self) -> ResponseLogps:
+        """The reference model's log-probs of every pair's two responses."""
+        ...
+
+    def trained_reward_gaps(
+        self, train_rows: np.ndarray, score_rows: np.ndarray, *, steps: int, beta: float, seed: int
+    ) -> np.ndarray:
+        """DPO's implicit reward gap h = β[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)] of
+        the pairs ``score_rows`` under a policy trained with DPO (β ``beta``) for ``steps`` steps, from
+        the reference model, on the pairs ``train_rows`` with their noisy labels."""
+        ...
+
+
+@dataclass(frozen=True)
+class JudgeInputs:
+    """Everything a judge may read: the noisy pairs, the seed, and the models (None where there are none)."""
+
+    pairs: PreferencePairs
+    seed: int
+    models: PairModels | None = None
+
+    def require_models(self, judge: str) -> PairModels:
+        if self.models is None:
+            raise ValueError(
+                f"judge {judge!r} needs a model (reference log-probs or training); this call supplied none "
+                "(in a study every run supplies its reference model)"
+            )
+        return self.models
+
+
+@dataclass(frozen=True)
+class OracleInputs(JudgeInputs):
+    """The oracle's inputs: `JudgeInputs` plus the flip record's flag of every pair, in row order."""
+
+    is_flipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+
+@dataclass(frozen=True)
+class JudgeScores:
+    """A judge's verdict: a suspicion score per pair (higher: more likely mislabelled), the judge's own
+    estimate of the share of mislabelled pairs, and, for judges that decide by themselves (the ensemble's
+    vote, the oracle), the pairs they flag under the ``estimated`` budget (None: the top share)."""
+
+    suspicion: np.ndarray
+    estimated_rate: float
+    flagged: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class JudgeOptions:
+    """Base of every judge's options dataclass."""
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """Dataset columns, beyond pair_id / prompt / chosen / rejected, that the judge reads."""
+        return ()
+
+    @property
+    def needs_models(self) -> bool:
+        """Whether the judge asks `PairModels` for anything (a run then supplies its reference model)."""
+        return False
+
+
+def option_field(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a one-line description shown by `noisypref judges`."""
+    return field(default=default, metadata={"help": help})
+
+
+JudgeFunction = Callable[[JudgeInputs, Any], JudgeScores]
+
+
+@dataclass(frozen=True)
+class Judge:
+    name: str
+    description: str
+    source: str
+    options_type: type[JudgeOptions]
+    score_pairs: JudgeFunction
+    reads_flip_record: bool = False
+
+    def make_options(self, options: Mapping[str, Any] | None = None) -> JudgeOptions:
+        options = dict(options or {})
+        allowed = [option.name for option in dataclasses.fields(self.options_type)]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"judge {self.name!r} has no option {', '.join(map(repr, unknown))}; "
+                f"its options are: {', '.join(allowed) or '(none)'}"
+            )
+        return self.options_type(**options)
+
+    def option_help(self) -> list[tuple[str, Any, str]]:
+        """(name, default, description) of each option, for `noisypref judges`."""
+        return [
+            (option.name, option.default, option.metadata.get("help", ""))
+            for option in dataclasses.fields(self.options_type)
+        ]
+
+
+JUDGES: dict[str, Judge] = {}
+
+
+def register_judge(
+    name: str, *, options: type[JudgeOptions], description: str, source: str, reads_flip_record: bool = False
+) -> Callable[[JudgeFunction], JudgeFunction]:
+    """Register ``score_pairs(inputs, options) -> JudgeScores`` under ``name``.
+
+    ``reads_flip_record`` is granted to the judge named `ORACLE_JUDGE` only: every other judge gets
+    `JudgeInputs`, which hold no flip record."""
+    if not (dataclasses.is_dataclass(options) and issubclass(options, JudgeOptions)):
+        raise TypeError(f"options of judge {name!r} must be a dataclass subclassing JudgeOptions")
+    if reads_flip_record and name != ORACLE_JUDGE:
+        raise ValueError(
+            f"judge {name!r} cannot read the flip record: only the {ORACLE_JUDGE!r} judge may (it is the "
+            "reference every other judge is measured against)"
+        )
+
+    def register(score_pairs: JudgeFunction) -> JudgeFunction:
+        if name in JUDGES:
+            raise ValueError(f"a judge named {name!r} is already registered")
+        JUDGES[name] = Judge(name, description, source, options, score_pairs, reads_flip_record)
+        return score_pairs
+
+    return register
+
+
+def get_judge(name: str) -> Judge:
+    if name not in JUDGES:
+        raise ValueError(f"unknown judge {name!r}; the registered judges are: {', '.join(sorted(JUDGES))}")
+    return JUDGES[name]
+
+
+def check_choice(option: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"option {option}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
+        )
+
+
+def check_positive_integer(option: str, value: Any, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"option {option}={value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
+def check_positive_number(option: str, value: Any) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"option {option}={value!r} must be a finite number > 0")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets: how many of the scored pairs are flagged.
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many pairs a judge flags.
+
+    - ``estimated``: the judge's own estimate of the share of mislabelled pairs (`JudgeScores.estimated_rate`),
+      or its own flag set where it decides by itself (the ensemble's vote; the oracle's flipped pairs);
+    - ``realised_rate``: the share the noise model actually flipped: the judge is told how many pairs are
+      wrong, not which (a known-rate reference, like cDPO / rDPO with ε set to the realised rate);
+    - ``fraction``: the ``round(value · N)`` most suspect pairs;
+    - ``threshold``: every pair whose score exceeds ``value``.
+    """
+
+    kind: str = "estimated"
+    value: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise ValueError(f"budget kind {self.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
+        if self.kind in WORD_BUDGETS and self.value is not None:
+            raise ValueError(f"budget {self.kind!r} takes no value")
+        if self.kind == "fraction" and not (
+            isinstance(self.value, numbers.Real)
+            and not isinstance(self.value, bool)
+            and 0.0 <= self.value <= 1.0
+        ):
+            raise ValueError(f"budget fraction {self.value!r} must be a number in [0, 1]")
+        if self.kind == "threshold" and not (
+            isinstance(self.value, numbers.Real)
+            and not isinstance(self.value, bool)
+            and math.isfinite(self.value)
+        ):
+            raise ValueError(f"budget threshold {self.value!r} must be a finite number")
+
+    @classmethod
+    def parse(cls, value: Any) -> Budget:
+        """A budget from its study-file form: ``estimated``, ``realised_rate``, a number (a fraction),
+        ``{fraction: x}`` or ``{threshold: x}``. ``ValueError`` says what is allowed."""
+        allowed = "'estimated', 'realised_rate', a fraction in [0, 1], {fraction: x} or {threshold: x}"
+        if isinstance(value, Budget):
+            return value
+        if isinstance(value, str):
+            if value not in WORD_BUDGETS:
+                raise ValueError(f"budget {value!r} is not allowed; give {allowed}")
+            return cls(value)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return cls("fraction", float(value))
+        if isinstance(value, Mapping) and len(value) == 1:
+            ((kind, number),) = value.items()
+            if kind in ("fraction", "threshold"):
+                if isinstance(number, numbers.Real) and not isinstance(number, bool):
+                    number = float(number)
+                return cls(kind, number)
+        raise ValueError(f"budget {value!r} is not allowed; give {allowed}")
+
+    def to_plain(self) -> str | dict[str, float]:
+        """The canonical study-file / run-config form (parse(to_plain()) == self)."""
+        return self.kind if self.kind in WORD_BUDGETS else {self.kind: self.value}
+
+    def describe(self) -> str:
+        if self.kind == "estimated":
+            return "the judge's estimate"
+        if self.kind == "realised_rate":
+            return "the realised flip rate"
+        if self.kind == "fraction":
+            return f"top {100 * self.value:g}%"
+        return f"score > {self.value:g}"
+
+
+def select_flagged(
+    scores: JudgeScores, budget: Budget, pair_ids: Sequence[str], known_flip_rate: float | None = None
+) -> np.ndarray:
+    """The pairs flagged under ``budget``: the most suspect ``round(share · N)`` (ties: the smaller
+    pair_id first, so the choice never depends on row order), or every score above a threshold."""
+    suspicion = np.asarray(scores.suspicion, dtype=np.float64)
+    if budget.kind == "threshold":
+        return suspicion > budget.value
+    if budget.kind == "estimated" and scores.flagged is not None:
+        return np.asarray(scores.flagged, dtype=bool).copy()
+    if budget.kind == "estimated":
+        share = scores.estimated_rate
+    elif budget.kind == "realised_rate":
+        if known_flip_rate is None:
+            raise ValueError("budget 'realised_rate' needs the realised flip rate; this call gave none")
+        share = known_flip_rate
+    else:
+        share = budget.value
+    share = min(max(float(share), 0.0), 1.0)
+    return top_k_mask(flip_count(share, len(suspicion)), suspicion, np.zeros(len(suspicion)), pair_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cleaning record.
+
+
+@dataclass(frozen=True)
+class CleaningRecord:
+    """What a judge made of a noisy dataset: per pair its score, whether it was flagged and what was done.
+    Written beside a run as ``cleaning.csv`` (+ the summary in ``result.json``'s ``cleaning``)."""
+
+    judge: str
+    options: dict[str, Any]
+    treatment: str
+    budget: str | dict[str, float]
+    seed: int
+    estimated_rate: float
+    table: pd.DataFrame  # pair_id, score, flagged, action ("keep", "remove" or "flip")
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.table)
+
+    @property
+    def num_flagged(self) -> int:
+        return int(self.table["flagged"].sum())
+
+    @property
+    def num_left(self) -> int:
+        """Pairs the cleaned dataset holds."""
+        return int((self.table["action"] != "remove").sum())
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the per-pair table, as JSON-ready values."""
+        return {
+            "judge": self.judge,
+            "options": self.options,
+            "treatment": self.treatment,
+            "budget": self.budget,
+            "seed": self.seed,
+            "estimated_rate": self.estimated_rate,
+            "num_pairs": self.num_pairs,
+            "num_flagged": self.num_flagged,
+            "num_left": self.num_left,
+        }
+
+    def to_csv(self, path: str | Path) -> None:
+        """The per-pair table in dataset row order (scores written to 17 significant digits)."""
+        self.table.to_csv(path, index=False, lineterminator="\n", float_format="%.17g")
+
+    def write(self, folder: str | Path) -> None:
+        """``cleaning.csv`` and ``cleaning.json`` (the summary) in ``folder``."""
+        folder = Path(folder)
+        self.to_csv(folder / CLEANING_TABLE_NAME)
+        (folder / CLEANING_SUMMARY_NAME).write_text(
+            json.dumps(self.summary(), indent=2) + "\n", encoding="utf-8"
+        )
+
+    @classmethod
+    def read(cls, folder: str | Path) -> CleaningRecord:
+        """The record `write` left in ``folder``; ``ValueError`` naming the file when it is malformed."""
+        folder = Path(folder)
+        table_path, summary_path = folder / CLEANING_TABLE_NAME, folder / CLEANING_SUMMARY_NAME
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        table = pd.read_csv(table_path, dtype={"pair_id": str, "action": str}, keep_default_na=False)
+        missing = [name for name in RECORD_COLUMNS if name not in table.columns]
+        if missing:
+            raise ValueError(
+                f"{table_path}: missing column(s) {missing}; a cleaning table has {list(RECORD_COLUMNS)}"
+            )
+        if table["flagged"].dtype != bool:
+            raise ValueError(f"{table_path}: flagged must hold True/False only")
+        table["score"] = table["score"].astype(float)
+        record = cls(
+            judge=summary["judge"],
+            options=dict(summary["options"]),
+            treatment=summary["treatment"],
+            budget=summary["budget"],
+            seed=int(summary["seed"]),
+            estimated_rate=float(summary["estimated_rate"]),
+            table=table[list(RECORD_COLUMNS)],
+        )
+        if (record.num_pairs, record.num_flagged) != (summary["num_pairs"], summary["num_flagged"]):
+            raise ValueError(f"{table_path} and {summary_path} disagree on the number of pairs or flags")
+        return record
+
+
+CLEANING_TABLE_NAME = "cleaning.csv"
+CLEANING_SUMMARY_NAME = "cleaning.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# clean
+
+
+def clean(
+    dataset: datasets.Dataset,
+    judge: str,
+    *,
+    seed: int,
+    options: Mapping[str, Any] | None = None,
+    treatment: str = "remove",
+    budget: Any = "estimated",
+    models: PairModels | None = None,
+    is_flipped: np.ndarray | None = None,
+    known_flip_rate: float | None = None,
+) -> tuple[datasets.Dataset, CleaningRecord]:
+    """Score the pairs of a noisy ``dataset`` with the registered ``judge`` and remove or flip the flagged ones.
+
+    Returns the cleaned dataset (``remove``: the unflagged rows, in their order; ``flip``: every row,
+    ``chosen`` / ``rejected`` and their scores swapped on the flagged ones) and the `CleaningRecord`.
+    ``is_flipped`` (the flip record's flags, in row order) reaches the oracle judge only, and the oracle
+    needs it; ``known_flip_rate`` is read by the ``realised_rate`` budget only. ``models`` serves judges that
+    need a model. Raises ``ValueError``, changing nothing, on an unknown judge, option, treatment or budget,
+    a missing column or an empty dataset.
+    """
+    chosen_judge = get_judge(judge)
+    judge_options = chosen_judge.make_options(options)
+    if treatment not in TREATMENTS:
+        raise ValueError(f"treatment {treatment!r} is not allowed; choose one of {', '.join(TREATMENTS)}")
+    parsed_budget = Budget.parse(budget)
+    _check_dataset(dataset, judge_options.required_columns, judge)
+    pairs = PreferencePairs(dataset)
+    if chosen_judge.reads_flip_record:
+        if is_flipped is None:
+            raise ValueError(f"judge {judge!r} reads the flip record; this call gave none (is_flipped)")
+        flags = np.asarray(is_flipped, dtype=bool)
+        if flags.shape != (len(pairs),):
+            raise ValueError(f"is_flipped has {flags.shape} entries for {len(pairs)} pairs")
+        inputs: JudgeInputs = OracleInputs(pairs, int(seed), models, is_flipped=flags.copy())
+    else:
+        inputs = JudgeInputs(pairs, int(seed), models)  # no way to the flip record from here
+    scores = chosen_judge.score_pairs(inputs, judge_options)
+    suspicion = np.asarray(scores.suspicion, dtype=np.float64)
+    if suspicion.shape != (len(pairs),) or not np.isfinite(suspicion).all():
+        raise RuntimeError(f"judge {judge!r} returned {suspicion.shape} scores (finite: "
+                           f"{bool(np.isfinite(suspicion).all())}) for {len(pairs)} pairs")  # fmt: skip
+    flagged = select_flagged(scores, parsed_budget, pairs.pair_ids, known_flip_rate)
+    action = np.where(flagged, treatment, "keep")
+    record = CleaningRecord(
+        judge=judge,
+        options=json.loads(json.dumps(dataclasses.asdict(judge_options))),
+        treatment=treatment,
+        budget=parsed_budget.to_plain(),
+        seed=int(seed),
+        estimated_rate=float(scores.estimated_rate),
+        table=pd.DataFrame(
+            {"pair_id": pairs.pair_ids, "score": suspicion, "flagged": flagged, "action": action}
+        ),
+    )
+    logger.info(
+        "cleaning with %s (seed %d): flagged %d of %d pairs (budget %s; the judge estimates %.4f mislabelled), %s",
+        judge, seed, record.num_flagged, record.num_pairs, parsed_budget.describe(), record.estimated_rate,
+        "removed" if treatment == "remove" else "labels swapped",
+    )  # fmt: skip
+    return apply_record(dataset, record), record
+
+
+def apply_record(dataset: datasets.Dataset, record: CleaningRecord) -> datasets.Dataset:
+    """The cleaned dataset of ``record`` (made from this ``dataset``, whose pair_ids it lists in order)."""
+    if list(dataset["pair_id"]) != list(record.table["pair_id"]):
+        raise ValueError(
+            "the cleaning record lists other pairs (or another order) than the dataset it is applied to"
+        )
+    flagged = record.table["flagged"].to_numpy(dtype=bool)
+    if record.treatment == "flip":
+        return swap_labels(dataset, flagged)
+    return dataset.select(np.flatnonzero(~flagged).tolist())
+
+
+def _check_dataset(dataset: datasets.Dataset, judge_columns: Sequence[str], judge: str) -> None:
+    if not isinstance(dataset, datasets.Dataset):
+        raise ValueError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
+    missing = [column for column in (*REQUIRED_COLUMNS, *judge_columns) if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"judge {judge!r} needs the column(s) {', '.join(missing)}, which the dataset lacks "
+            f"(it has {', '.join(dataset.column_names)})"
+        )
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty: there are no pairs to judge")
+    pair_ids = pd.Series(list(dataset["pair_id"]), dtype=object)
+    if pair_ids.duplicated().any():
+        raise ValueError(
+            f"pair_id {pair_ids[pair_ids.duplicated()].iloc[0]!r} occurs more than once; every pair needs a unique id"
+        )

@@ -1,0 +1,128 @@
+"""The cleaning part of a report (issue 23): labels, the oracle kept out of rankings, the headroom each
+cleaner and loss recovers recomputed by hand, and the finding and figure in report.md."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_reports import write_study
+
+from noisypref.reports import write_report
+from noisypref.reports.cleaning import (
+    cleaning_findings,
+    fold_cleaning_into_labels,
+    ranked_runs,
+    recovered_share,
+)
+from noisypref.reports.declarations import MetricDeclaration
+from noisypref.reports.study import normalise_results
+
+ACCURACY = MetricDeclaration("heldout_accuracy", "held-out accuracy", "higher", 0.0, 1.0)
+# (cleaning label, judge) x loss: a made-up accuracy level at 40 % flips, plus per-seed noise
+LEVELS = {
+    ("none", "none", "dpo"): 0.60, ("none", "none", "cdpo"): 0.63, ("none", "none", "gamma_dpo"): 0.61,
+    ("oracle", "oracle", "dpo"): 0.75, ("oracle", "oracle", "cdpo"): 0.74,
+    ("reward_model", "reward_model", "dpo"): 0.70, ("reward_model", "reward_model", "cdpo"): 0.72,
+    ("small_loss(flip)", "small_loss", "dpo"): 0.66, ("small_loss(flip)", "small_loss", "cdpo"): 0.68,
+}  # fmt: skip
+SEEDS = (0, 1, 2, 3)
+
+
+def cleaning_results(rates=(0.0, 0.4)) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    rows = []
+    for rate in rates:
+        for seed in SEEDS:
+            seed_effect = 0.01 * rng.standard_normal()
+            for (cleaning, judge, loss), level in LEVELS.items():
+                accuracy = (0.78 if rate == 0 else level) + seed_effect + 0.004 * rng.standard_normal()
+                recall = {"oracle": 1.0, "reward_model": 0.7, "small_loss": 0.4}.get(judge, np.nan)
+                rows.append({
+                    "study": "cleaned", "run_id": f"{cleaning}-{loss}-{rate}-{seed}", "dataset": "testbed",
+                    "noise_model": "symmetric" if rate > 0 else "none", "target_flip_rate": rate,
+                    "realised_flip_rate": rate, "method_label": loss, "method_name": loss,
+                    "hyperparameters": json.dumps({}), "seed": seed, "model": "testbed", "cleaning": cleaning,
+                    "cleaning_judge": judge, "heldout_accuracy": accuracy,
+                    "cleaning_recall": recall if rate > 0 else np.nan,
+                    "cleaning_precision": 0.8 if judge != "none" and rate > 0 else np.nan,
+                    "cleaning_pairs_left": 2048.0 if judge != "none" else np.nan,
+                    "wall_time_s": 1.0, "status": "succeeded", "failure_reason": None,
+                })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_cleaned_runs_are_labelled_cleaner_plus_loss_and_the_oracle_is_kept_out_of_rankings():
+    folded = fold_cleaning_into_labels(normalise_results(cleaning_results()))
+    assert set(folded["method_label"]) == {
+        "dpo", "cdpo", "gamma_dpo", "oracle+dpo", "oracle+cdpo", "reward_model+dpo", "reward_model+cdpo",
+        "small_loss(flip)+dpo", "small_loss(flip)+cdpo",
+    }  # fmt: skip
+    assert set(folded.loc[folded["method_label"] == "reward_model+cdpo", "loss_label"]) == {"cdpo"}
+    assert not ranked_runs(folded)["method_label"].str.startswith("oracle").any()
+    # an older results table without the cleaning columns keeps its labels
+    older = fold_cleaning_into_labels(normalise_results(cleaning_results().drop(columns=["cleaning", "cleaning_judge"])))
+    assert (older["method_label"] == older["loss_label"]).all() and set(older["cleaning"]) == {"none"}
+
+
+def test_recovered_share_is_the_seed_paired_ratio_and_undefined_without_a_headroom():
+    baseline = pd.Series([0.60, 0.62, 0.58, 0.61], index=SEEDS)
+    oracle = pd.Series([0.75, 0.76, 0.74, 0.77], index=SEEDS)
+    method = pd.Series([0.70, 0.69, 0.66, 0.71], index=SEEDS)
+    recovery, headroom, established = recovered_share(method, baseline, oracle)
+    assert established and headroom == pytest.approx(np.mean([0.15, 0.14, 0.16, 0.16]))
+    assert recovery.share == pytest.approx(np.mean([0.10, 0.07, 0.08, 0.10]) / headroom)
+    flat = pd.Series([0.61, 0.60, 0.59, 0.62], index=SEEDS)  # an oracle no better than the baseline
+    recovery, _, established = recovered_share(method, baseline, flat)
+    assert not established and recovery.share is None
+    recovery, _, established = recovered_share(method[:1], baseline[:1], oracle[:1])  # one seed: no interval
+    assert not established and recovery.share is None and recovery.seeds == 1
+
+
+def test_the_finding_picks_the_best_cleaner_loss_and_combination_as_a_by_hand_mean_does():
+    results = fold_cleaning_into_labels(normalise_results(cleaning_results()))
+    (finding,) = cleaning_findings(results, "heldout_accuracy", "dpo", ACCURACY)
+    assert finding.rate == 0.4 and finding.established
+    at_rate = results[results["target_flip_rate"] == 0.4]
+
+    def by_seed(label: str) -> pd.Series:
+        return at_rate[at_rate["method_label"] == label].set_index("seed")["heldout_accuracy"]
+
+    baseline, oracle = by_seed("dpo"), by_seed("oracle+dpo")
+    assert finding.baseline == pytest.approx(baseline.mean()) and finding.oracle == pytest.approx(oracle.mean())
+    assert finding.headroom == pytest.approx((oracle - baseline).mean())
+    expected = {"best cleaner": "reward_model+dpo", "best robust loss": "cdpo", "best combination": "reward_model+cdpo"}
+    assert {role: label for role, label, _ in finding.rows} == expected
+    for role, label, recovery in finding.rows:
+        assert recovery.share == pytest.approx((by_seed(label) - baseline).mean() / (oracle - baseline).mean()), role
+
+
+def test_a_clean_only_reference_stands_in_for_a_missing_oracle_judge():
+    results = cleaning_results()
+    results["reference"] = "none"
+    results["base_label"] = results["method_label"]
+    oracle_rows = results["cleaning_judge"] == "oracle"
+    results.loc[oracle_rows, ["cleaning", "cleaning_judge", "reference"]] = ["none", "none", "clean_only"]
+    results.loc[oracle_rows, "method_label"] = results.loc[oracle_rows, "method_label"] + "_clean_only"
+    folded = fold_cleaning_into_labels(normalise_results(results))
+    (finding,) = cleaning_findings(folded, "heldout_accuracy", "dpo", ACCURACY)
+    assert dict((role, label) for role, label, _ in finding.rows)["best robust loss"] == "cdpo"
+    assert finding.oracle == pytest.approx(folded.loc[folded["run_id"].str.startswith("oracle-dpo-0.4"), "heldout_accuracy"].mean())
+
+
+def test_the_report_has_the_cleaning_finding_table_and_figure(tmp_path):
+    folder = write_study(tmp_path / "study", cleaning_results(), with_run_files=False)
+    write_report(folder, resamples=100)
+    markdown = (folder / "report" / "report.md").read_text(encoding="utf-8")
+    section = markdown.split("## Cleaning against robust losses", 1)[1].split("\n## ", 1)[0]
+    assert "At 40 % flips, dpo reaches" in section
+    assert "The best cleaner is reward_model+dpo" in section and "the best robust loss is cdpo" in section
+    assert "figures/cleaning-detection-heldout-accuracy.png" in section
+    assert (folder / "report" / "figures" / "cleaning-detection-heldout-accuracy.png").is_file()
+    # the judges' metrics belong to the cleaning section, not to a robustness curve per method
+    assert not list((folder / "report" / "figures").glob("robustness-cleaning-*"))
+    # the general sections rank cleaned runs as methods, never the oracle
+    ranking = markdown.split("## Cleaning against robust losses", 1)[0]
+    assert "reward_model+cdpo" in ranking and "oracle+dpo" not in ranking
