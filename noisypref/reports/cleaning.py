@@ -38,10 +38,10 @@ from noisypref.reports.document import FigureBlock, Note, Section, TableBlock, T
 from noisypref.reports.figures import (
     MARKERS,
     PAPER_STYLE,
-    _fitted_legend,
-    _hide_unused,
-    _panel_grid,
+    fitted_legend,
+    hide_unused,
     method_styles,
+    panel_grid,
 )
 from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, SEED, SUCCEEDED, percent
 from noisypref.reports.tables import DASH, Table, format_number
@@ -326,7 +326,7 @@ def detection_figure(results: pd.DataFrame, metric: str, declaration: MetricDecl
     colours = method_styles(cleanings)
     markers = {loss: MARKERS[index % len(MARKERS)] for index, loss in enumerate(losses)}
     with matplotlib.rc_context(PAPER_STYLE):
-        figure, axes = _panel_grid(len(panels))
+        figure, axes = panel_grid(len(panels))
         for ax, panel in zip(axes.flat, panels):
             panel_points = points.loc[panel]
             for (cleaning, loss), (recall, value) in panel_points.iterrows():
@@ -337,11 +337,11 @@ def detection_figure(results: pd.DataFrame, metric: str, declaration: MetricDecl
             ax.set_xlabel("recall of the flipped pairs at the judge's budget")
             ax.set_ylabel(declaration.label)
             ax.set_xlim(-0.04, 1.04)
-        _hide_unused(axes, len(panels))
+        hide_unused(axes, len(panels))
         handles = [Line2D([], [], linestyle="none", marker="s", color=colours[c].colour, label=c) for c in cleanings]
         handles += [Line2D([], [], linestyle="none", marker=markers[loss], color="black", markerfacecolor="none",
                            label=f"loss: {loss}") for loss in losses]  # fmt: skip
-        _fitted_legend(figure, handles)
+        fitted_legend(figure, handles)
     return figure
 
 

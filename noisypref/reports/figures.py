@@ -206,14 +206,14 @@ def method_legend(figure: Figure, labels: Sequence[str], styles: dict[str, Metho
         Line2D([], [], label=legend_label(label, styles[label]), markerfacecolor="none", **styles[label].line_kwargs())
         for label in labels
     ]
-    _fitted_legend(figure, handles)
+    fitted_legend(figure, handles)
 
 
 def legend_label(label: str, style: MethodStyle) -> str:
     return f"{label} (reference)" if style.reference else label
 
 
-def _fitted_legend(figure: Figure, handles: list) -> None:
+def fitted_legend(figure: Figure, handles: list) -> None:
     renderer = FigureCanvasAgg(figure).get_renderer()
     for columns in range(min(4, len(handles)), 0, -1):
         legend = figure.legend(handles=handles, loc="outside lower center", ncols=columns, frameon=False)
@@ -342,7 +342,7 @@ def gamma_figure(pairs_by_label: dict[str, pd.DataFrame]) -> Figure:
             Line2D([], [], color=FLIPPED_COLOUR, marker="o", markerfacecolor="none", linestyle="-",
                    label=f"flipped pairs ({flipped_total})"),
         ]  # fmt: skip
-        _fitted_legend(figure, handles)
+        fitted_legend(figure, handles)
     return figure
 
 
