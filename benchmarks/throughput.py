@@ -363,7 +363,6 @@ def engine_run(
             max_length=work.max_length,
             max_prompt_length=work.max_prompt_length,
             log_every=1,
-            gradient_checkpointing=args.gradient_checkpointing,
         )
         synchronize(device)
         log.clocks[0] = clocks()
@@ -377,6 +376,7 @@ def engine_run(
             seed=SEED,
             device=device.type,
             callbacks=[lambda record: log.record(int(record["step"]), device)],
+            gradient_checkpointing=args.gradient_checkpointing,
         )
         result = summarise(
             f"noisypref {method_name}",
