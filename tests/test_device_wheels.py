@@ -4,13 +4,13 @@ list always, and the produced folder (tags, versions, the 48 MiB limit) when ./w
 from __future__ import annotations
 
 import sys
-import tomllib
 import zipfile
 from email.parser import Parser
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
