@@ -2,6 +2,7 @@
 
     python3 scripts/check_wheels.py [WHEELS]         # default ./wheels; scripts/build_wheels.sh runs it
     python3 scripts/check_wheels.py --smoke          # the checks on placeholder files, in a scratch folder
+    python3 scripts/check_wheels.py --device-requirements [WHEELS]   # what the wheels need of the machine
 
 The machine runs CPython 3.12 on x86-64 Linux (glibc 2.39, Ubuntu 24.04's Python 3.12.3) and can fetch
 nothing. A wheel is accepted when one of its tags installs there: interpreter cp312, py312, py3 or
@@ -10,6 +11,10 @@ manylinux_2_N_x86_64 with N ≤ 39. The folder must hold exactly one wheel of ea
 its pinned version, and nothing else, in at most ``LIMIT_MIB`` MiB (the working tree that travels to
 the machine holds 64 MiB in all). Exit status 0 when all holds, 1 otherwise (each problem printed).
 The last line printed is JSON: the wheels, their total size and the limit.
+
+``--device-requirements`` prints, one per line, the machine's packages that noisypref and the carried
+wheels require (``NAME==VERSION`` where the machine's version is known, else the requirements' specifiers),
+for scripts/device_rehearsal.sh to install; the dependency walk reads the wheels' metadata.
 """
 
 from __future__ import annotations
@@ -19,11 +24,16 @@ import json
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.parser import Parser
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from packaging.tags import parse_tag
 from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
 
 SCRIPTS = Path(__file__).resolve().parent
 CARRIED_LIST = SCRIPTS / "carried_wheels.txt"
@@ -32,6 +42,12 @@ LIMIT_MIB = 48
 DEVICE_PYTHON = (3, 12)
 DEVICE_GLIBC = (2, 39)
 MANYLINUX_ALIASES = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+# The device's interpreter, for evaluating requirement markers: CPython 3.12.3 on x86-64 Linux.
+DEVICE_MARKERS = {
+    "python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
+    "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
+    "platform_python_implementation": "CPython", "os_name": "posix", "extra": "",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,80 @@ def carried_pins() -> list[Pin]:
 def device_packages() -> dict[str, str | None]:
     """Canonical name -> version (None where the device's version is unknown)."""
     return {pin.name: pin.version for pin in read_pins(DEVICE_LIST)}
+
+
+def root_requirements() -> list[Requirement]:
+    """What runs on the device: noisypref's dependencies, TRL (benchmarks/throughput.py), peft (LoRA) and
+    the test runner (tests/test_gpu.py), as pyproject.toml states them."""
+    import tomllib  # Python 3.11+; the device runs 3.12
+
+    project = tomllib.loads((SCRIPTS.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    optional = project["optional-dependencies"]
+    roots = project["dependencies"] + optional["bench"] + optional["peft"]
+    roots += [requirement for requirement in optional["dev"] if not requirement.startswith("ruff")]
+    return [Requirement(text) for text in roots]
+
+
+@dataclass
+class RequirementWalk:
+    """Where the roots' requirements lead on the device."""
+
+    carried: set[str] = field(default_factory=set)  # packages the device lacks: they must be carried
+    on_device: dict[str, list[Requirement]] = field(default_factory=dict)  # device package -> requirements on it
+    unmet: list[str] = field(default_factory=list)  # requirements the device's known versions do not meet
+
+
+def walk_requirements(requires_of: Callable[[str], list[str] | None]) -> RequirementWalk:
+    """Follow the roots' requirements through the packages the device lacks (a device package's own
+    requirements are the device's business). ``requires_of(name)`` gives such a package's requirements
+    (``Requires-Dist`` strings), or None where they are unknown."""
+    device = device_packages()
+    walk = RequirementWalk()
+    stack = [(requirement, "noisypref") for requirement in root_requirements()]
+    while stack:
+        requirement, parent = stack.pop()
+        if requirement.marker is not None and not requirement.marker.evaluate(DEVICE_MARKERS):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name in device:
+            walk.on_device.setdefault(name, []).append(requirement)
+            version = device[name]
+            if version is not None and not requirement.specifier.contains(Version(version), prereleases=True):
+                walk.unmet.append(f"{parent} needs {requirement}; the device has {name} {version}")
+            continue
+        if name in walk.carried:
+            continue
+        walk.carried.add(name)
+        stack += [(Requirement(child), name) for child in requires_of(name) or []]
+    return walk
+
+
+def wheel_requires(folder: Path) -> Callable[[str], list[str] | None]:
+    """``requires_of`` reading the ``Requires-Dist`` lines of the wheels in ``folder``."""
+    wheels = {parse_wheel_filename(path.name)[0]: path for path in folder.glob("*.whl")}
+
+    def requires_of(name: str) -> list[str] | None:
+        if name not in wheels:
+            return None
+        with zipfile.ZipFile(wheels[name]) as archive:
+            (member,) = [entry for entry in archive.namelist() if entry.endswith(".dist-info/METADATA")]
+            headers = Parser().parsestr(archive.read(member).decode("utf-8"), headersonly=True)
+        return headers.get_all("Requires-Dist") or []
+
+    return requires_of
+
+
+def device_requirement_lines(walk: RequirementWalk) -> list[str]:
+    """A pip requirement per device package needed: its known version, else the specifiers asked of it."""
+    device = device_packages()
+    lines = []
+    for name in sorted(walk.on_device):
+        if device[name] is not None:
+            lines.append(f"{name}=={device[name]}")
+        else:
+            specifiers = sorted({str(spec) for requirement in walk.on_device[name] for spec in requirement.specifier})
+            lines.append(name + ",".join(specifiers))
+    return lines
 
 
 def platform_installs_on_device(platform: str) -> bool:
@@ -137,7 +227,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("wheels", nargs="?", type=Path, default=Path("wheels"))
     parser.add_argument("--smoke", action="store_true", help="check placeholder files in a scratch folder")
+    parser.add_argument(
+        "--device-requirements", action="store_true", help="print the machine's packages the wheels require"
+    )
     args = parser.parse_args()
+    if args.device_requirements:
+        walk = walk_requirements(wheel_requires(args.wheels))
+        print("\n".join(device_requirement_lines(walk)))
+        return 0
     pins = carried_pins()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.wheels
