@@ -22,8 +22,9 @@ arguments (the method object, callbacks), not subclasses.
   naming the step, the method, which of the two, and the last finite metrics; under ``"skip"`` the
   step's update is dropped, the method's state (batch statistics, margin queue) restored, and the
   step counted in ``TrainingResult.skipped_steps``.
-- Checkpoints (``checkpoint_every``): model, optimizer and the method's state (margin queue, β-DPO
-  statistics), written atomically to ``checkpoint_dir/checkpoint.pt``; ``train`` resumes from it.
+- Checkpoints (``checkpoint_every``): model, optimizer, the method's state (margin queue, β-DPO
+  statistics) and the CPU and CUDA random generators (dropout), written atomically to
+  ``checkpoint_dir/checkpoint.pt``; ``train`` resumes from it.
 """
 
 from __future__ import annotations
@@ -396,7 +397,7 @@ class _StepContext:
                     "model": _policy_state(model_state),
                     "optimizer": optimizer_state,
                     "method": method.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
+                    **rng_states(),
                 },
             )
             logger.info(
@@ -429,7 +430,7 @@ class _StepContext:
         set_model_state_dict(self.model, model_state, options=options)
         set_optimizer_state_dict(self.model, optimizer, state.get("optimizer", {}), options=options)
         method.load_state_dict(small["method"])
-        torch.set_rng_state(small["torch_rng"])
+        restore_rng_states(small)
         return int(small["step"])
 
 
@@ -453,7 +454,7 @@ def save_checkpoint(
             "model": policy.state_dict(),
             "optimizer": optimizer.state_dict(),
             "method": method.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            **rng_states(),
         },
     )
     logger.info("checkpoint of step %d written to %s", step, path)
@@ -468,8 +469,25 @@ def load_checkpoint(
     policy.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     method.load_state_dict(state["method"])
-    torch.set_rng_state(state["torch_rng"])
+    restore_rng_states(state)
     return int(state["step"])
+
+
+def rng_states() -> dict[str, torch.Tensor]:
+    """The random number generators a step draws from (dropout): the CPU's, and the current CUDA
+    device's when CUDA is in use (under several processes, rank 0's, as for the CPU's)."""
+    states = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda_rng"] = torch.cuda.get_rng_state()
+    return states
+
+
+def restore_rng_states(state: dict[str, Any]) -> None:
+    """Set the generators ``rng_states`` saved; a CUDA state is restored when CUDA is here (a checkpoint
+    written on the CPU leaves the CUDA generator as it is, one written on CUDA read on the CPU too)."""
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
 
 
 def _drop_metrics_after(metrics_path: Path, step: int) -> None:
