@@ -149,3 +149,13 @@ def test_without_the_boundaries_several_packed_rows_leak_and_the_probe_falls_bac
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_the_probe_still_accepts_attention_that_reads_position_ids(attention) -> None:
     assert SequenceLogps(tiny_llama(attention)).supports_packing
+
+
+def test_the_probe_accepts_bf16_rounding_but_not_a_leak_in_bf16() -> None:
+    # bf16 weights under SDPA differ from the sequence alone by bf16 rounding only (about 5e-3)
+    assert SequenceLogps(tiny_llama("sdpa").to(torch.bfloat16)).supports_packing
+    leaking = tiny_llama(STAND_IN).to(torch.bfloat16)
+    leaking.config._attn_implementation = "flash_attention_torch_stand_in_without_boundaries"
+    AttentionInterface.register("flash_attention_torch_stand_in_without_boundaries",
+                                lambda *args, **kwargs: flash_stand_in(*args, **{**kwargs, "cu_seq_lens_q": None}))  # fmt: skip
+    assert not SequenceLogps(leaking).supports_packing
