@@ -63,6 +63,9 @@ class SequenceBatch:
     the segments (sequences and each row's padding) of the rows laid end to end, as FlashAttention's
     variable-length kernel takes them: ``segment_starts`` (int32, the offset of every segment and then
     the total length) and ``longest_segment``; ``None`` and 0 for unpacked rows.
+    ``predicting_positions`` lists, row-major, the positions ``r * width + t`` whose next token
+    (``t + 1``) is a response token: computed on the host, so that the forward pass needs no
+    device-to-host sync to find them (a boolean mask's indexing would be one).
     """
 
     input_ids: torch.Tensor
@@ -70,6 +73,7 @@ class SequenceBatch:
     sequence_index: torch.Tensor
     response_mask: torch.Tensor
     response_lengths: torch.Tensor
+    predicting_positions: torch.Tensor
     segment_starts: torch.Tensor | None = None
     longest_segment: int = 0
 
@@ -79,7 +83,7 @@ class SequenceBatch:
 
     def to(self, device: torch.device | str) -> SequenceBatch:
         def moved(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            return None if tensor is None else tensor.to(device, non_blocking=True)
+            return None if tensor is None else copied_to(tensor, device)
 
         return SequenceBatch(
             input_ids=moved(self.input_ids),
@@ -87,6 +91,7 @@ class SequenceBatch:
             sequence_index=moved(self.sequence_index),
             response_mask=moved(self.response_mask),
             response_lengths=moved(self.response_lengths),
+            predicting_positions=moved(self.predicting_positions),
             segment_starts=moved(self.segment_starts),
             longest_segment=self.longest_segment,
         )
@@ -101,6 +106,14 @@ class SequenceBatch:
             max_length_q=self.longest_segment,
             max_length_k=self.longest_segment,
         )
+
+
+def copied_to(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` on ``device`` without waiting: a host tensor bound for a GPU goes through pinned
+    memory, since from pageable memory CUDA first waits for the work queued before the copy."""
+    if torch.device(device).type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def sequence_batch(
@@ -146,12 +159,17 @@ def sequence_batch(
         )
         row_sequences.append(sequences + [-1] * padding)
         row_response.append(response + [False] * padding)
+    response_mask = torch.tensor(row_response, dtype=torch.bool)
+    # position t of a row predicts token t + 1: the positions before a response token, row-major
+    predicting = torch.zeros_like(response_mask)
+    predicting[:, :-1] = response_mask[:, 1:]
     return SequenceBatch(
         input_ids=torch.tensor(row_tokens, dtype=torch.long),
         position_ids=torch.tensor(row_positions, dtype=torch.long),
         sequence_index=torch.tensor(row_sequences, dtype=torch.long),
-        response_mask=torch.tensor(row_response, dtype=torch.bool),
+        response_mask=response_mask,
         response_lengths=torch.tensor([len(reply) for reply in response_ids], dtype=torch.long),
+        predicting_positions=predicting.flatten().nonzero().flatten(),
         segment_starts=torch.tensor([0, *itertools.accumulate(segments)], dtype=torch.int32) if pack else None,
         longest_segment=max(segments) if pack else 0,
     )
@@ -202,17 +220,17 @@ class SequenceLogps(nn.Module):
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
         # The token at position t + 1 is predicted from position t (of the same sequence: a sequence's
         # first token is a prompt token, never a response token).
-        prediction_mask = batch.response_mask[:, 1:]
-        targets = batch.input_ids[:, 1:][prediction_mask]
+        positions = batch.predicting_positions
+        targets = batch.input_ids.flatten()[positions + 1]
         inputs = model_inputs(self.model, batch)
         if self.response_only_head:
             hidden = self.model.base_model(**inputs).last_hidden_state
-            token_logps = self._head_log_probs(hidden[:, :-1][prediction_mask], targets)
+            token_logps = self._head_log_probs(hidden.flatten(0, 1)[positions], targets)
         else:
-            logits = self.model(**inputs).logits[:, :-1][prediction_mask]
+            logits = self.model(**inputs).logits.flatten(0, 1)[positions]
             token_logps = _target_log_probs(logits, targets)
         sums = torch.zeros(batch.num_sequences, dtype=torch.float32, device=batch.input_ids.device)
-        return sums.index_add(0, batch.sequence_index[:, 1:][prediction_mask], token_logps)
+        return sums.index_add(0, batch.sequence_index.flatten()[positions + 1], token_logps)
 
     def _head_log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         head = self.model.get_output_embeddings()

@@ -25,7 +25,13 @@ import torch
 from transformers import PreTrainedModel
 
 from noisypref.benchmark.engine import distributed
-from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for, pair_batch, sequence_logps
+from noisypref.benchmark.engine.logps import (
+    SequenceLogps,
+    autocast_for,
+    copied_to,
+    pair_batch,
+    sequence_logps,
+)
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.progress import phase
 from noisypref.benchmark.storage import cached_torch_file
@@ -212,7 +218,7 @@ def forward_pairs(
     reference_chosen = reference_rejected = None
     if reference is not None:
         reference_chosen, reference_rejected = (
-            values.to(device) for values in reference.chosen_and_rejected(pairs, indices)
+            copied_to(values, device) for values in reference.chosen_and_rejected(pairs, indices)
         )
     return PairLogps(
         policy_chosen=policy_chosen,

@@ -273,13 +273,16 @@ def accumulate_gradients(
     """Forward and backward over the micro-batches of one step (``step_pairs``: all of its pairs,
     across processes); the gradient is the mean over its pairs.
 
-    Returns the method's outputs, or ``None`` as soon as an objective is not finite (on any process).
+    Returns the method's outputs, or ``None`` when an objective was not finite (on any process). The
+    objectives are checked once, after the last backward pass: a check per micro-batch would make the
+    host wait for each forward pass before queuing its backward pass. (So a step that is dropped for a
+    non-finite objective has run all its micro-batches; with dropout, their random draws are spent.)
     Under data parallelism gradients are synchronised on the last micro-batch only; sharded
     gradients are reduced after every micro-batch (their unsharded sum would cost the memory
     sharding saves).
     """
     micro_batches = step_pairs.chunk(config.gradient_accumulation)
-    outputs = []
+    outputs, finite = [], []
     for micro_index, micro_pairs in enumerate(micro_batches):
         is_last = micro_index == len(micro_batches) - 1
         # Micro-batch first, then this process's share: a batch-level method (the γ candidate set,
@@ -296,10 +299,11 @@ def accumulate_gradients(
                 pack=step_context.pack,
             )
             output = method(logps)
-            if not distributed.all_true(bool(torch.isfinite(output.objective.detach())), step_context.device):
-                return None
+            finite.append(torch.isfinite(output.objective.detach()))
             (output.objective / config.gradient_accumulation).backward()
         outputs.append(output)
+    if not distributed.all_true(bool(torch.stack(finite).all()), step_context.device):
+        return None
     return outputs
 
 
