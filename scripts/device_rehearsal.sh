@@ -5,6 +5,8 @@
 #
 #     scripts/device_rehearsal.sh [VENV]    # default ./.rehearsal-venv (git-ignored); 10-30 minutes
 #     scripts/device_rehearsal.sh --smoke   # print the plan and the machine's packages it would install
+#     REUSE_VENV=1 scripts/device_rehearsal.sh   # an existing VENV as it is (its carried wheels removed
+#                                                # first): the dry run again, in minutes
 #
 # 1. wheels: scripts/build_wheels.sh, when ./wheels is missing or fails scripts/check_wheels.py;
 # 2. a fresh venv from Python 3.12 (PYTHON312, default python3.12);
@@ -15,7 +17,9 @@
 #    (pandas, pyarrow, scipy, matplotlib, peft, ...) get the newest release pip finds that fits those;
 # 4. GPU_CHECK_CPU=1 scripts/gpu_check.sh with that venv's python3: its install step installs the
 #    wheels with pip install --no-index --find-links ./wheels --no-deps, as on the machine.
-# Prints the wall time of each phase (and the load average); exit status: the dry run's.
+# Prints the packages of the venv that scripts/device_packages.txt does not list (pip brings them as
+# dependencies; the machine may lack them), the wall time of each phase and the load average; exit
+# status: the dry run's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,13 +78,43 @@ device_packages() {
     rm -f "$constraints" "$requirements"
 }
 
+reuse_venv() {  # the carried packages out again, so that the dry run installs them as the machine would
+    local carried
+    carried=$(sed -e 's/#.*//' -e 's/==.*//' -e 's/[[:space:]]//g' -e '/^$/d' scripts/carried_wheels.txt | grep -vx setuptools)
+    # shellcheck disable=SC2086  # names
+    "$VENV/bin/python3" -m pip uninstall --quiet --yes $carried
+}
+
+not_on_device() {
+    "$VENV/bin/python3" - <<'EOF'
+import re
+from importlib import metadata
+
+from packaging.utils import canonicalize_name
+
+listed = set()
+for name in ("scripts/device_packages.txt", "scripts/carried_wheels.txt"):
+    for line in open(name, encoding="utf-8"):
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split("#")[0])
+        if match:
+            listed.add(canonicalize_name(match[1]))
+extra = sorted({canonicalize_name(d.metadata["Name"]) for d in metadata.distributions()} - listed - {"pip"})
+print(f"packages in the venv that the machine's list does not name ({len(extra)}): {', '.join(extra) or 'none'}")
+EOF
+}
+
 dry_run() {
     GPU_CHECK_CPU=1 PYTHON="$VENV/bin/python3" WHEELS="$WHEELS" scripts/gpu_check.sh
 }
 
 phase wheels wheels
-phase "venv (python 3.12)" venv
-phase "device packages" device_packages
+if [ "${REUSE_VENV:-0}" = "1" ] && [ -x "$VENV/bin/python3" ]; then
+    phase "reused venv" reuse_venv
+else
+    phase "venv (python 3.12)" venv
+    phase "device packages" device_packages
+fi
+not_on_device
 status=0
 phase "gpu_check dry run" dry_run || status=$?
 echo

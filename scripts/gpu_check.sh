@@ -9,8 +9,9 @@
 #   install     pip install --no-index --find-links WHEELS --no-deps (when the folder exists), then
 #               pip check, pip list, the versions of torch / CUDA / flash-attn and the imports every later
 #               step needs (the step fails when one is missing)
-#   pytest-gpu  pytest -m gpu (tests/test_gpu.py: bf16 autocast step, packed vs padded log-probs under
-#               SDPA, flex attention and FlashAttention-2, LoRA with a live reference)
+#   pytest-gpu  pytest -m gpu on the test files that use the marker (tests/test_gpu.py: bf16 autocast
+#               step, packed vs padded log-probs under SDPA, flex attention and FlashAttention-2, a resumed
+#               run with dropout, LoRA with a live reference)
 #   throughput  benchmarks/throughput.py --device cuda: random Qwen2-0.5B and 1.5B against TRL's
 #               DPOTrainer (live and precomputed reference) and the γ overhead; --smoke on the CPU
 #   study       a random Qwen2-0.5B-shaped model (scripts/random_qwen2_model.py) trained on testbed pairs
@@ -33,7 +34,7 @@
 #   WHEELS    folder of wheels (default ./wheels)
 #   OUT       output folder (default runs/gpu_check_out)
 #   WORK      scratch folder of models, study files and study folders (default runs/gpu_check_work)
-#   BUDGET_S  seconds for the whole check (default 420 on a GPU, 900 in the CPU dry run)
+#   BUDGET_S  seconds for the whole check (default 480 on a GPU, 900 in the CPU dry run)
 #   STEPS     the steps to run, space- or comma-separated (default: all); their shares are rescaled
 #   PYTHON    interpreter (default python3, the lent machine's)
 #   GPU_CHECK_CPU=1   the dry run on the CPU
@@ -52,7 +53,7 @@ WORK="${WORK:-runs/gpu_check_work}"
 PY="${PYTHON:-python3}"
 CPU_DRY_RUN="${GPU_CHECK_CPU:-0}"
 ALL_STEPS=(install pytest-gpu throughput study text)
-declare -A SHARE=([install]=6 [pytest-gpu]=26 [throughput]=32 [study]=20 [text]=16)  # percent
+declare -A SHARE=([install]=10 [pytest-gpu]=22 [throughput]=30 [study]=22 [text]=16)  # percent
 KILL_GRACE_S=5       # after a step's limit, SIGTERM; SIGKILL this much later
 PROBE_S=15           # nvidia-smi before the first step
 SUMMARY_S=30         # the summary's tables
@@ -63,13 +64,13 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATAS
 if [ "$CPU_DRY_RUN" = "1" ]; then
     BUDGET_S="${BUDGET_S:-900}"
     MODE=cpu
-    SHAPE=tiny TEXT_SHAPE=tiny
+    SHAPE=tiny TEXT_SHAPE=tiny TEXT_VOCABULARY="--vocabulary 1024"
     RUN_DEVICE="--workers 1"
     THROUGHPUT_OPTIONS="--smoke --device cpu"
 else
-    BUDGET_S="${BUDGET_S:-420}"
+    BUDGET_S="${BUDGET_S:-480}"
     MODE=gpu
-    SHAPE=0.5b TEXT_SHAPE=smollm2-135m
+    SHAPE=0.5b TEXT_SHAPE=smollm2-135m TEXT_VOCABULARY=""
     RUN_DEVICE="--devices 0"
     THROUGHPUT_OPTIONS="--device cuda --models qwen2-0.5b qwen2-1.5b --steps 12 --warmup-steps 3"
 fi
@@ -97,7 +98,7 @@ WHEEL_COUNT=0
 [ -d "$WHEELS" ] && WHEEL_COUNT=$(find "$WHEELS" -maxdepth 1 -name '*.whl' | wc -l)
 declare -A WHAT=(
     [install]="$([ "$WHEEL_COUNT" -gt 0 ] && echo "pip install $WHEEL_COUNT wheels from $WHEELS, " || echo "no wheels in $WHEELS; ")pip check, pip list, imports"
-    [pytest-gpu]="pytest -m gpu tests"
+    [pytest-gpu]="pytest -m gpu $(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')"
     [throughput]="benchmarks/throughput.py $THROUGHPUT_OPTIONS"
     [study]="random Qwen2 ($SHAPE) + configs/gpu_check.yaml, 4 runs"
     [text]="random SmolLM2-135M-shaped Llama ($TEXT_SHAPE) on the HH-RLHF slice, 2 runs"
@@ -234,13 +235,16 @@ study_step() {
 }
 
 text_step() {
-    studies && "$PY" scripts/random_text_model.py "$WORK/text-$TEXT_SHAPE" --shape "$TEXT_SHAPE" \
+    studies && "$PY" scripts/random_text_model.py "$WORK/text-$TEXT_SHAPE" --shape "$TEXT_SHAPE" $TEXT_VOCABULARY \
         && "$PY" -m noisypref run "$WORK/studies/text.yaml" --out "$WORK/text" --cache-dir "$CACHE_DIR" \
             --force --no-report $RUN_DEVICE
 }
 
 pytest_gpu_step() {
-    "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests
+    # only the files that use the marker: collecting the whole suite imports every test module
+    local files
+    mapfile -t files < <(grep -l "mark.gpu" tests/test_*.py)
+    "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs "${files[@]}"
 }
 
 print_results() {
@@ -261,7 +265,7 @@ for folder in sys.argv[1:]:
 EOF
 }
 
-export PY WHEELS WHEEL_COUNT WORK MODE SHAPE TEXT_SHAPE CACHE_DIR CPU_DRY_RUN RUN_DEVICE THROUGHPUT_OPTIONS
+export PY WHEELS WHEEL_COUNT WORK MODE SHAPE TEXT_SHAPE TEXT_VOCABULARY CACHE_DIR CPU_DRY_RUN RUN_DEVICE THROUGHPUT_OPTIONS
 export -f print_results install_step pytest_gpu_step throughput_step text_attention studies study_step text_step
 for name in "${SELECTED[@]}"; do
     step "$name" bash -c "${name//-/_}_step"
