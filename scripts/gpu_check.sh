@@ -6,7 +6,8 @@
 #     GPU_CHECK_CPU=1 scripts/gpu_check.sh   # the dry run: the same steps on the CPU, tiny sizes
 #
 # Steps, in this order (STEPS="pytest-gpu throughput" runs a subset, e.g. for a rerun):
-#   install     pip install --no-index --find-links WHEELS --no-deps (when the folder exists), then
+#   install     pip install --no-index --find-links WHEELS --no-deps (when the folder exists; into
+#               $WORK/site, put on PYTHONPATH, where the interpreter's environment is not writable), then
 #               pip check, pip list, the versions of torch / CUDA / flash-attn and the imports every later
 #               step needs (the step fails when one is missing)
 #   pytest-gpu  pytest -m gpu on the test files that use the marker (tests/test_gpu.py: bf16 autocast
@@ -22,8 +23,8 @@
 # No step launches several processes: the machines lent have one GPU, NCCL refuses two processes on one
 # GPU, and a launch of one process joins no process group (FSDP2 in one process trains unsharded), so
 # torchrun and FSDP2 are left to tests/test_distributed.py (gloo, on the CPU).
-# The steps share BUDGET_S less a fixed reserve (the GPU probe, the kill grace of every step and the
-# summary): each step's limit is its share of the time the steps still have when it starts (so a step
+# The steps share BUDGET_S less a fixed reserve (the probes of the GPU and of the environment, the kill
+# grace of every step and the summary): each step's limit is its share of the time the steps still have when it starts (so a step
 # that ends early leaves its time to the later ones), and the whole check ends within BUDGET_S by
 # construction. The plan, with the limits each step gets when every step uses its whole limit, is
 # printed first. A failing step is reported and the next one still runs: every step runs with this
@@ -55,7 +56,7 @@ CPU_DRY_RUN="${GPU_CHECK_CPU:-0}"
 ALL_STEPS=(install pytest-gpu throughput study text)
 declare -A SHARE=([install]=10 [pytest-gpu]=22 [throughput]=30 [study]=22 [text]=16)  # percent
 KILL_GRACE_S=5       # after a step's limit, SIGTERM; SIGKILL this much later
-PROBE_S=15           # nvidia-smi before the first step
+PROBE_S=30           # before the first step: nvidia-smi and whether the environment is writable, 15 s each
 SUMMARY_S=30         # the summary's tables
 
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
@@ -104,7 +105,7 @@ declare -A WHAT=(
     [text]="random SmolLM2-135M-shaped Llama ($TEXT_SHAPE) on the HH-RLHF slice, 2 runs"
 )
 plan() {
-    echo "noisypref GPU check ($MODE): budget $BUDGET_S s = steps $STEPS_S s + reserve $RESERVE_S s (GPU probe $PROBE_S, kill grace $KILL_GRACE_S per step, summary $SUMMARY_S); python: $PY"
+    echo "noisypref GPU check ($MODE): budget $BUDGET_S s = steps $STEPS_S s + reserve $RESERVE_S s (probes $PROBE_S, kill grace $KILL_GRACE_S per step, summary $SUMMARY_S); python: $PY"
     printf '  %-11s %6s   %s\n' step limit what
     local sum=0
     for name in "${SELECTED[@]}"; do
@@ -130,12 +131,19 @@ STARTED=$(date +%s)
 mkdir -p "$OUT" "$WORK"
 WORK="$(cd "$WORK" && pwd)"
 CACHE_DIR="$WORK/cache"
+# The wheels go into the interpreter's environment; where that is not writable, into $WORK/site, which
+# every step then has on PYTHONPATH.
+SITE=""
+if ! timeout 15 "$PY" -c "import os, sys, sysconfig; sys.exit(not os.access(sysconfig.get_paths()['purelib'], os.W_OK))"; then
+    SITE="$WORK/site"
+    export PYTHONPATH="$SITE:$PYTHONPATH"
+fi
 SUMMARY=()
 FAILED=0
 plan > "$OUT/summary.txt"
 
 if [ "$CPU_DRY_RUN" != "1" ]; then
-    timeout "$PROBE_S" nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
+    timeout 15 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
         || { echo "no GPU answers nvidia-smi; for a dry run on the CPU set GPU_CHECK_CPU=1"; exit 2; }
 fi
 
@@ -166,8 +174,10 @@ step() {
 
 install_step() {
     if [ "$WHEEL_COUNT" -gt 0 ]; then
+        local target=()
+        [ -n "$SITE" ] && target=(--target "$SITE") && echo "the environment is not writable: installing into $SITE"
         "$PY" -m pip install --no-index --find-links "$WHEELS" --no-deps --no-cache-dir --disable-pip-version-check \
-            "$WHEELS"/*.whl || return 1
+            "${target[@]}" "$WHEELS"/*.whl || return 1
     else
         echo "no wheels in $WHEELS: nothing installed"
     fi
@@ -265,7 +275,7 @@ for folder in sys.argv[1:]:
 EOF
 }
 
-export PY WHEELS WHEEL_COUNT WORK MODE SHAPE TEXT_SHAPE TEXT_VOCABULARY CACHE_DIR CPU_DRY_RUN RUN_DEVICE THROUGHPUT_OPTIONS
+export PY WHEELS WHEEL_COUNT WORK SITE MODE SHAPE TEXT_SHAPE TEXT_VOCABULARY CACHE_DIR CPU_DRY_RUN RUN_DEVICE THROUGHPUT_OPTIONS
 export -f print_results install_step pytest_gpu_step throughput_step text_attention studies study_step text_step
 for name in "${SELECTED[@]}"; do
     step "$name" bash -c "${name//-/_}_step"
