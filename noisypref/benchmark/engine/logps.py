@@ -285,7 +285,7 @@ def packing_is_exact(model: PreTrainedModel) -> bool:
     precision."""
     vocabulary = model.get_input_embeddings().num_embeddings
     device = model.device
-    long, first, second = list(range(1, PACKED_WIDTH_MULTIPLE + 1)), [1, 2, 3], [4, 5]
+    long, first, second = list(range(1, max(16, PACKED_WIDTH_MULTIPLE) + 1)), [1, 2, 3], [4, 5]  # a full row
     prompts = [[token % vocabulary for token in tokens] for tokens in (long, first, second)]
     batch = sequence_batch(prompts, [[], [], []], pad_token_id=0, pack=True).to(device)
     if batch.input_ids.shape[0] != 2:  # the layout the probe relies on
