@@ -15,8 +15,9 @@
 #    torch 2.11.0 (PyPI's CUDA build, which runs on the CPU too), transformers 5.17.0, huggingface-hub
 #    1.33.0, accelerate 1.15.0, numpy 2.5.2, tokenizers 0.23.2, ...; packages of unknown version there
 #    (pandas, pyarrow, scipy, matplotlib, peft, ...) get the newest release pip finds that fits those;
-# 4. GPU_CHECK_CPU=1 scripts/gpu_check.sh with that venv's python3: its install step installs the
-#    wheels with pip install --no-index --find-links ./wheels --no-deps, as on the machine.
+# 4. GPU_CHECK_CPU=1 scripts/gpu_check.sh with that venv's python3, into runs/device_rehearsal/ (emptied
+#    first): its install step installs the wheels with pip install --no-index --find-links ./wheels
+#    --no-deps, as on the machine.
 # Prints the packages of the venv that scripts/device_packages.txt does not list (pip brings them as
 # dependencies; the machine may lack them), the wall time of each phase and the load average; exit
 # status: the dry run's.
@@ -103,8 +104,10 @@ print(f"packages in the venv that the machine's list does not name ({len(extra)}
 EOF
 }
 
-dry_run() {
-    GPU_CHECK_CPU=1 PYTHON="$VENV/bin/python3" WHEELS="$WHEELS" scripts/gpu_check.sh
+dry_run() {  # into fresh folders, as on a fresh machine (gpu_check.sh itself resumes the studies it finds)
+    rm -rf runs/device_rehearsal
+    GPU_CHECK_CPU=1 PYTHON="$VENV/bin/python3" WHEELS="$WHEELS" OUT=runs/device_rehearsal/out \
+        WORK=runs/device_rehearsal/work scripts/gpu_check.sh
 }
 
 phase wheels wheels
