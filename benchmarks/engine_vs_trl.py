@@ -14,6 +14,7 @@ Reported: steady-state pairs/s (steps after the first ``--warmup-steps``, timed 
 end-to-end pairs/s of the whole ``train`` call. Needs the optional ``trl`` package (``pip install trl``).
 
     PYTHONPATH=. python benchmarks/engine_vs_trl.py --steps 60
+    PYTHONPATH=. python benchmarks/engine_vs_trl.py --smoke       # seconds: a small testbed, 3 steps of 8
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import tempfile
 import time
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -37,6 +39,8 @@ from noisypref.benchmark.testbed import TestbedConfig, build_testbed
 from noisypref.methods import build
 
 BETA = 0.1
+# --smoke: a testbed that builds in seconds (the default's words and topics, little training)
+SMOKE_TESTBED = {"sft_steps": 10, "num_train_pairs": 64, "num_heldout_pairs": 16, "num_eval_prompts": 8}
 
 
 def engine_throughput(testbed, args, cache_dir: Path) -> dict[str, float]:
@@ -150,21 +154,7 @@ def summarise(step_times: dict[int, tuple[float, float]], total_seconds: float, 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument(
-        "--warmup-steps", type=int, default=10, help="steps left out of the steady-state timing"
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--cache-dir", default="runs/.cache", help="where the testbed is built (once)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    torch.set_num_threads(1)
-
-    testbed = build_testbed(TestbedConfig(), args.cache_dir)
+def compare(testbed, args) -> None:
     engine = engine_throughput(testbed, args, Path(args.cache_dir))
     trl = trl_throughput(testbed, args, precompute_reference=False)
     trl_precomputed = trl_throughput(testbed, args, precompute_reference=True)
@@ -197,6 +187,31 @@ def main() -> None:
         f"on {os.cpu_count()} cores)"
     )
     print(json.dumps(figures))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument(
+        "--warmup-steps", type=int, default=10, help="steps left out of the steady-state timing"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--cache-dir", default="runs/.cache", help="where the testbed is built (once)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds, for CI: a small testbed in a scratch folder, 3 steps of 8"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(1)
+    with ExitStack() as scratch:
+        testbed_config = TestbedConfig()
+        if args.smoke:
+            args.steps, args.warmup_steps, args.batch_size = 3, 1, 8
+            args.cache_dir = scratch.enter_context(tempfile.TemporaryDirectory())
+            testbed_config = TestbedConfig.from_dict(SMOKE_TESTBED)
+        compare(build_testbed(testbed_config, args.cache_dir), args)
 
 
 if __name__ == "__main__":

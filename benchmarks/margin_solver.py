@@ -11,8 +11,10 @@ one thread (wall time, and the thread's CPU time, which a busy shared machine in
 timings, when a GPU is present, synchronise before and after each solve.
 
     PYTHONPATH=. python benchmarks/margin_solver.py [--repeats 30]
+    PYTHONPATH=. python benchmarks/margin_solver.py --smoke       # seconds: N 256 only, 3 repeats
 
-Prints a table; the last line is the same figures as JSON.
+Prints a table, then the headline: the exact solve of 256 gaps, per τ (the γ candidate set of the
+published settings, K = 256); the last line is the same figures as JSON (``exact_256_ms``: τ -> ms).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 
@@ -74,13 +77,17 @@ def stationarity_residual(gaps: torch.Tensor, log_weights: torch.Tensor, tau: fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed solves per cell (median reported)")
+    parser.add_argument("--smoke", action="store_true", help="seconds, for CI: N 256 only, 3 repeats")
     args = parser.parse_args()
+    counts = COUNTS
+    if args.smoke:
+        args.repeats, counts = 3, (256,)
 
     torch.set_num_threads(1)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
-        for count in COUNTS:
+        for count in counts:
             gaps = reward_gaps(count, device)
             for tau in TAUS:
                 row = {"device": device.type, "n": count, "tau": tau}
@@ -132,12 +139,31 @@ def main() -> None:
             f"{row['published_max_margin_difference']:>16.3f}"
             f"{row['exact_residual']:>16.1e}"
         )
+    exact_256 = {
+        device.type: {row["tau"]: row["exact_ms"] for row in rows if row["device"] == device.type and row["n"] == 256}
+        for device in devices
+    }
+    exact_256_cpu = {row["tau"]: row["exact_cpu_ms"] for row in rows if row["device"] == "cpu" and row["n"] == 256}
+    for device, by_tau in exact_256.items():
+        print(
+            f"exact γ solve of 256 gaps on {device}"
+            + (" (one thread; wall ms, thread CPU ms)" if device == "cpu" else "")
+            + ": "
+            + ", ".join(
+                f"{by_tau[tau]:.2f}" + (f" ({exact_256_cpu[tau]:.2f})" if device == "cpu" else "") + f" ms at τ {tau:g}"
+                for tau in sorted(by_tau, reverse=True)
+            )
+            + f"; load average {os.getloadavg()[0]:.1f}"
+        )
     figures = {
         "gaps": "N(1, 5^2), seed 0",
         "gamma0": GAMMA0,
         "mirror_descent_iterations": 20,
         "cpu_threads": 1,
         "repeats": args.repeats,
+        "exact_256_ms": exact_256,
+        "exact_256_cpu_thread_ms": exact_256_cpu,
+        "load_average_1min": os.getloadavg()[0],
         "rows": rows,
     }
     print(json.dumps(figures))

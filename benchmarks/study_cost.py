@@ -23,6 +23,8 @@ of the whole study is runs x per-run + 3 x start-up, divided by 2 cores for the 
 the one-off testbed build and the report.
 
     PYTHONPATH=. python benchmarks/study_cost.py [--methods dpo,gamma_dpo] [--cache-dir .cache/study_cost]
+    PYTHONPATH=. python benchmarks/study_cost.py --smoke      # seconds: dpo and gamma_dpo, 2 steps of a small
+                                                              # testbed, the default and before columns
 
 Prints a table; the last line is the same figures as JSON.
 """
@@ -47,13 +49,14 @@ import noisypref.benchmark.engine.logps as logps_module
 import noisypref.benchmark.engine.train as train_module
 import noisypref.benchmark.run.evaluate as evaluate_module
 import noisypref.benchmark.run.execute as run_module
+import noisypref.benchmark.run.prepare as prepare_module
 import noisypref.methods.margins as margins_module
 from noisypref.benchmark.study import default_study_path, load_study, plan_runs
 
 PHASES = ("data", "reference", "training", "γ solve", "evaluation", "other")
 WRAPPED = (  # (module, function, phase)
-    (run_module, "load_data_model_and_tokens", "data"),
-    (run_module, "reference_logps", "reference"),
+    (prepare_module, "load_data_model_and_tokens", "data"),
+    (prepare_module, "reference_logps", "reference"),
     (run_module, "train", "training"),
     (run_module, "evaluate_run", "evaluation"),
 )
@@ -63,6 +66,12 @@ BEFORE_ISSUE_14 = {  # the default study's settings before issue 14
     "training": {"steps": 200, "batch_size": 64, "learning_rate": 1e-3},
     "testbed": {"num_train_pairs": 2048, "num_heldout_pairs": 512},
     "evaluation": {"kl_samples": 1},
+}
+# --smoke: runs of seconds (a small testbed with the default's words and topics, 2 steps, 8 prompts)
+SMOKE_SETTINGS = {
+    "training": {"steps": 2, "batch_size": 16},
+    "testbed": {"sft_steps": 10, "num_train_pairs": 64, "num_heldout_pairs": 16, "num_eval_prompts": 8},
+    "evaluation": {"num_eval_prompts": 8},
 }
 SAVINGS = {  # column -> module attributes that switch the savings off
     "- width 16": [(logps_module, "PACKED_WIDTH_MULTIPLE", 1)],
@@ -137,6 +146,23 @@ def measure_runs(configs: list[dict[str, Any]], cache_dir: Path) -> dict[str, fl
     return {phase: seconds / len(configs) for phase, seconds in totals.items()}
 
 
+def measure_columns(configs: list[dict[str, Any]], cache_dir: Path, *, smoke: bool) -> dict[str, dict[str, float]]:
+    """Per-phase CPU-seconds of each column (--smoke: the default and before columns only, both at the
+    smoke sizes)."""
+    columns: dict[str, dict[str, float]] = {"default": measure_runs(configs, cache_dir)}
+    for column, switches in SAVINGS.items():
+        if smoke:
+            continue
+        with patched(switches):
+            columns[column] = measure_runs(configs, cache_dir)
+    with patched([switch for switches in SAVINGS.values() for switch in switches]):
+        before = [with_settings(config, BEFORE_ISSUE_14) for config in configs]
+        if smoke:
+            before = [with_settings(config, SMOKE_SETTINGS) for config in before]
+        columns["before"] = measure_runs(before, cache_dir)
+    return columns
+
+
 def start_up_seconds() -> float:
     """CPU-seconds of a fresh interpreter importing the engine, as a worker process does."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -151,6 +177,11 @@ def main() -> None:
     )
     parser.add_argument("--methods", help="comma-separated method labels (default: all of the default study)")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/study_cost"))
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, for CI: dpo and gamma_dpo on a small testbed in a scratch cache, 2 of the 5 columns",
+    )
     args = parser.parse_args()
 
     study = load_study(default_study_path())
@@ -158,17 +189,17 @@ def main() -> None:
     methods = (
         args.methods.split(",") if args.methods else [variant.label for variant in study.method_variants()]
     )
+    if args.smoke:
+        methods = args.methods.split(",") if args.methods else ["dpo", "gamma_dpo"]
     configs = [
         run.config for run in planned if run.noise_rate == RATE and run.seed == SEED and run.method in methods
     ]
-    columns: dict[str, dict[str, float]] = {"default": measure_runs(configs, args.cache_dir)}
-    for column, switches in SAVINGS.items():
-        with patched(switches):
-            columns[column] = measure_runs(configs, args.cache_dir)
-    with patched([switch for switches in SAVINGS.values() for switch in switches]):
-        before = [with_settings(config, BEFORE_ISSUE_14) for config in configs]
-        columns["before"] = measure_runs(before, args.cache_dir)
-    start_up = start_up_seconds()
+    with contextlib.ExitStack() as scratch:
+        if args.smoke:
+            args.cache_dir = Path(scratch.enter_context(tempfile.TemporaryDirectory()))
+            configs = [with_settings(config, SMOKE_SETTINGS) for config in configs]
+        columns = measure_columns(configs, args.cache_dir, smoke=args.smoke)
+    start_up = None if args.smoke else start_up_seconds()  # a child interpreter: 5-10 CPU-s
 
     load = os.getloadavg()
     study_runs = {"default": len(planned), "before (2 seeds)": len(planned) * 2 // len(study.seeds)}
@@ -182,10 +213,13 @@ def main() -> None:
         print(f"{phase:<12}" + "".join(f"{columns[column][phase]:>{width}.3f}" for column in columns))
     per_run = {column: sum(seconds.values()) for column, seconds in columns.items()}
     print(f"{'total':<12}" + "".join(f"{per_run[column]:>{width}.3f}" for column in columns))
-    print(f"start-up: {start_up:.2f} CPU-s per process (each worker and the parent)")
+    if start_up is None:
+        print("start-up: not measured (--smoke); the estimates below leave it out")
+    else:
+        print(f"start-up: {start_up:.2f} CPU-s per process (each worker and the parent)")
     estimates = {
-        "default": study_runs["default"] * per_run["default"] + 3 * start_up,
-        "before": study_runs["before (2 seeds)"] * per_run["before"] + 3 * start_up,
+        "default": study_runs["default"] * per_run["default"] + 3 * (start_up or 0.0),
+        "before": study_runs["before (2 seeds)"] * per_run["before"] + 3 * (start_up or 0.0),
     }
     print(
         f"study estimate without testbed build and report: default {study_runs['default']} runs "

@@ -12,6 +12,8 @@ with n seeds at difference δ: P(|T| > t_{1-α/2, n-1}) for T noncentral t with 
 and noncentrality δ·√n / sd.
 
     PYTHONPATH=. python benchmarks/study_power.py [--methods dpo,simpo] [--rates 0,0.4] [--results DIR]
+    PYTHONPATH=. python benchmarks/study_power.py --smoke    # seconds: dpo and gamma_dpo at 0.4, seeds 0 and 1,
+                                                            # 2 steps of a small testbed
 
 Prints a table; the last line is the same figures as JSON.
 """
@@ -19,6 +21,8 @@ Prints a table; the last line is the same figures as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import math
 import os
@@ -38,6 +42,13 @@ BASELINE = "dpo"
 ALPHA = 0.05
 POWER = 0.8
 HOLM_FAMILY = 30  # tests of one metric in one condition: 6 methods x 5 rates
+# --smoke: runs of seconds (a small testbed with the default's words and topics, 2 steps, 8 prompts)
+SMOKE_SEEDS = (0, 1)
+SMOKE_SETTINGS = {
+    "training": {"steps": 2, "batch_size": 16},
+    "testbed": {"sft_steps": 10, "num_train_pairs": 64, "num_heldout_pairs": 16, "num_eval_prompts": 8},
+    "evaluation": {"num_eval_prompts": 8},
+}
 
 
 def paired_t_power(difference: float, sd: float, seeds: int, alpha: float) -> float:
@@ -70,13 +81,16 @@ def minimum_detectable_difference(sd: float, seeds: int, alpha: float = ALPHA, p
     return float(optimize.brentq(lambda delta: paired_t_power(delta, sd, seeds, alpha) - power, 0.0, upper))
 
 
-def run_subset(methods: list[str], rates: list[float], cache_dir: Path) -> pd.DataFrame:
+def run_subset(methods: list[str], rates: list[float], cache_dir: Path, smoke: bool = False) -> pd.DataFrame:
     study = load_study(default_study_path())
     runs = [run for run in plan_runs(study) if run.method in methods and run.noise_rate in rates]
+    if smoke:
+        runs = [run for run in runs if run.seed in SMOKE_SEEDS]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for index, run in enumerate(runs):
-            result = execute_run(run.config, Path(scratch) / run.run_id, cache_dir, device="cpu")
+            config = smoke_sized(run.config) if smoke else run.config
+            result = execute_run(config, Path(scratch) / run.run_id, cache_dir, device="cpu")
             rows.append(
                 {
                     "method_label": run.method,
@@ -87,6 +101,14 @@ def run_subset(methods: list[str], rates: list[float], cache_dir: Path) -> pd.Da
             )
             print(f"run {index + 1}/{len(runs)}: {run.describe()}: {METRIC} {result['metrics'][METRIC]:.4f}")
     return pd.DataFrame(rows)
+
+
+def smoke_sized(config: dict) -> dict:
+    config = copy.deepcopy(config)
+    config["training"].update(SMOKE_SETTINGS["training"])
+    config["dataset"]["testbed"].update(SMOKE_SETTINGS["testbed"])
+    config["evaluation"].update(SMOKE_SETTINGS["evaluation"])
+    return config
 
 
 def read_results(folder: Path) -> pd.DataFrame:
@@ -129,7 +151,14 @@ def main() -> None:
     parser.add_argument("--rates", default="0,0.4", help="flip rates of the default study")
     parser.add_argument("--results", type=Path, help="a finished study folder to read instead of running")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/study_power"))
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, for CI: dpo and gamma_dpo at rate 0.4, seeds 0 and 1, a small testbed in a scratch cache",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.methods, args.rates = "dpo,gamma_dpo", "0.4"
 
     default_seeds = len(load_study(default_study_path()).seeds)
     started_wall, started_cpu = time.perf_counter(), time.process_time()
@@ -139,7 +168,10 @@ def main() -> None:
         methods = args.methods.split(",")
         if BASELINE not in methods:
             parser.error(f"--methods must include the baseline {BASELINE}")
-        results = run_subset(methods, [float(rate) for rate in args.rates.split(",")], args.cache_dir)
+        rates = [float(rate) for rate in args.rates.split(",")]
+        with contextlib.ExitStack() as scratch:
+            cache_dir = Path(scratch.enter_context(tempfile.TemporaryDirectory())) if args.smoke else args.cache_dir
+            results = run_subset(methods, rates, cache_dir, smoke=args.smoke)
     table = power_table(results, default_seeds)
     load = os.getloadavg()
 

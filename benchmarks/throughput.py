@@ -34,6 +34,7 @@ path was written on a machine without a GPU: its first run there is also its fir
 
     PYTHONPATH=. python benchmarks/throughput.py                      # CPU: testbed model, 1.5-3 min
     PYTHONPATH=. python benchmarks/throughput.py --device cuda        # Qwen2 0.5B and 1.5B
+    PYTHONPATH=. python benchmarks/throughput.py --smoke              # seconds: the testbed model, 3 steps
 """
 
 from __future__ import annotations
@@ -363,7 +364,6 @@ def engine_run(
             max_length=work.max_length,
             max_prompt_length=work.max_prompt_length,
             log_every=1,
-            gradient_checkpointing=args.gradient_checkpointing,
         )
         synchronize(device)
         log.clocks[0] = clocks()
@@ -377,6 +377,7 @@ def engine_run(
             seed=SEED,
             device=device.type,
             callbacks=[lambda record: log.record(int(record["step"]), device)],
+            gradient_checkpointing=args.gradient_checkpointing,
         )
         result = summarise(
             f"noisypref {method_name}",
@@ -621,7 +622,13 @@ def main() -> None:
         action="store_true",
         help="for every system (off by default, as in DESIGN §7)",
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds, for CI: the testbed model, 3 steps of 4 pairs, none left out"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.warmup_steps, args.pairs = 3, 0, 4
+        args.models = args.models or ["testbed"]
     if args.pairs is None:
         args.pairs = 32 if args.device == "cpu" else 8
     if not 0 <= args.warmup_steps < args.steps - 1:

@@ -2,6 +2,7 @@
 nothing is lost, computed twice, or half-written.
 
     PYTHONPATH=. python scripts/crash_harness.py --trials 24 --work /tmp/noisypref-crash-harness
+    PYTHONPATH=. python scripts/crash_harness.py --smoke     # one kill trial on a study of 2 runs, no report
 
 A tiny testbed study is first run uninterrupted (the reference). Then each trial starts `noisypref run`
 on a study folder and does one of:
@@ -14,7 +15,8 @@ on a study folder and does one of:
     disk-full        a result.json write fails half-way with ENOSPC; expects exit 2 and the resume advice
     nan              a run's loss turns NaN at step 3; expects failure.json naming the step (retried later)
 
-After each trial: no lock is held, every result.json is complete, and none written earlier changed.
+The last line printed is JSON: the tally (trials, signals, faults, rounds, runs lost, duplicated,
+mismatching, problems) and the wall time. After each trial: no lock is held, every result.json is complete, and none written earlier changed.
 When a study folder is complete (a final uninterrupted resume finishes it), its results.parquet must
 equal the reference's (every metric column, exactly: CPU runs are deterministic per seed), every run
 must be present once, and the journal written around each run must show no run computed twice, at
@@ -58,6 +60,7 @@ SCENARIOS = (
     "nan",
 )
 EXIT_TIMEOUT_S = 120
+NO_REPORT: list[str] = []  # --smoke: ["--no-report"] (the report takes longer than the runs)
 
 STUDY = {
     "name": "crash_harness",
@@ -210,7 +213,16 @@ def main() -> int:
     parser.add_argument(
         "--time-limit", type=float, default=540.0, help="start no trial after this many seconds"
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds, for CI: one kill trial on a study of 2 runs, no report"
+    )
     args = parser.parse_args()
+    study = STUDY
+    if args.smoke:
+        args.trials = 1
+        study = {**STUDY, "methods": [{"name": "dpo"}], "noise": [{"model": "symmetric", "rates": [0, 0.2]}],
+                 "seeds": [0]}  # fmt: skip
+        NO_REPORT.append("--no-report")
 
     from noisypref.benchmark.study import load_study, plan_runs
 
@@ -219,7 +231,7 @@ def main() -> int:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     study_file = args.work / "study.yaml"
-    study_file.write_text(json.dumps(STUDY, indent=2))  # JSON is YAML
+    study_file.write_text(json.dumps(study, indent=2))  # JSON is YAML
     run_ids = [run.run_id for run in plan_runs(load_study(study_file))]
     tally = Tally()
 
@@ -273,6 +285,13 @@ def main() -> int:
     print(f"| results mismatching the uninterrupted study | {tally.mismatching} |")
     print(f"| other problems | {len(tally.problems)} |")
     print(f"wall time {time.monotonic() - started:.0f} s")
+    figures = {
+        "trials": trial, "trials_by_scenario": dict(tally.trials), "signalled_trials": tally.signalled_trials,
+        "kills": tally.kills, "interrupts": tally.interrupts, "faults": tally.faults, "rounds": tally.rounds,
+        "runs_checked": tally.runs_checked, "lost": tally.lost, "duplicated": tally.duplicated,
+        "mismatching": tally.mismatching, "problems": len(tally.problems), "wall_s": time.monotonic() - started,
+    }  # fmt: skip
+    print(json.dumps(figures))
     return 0 if not tally.problems and tally.lost == tally.duplicated == tally.mismatching == 0 else 1
 
 
@@ -296,7 +315,7 @@ def start(
         FAULT_VARIABLE: fault,
     }
     command = [sys.executable, "-m", "noisypref", "run", str(study_file), "--out", str(round_.out)]
-    command += ["--cache-dir", str(round_.cache), "--workers", str(workers)]
+    command += ["--cache-dir", str(round_.cache), "--workers", str(workers), *NO_REPORT]
     log = round_.out.parent / f"trial-{trial}-{time.monotonic_ns()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as log_file:

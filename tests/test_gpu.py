@@ -1,5 +1,6 @@
 """Checks that need a CUDA device (``pytest -m gpu``; scripts/gpu_check.sh runs them): the engine's bf16
-autocast step, packed against padded log-probs, and a whole run with LoRA and a live reference on the GPU.
+autocast step, packed against padded log-probs (SDPA, flex attention, FlashAttention-2 when flash-attn is
+installed), a resumed run with dropout, and a whole run with LoRA and a live reference on the GPU.
 Skipped on a machine without CUDA.
 """
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+import noisypref.benchmark.engine.train as train_module
 from noisypref.benchmark.config.run_config import default_run_config
 from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for, sequence_batch
@@ -89,8 +91,73 @@ def test_flex_attention_on_packed_rows_matches_sdpa_on_padded_rows_with_gradient
         torch.testing.assert_close(flex_gradient, sdpa_gradient, atol=1e-3 * max(scale, 1e-6), rtol=0)
 
 
-def test_a_bf16_autocast_training_step_is_finite_and_updates_float32_weights(tmp_path):
-    testbed = build_testbed(TestbedConfig.from_dict(SMALL_TESTBED), tmp_path)
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="needs the flash-attn package")
+def test_flash_attention_2_on_packed_rows_matches_sdpa_on_padded_rows():
+    """Several packed rows: the engine passes their segments, which transformers infers for one row only."""
+    sdpa = small_qwen2()
+    flash = Qwen2ForCausalLM._from_config(sdpa.config, attn_implementation="flash_attention_2").cuda().eval()
+    flash.load_state_dict(sdpa.state_dict())
+    prompts, responses = random_sequences(48)
+    flash_logps = SequenceLogps(flash)
+    assert flash_logps.supports_packing
+    packed = sequence_batch(prompts, responses, 0, pack=True)
+    assert packed.input_ids.shape[0] > 1
+    with torch.no_grad(), autocast_for(torch.device("cuda")):
+        got = flash_logps(packed.to("cuda"))
+        expected = SequenceLogps(sdpa)(sequence_batch(prompts, responses, 0, pack=False).to("cuda"))
+    # bf16 autocast on both sides; a sequence attending to another one would be off by whole nats
+    torch.testing.assert_close(got, expected, atol=0.02 * expected.abs().max().item(), rtol=0)
+
+
+def test_a_resumed_run_with_dropout_on_cuda_continues_like_the_uninterrupted_one(
+    tmp_path, monkeypatch, engine_cache_dir
+):
+    """The checkpoint keeps the CUDA generator: attention dropout draws the same masks after a resume.
+    The control restores only the CPU generator and ends measurably elsewhere."""
+    testbed = build_testbed(TestbedConfig.from_dict(SMALL_TESTBED), engine_cache_dir)  # built once a session
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_step_4(record: dict) -> None:
+        if record["step"] == 4:
+            raise Interrupted
+
+    def run(name: str, callbacks=()) -> list[torch.Tensor]:
+        policy, tokenizer = load_causal_lm(testbed.reference_model_dir, dtype="float32", device="cuda")
+        for module in policy.modules():
+            if hasattr(module, "attention_dropout"):
+                module.attention_dropout = 0.3
+        pairs = tokenize_pairs(testbed.train_pairs, tokenizer, max_length=32, max_prompt_length=8)
+        reference = reference_logps(
+            policy, pairs, model_identity="gpu-test", cache_dir=None, pad_token_id=tokenizer.pad_token_id
+        )
+        settings = TrainingSettings(steps=6, batch_size=32, max_length=32, max_prompt_length=8, log_every=1,
+                                    learning_rate=1e-3, checkpoint_every=3)  # fmt: skip
+        train(policy, build("dpo"), pairs, settings, reference=reference, pad_token_id=tokenizer.pad_token_id,
+              seed=0, device="cuda", checkpoint_dir=tmp_path / name, callbacks=callbacks)  # fmt: skip
+        return [parameter.detach().clone() for parameter in policy.parameters()]
+
+    def largest_difference(first: list[torch.Tensor], second: list[torch.Tensor]) -> float:
+        return max(float((a - b).abs().max()) for a, b in zip(first, second, strict=True))
+
+    straight = run("straight")
+    with pytest.raises(Interrupted):
+        run("resumed", [stop_at_step_4])
+    resumed = run("resumed")
+    with pytest.raises(Interrupted):
+        run("control", [stop_at_step_4])
+    restore = train_module.restore_rng_states
+    monkeypatch.setattr(
+        train_module, "restore_rng_states", lambda state: restore({"torch_rng": state["torch_rng"]})
+    )
+    control = run("control")
+    assert largest_difference(straight, control) > 1e-6  # other dropout masks after step 3
+    assert largest_difference(straight, resumed) < 0.01 * largest_difference(straight, control)
+
+
+def test_a_bf16_autocast_training_step_is_finite_and_updates_float32_weights(engine_cache_dir):
+    testbed = build_testbed(TestbedConfig.from_dict(SMALL_TESTBED), engine_cache_dir)
     policy, tokenizer = load_causal_lm(testbed.reference_model_dir, dtype="float32", device="cuda")
     pairs = tokenize_pairs(testbed.train_pairs, tokenizer, max_length=32, max_prompt_length=8)
     reference = reference_logps(
@@ -118,7 +185,15 @@ def test_a_bf16_autocast_training_step_is_finite_and_updates_float32_weights(tmp
 
 
 @pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="LoRA needs peft")
-def test_a_run_with_lora_and_a_live_reference_on_cuda_matches_the_cached_reference(tmp_path):
+def test_a_run_with_lora_and_a_live_reference_on_cuda_matches_the_cached_reference(tmp_path, engine_cache_dir):
+    """The live reference (the policy with its adapters off) runs in other batches than the cached one,
+    so under bf16 autocast their log-probs differ by bf16 rounding, about 0.05 nats a sequence: β = 0.1
+    turns that into reward-gap noise of about 0.006. At the learning rate 1e-3 the gaps after 5 steps
+    were that small (median |gap| 0.007), so accuracies moved by 1-2 of 64 pairs; at 1e-2 (median 0.05)
+    they did not move (measured on the CPU with bf16 autocast in the live reference only, float32
+    weights, 3 seeds: held-out accuracy 0.016-0.031 apart at 1e-3 and 0 at 1e-2; train accuracy 0.012
+    and 0.004; AUROC 0.004 and 0.002; final loss 1e-4 and below). Hence float32 weights and adapters
+    (dtype auto would make them bf16, which rounds away small updates) and 1e-2."""
     base = default_run_config()
     sections = dict(
         dataset={**base["dataset"], "testbed": TestbedConfig.from_dict(SMALL_TESTBED).to_dict()},
@@ -128,15 +203,17 @@ def test_a_run_with_lora_and_a_live_reference_on_cuda_matches_the_cached_referen
             "name": "gamma_dpo",
             "hyperparameters": {"beta": 0.1, "gamma0": 1.0, "tau": 1.0},
         },
-        training={**base["training"], "steps": 5, "batch_size": 32, "max_length": 32, "max_prompt_length": 8},
+        training={**base["training"], "steps": 5, "batch_size": 32, "max_length": 32, "max_prompt_length": 8,
+                  "learning_rate": 1e-2},
         evaluation={**base["evaluation"], "gold_reward": False},  # sampling would amplify bf16 noise
-    )
+    )  # fmt: skip
     lora = {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "all-linear"}
+    model = {**base["model"], "lora": lora, "dtype": "float32"}
     results = {
         reference: execute_run(
-            default_run_config(**sections, model={**base["model"], "lora": lora, "reference": reference}),
+            default_run_config(**sections, model={**model, "reference": reference}),
             tmp_path / reference,
-            tmp_path / "cache",
+            engine_cache_dir,
             device="cuda",
         )
         for reference in ("cached", "live")

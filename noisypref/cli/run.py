@@ -162,7 +162,10 @@ def run_run(args: argparse.Namespace) -> int:
     if launched > 1:  # every run spans all the processes of the launch; rank 0 schedules
         control = control_group()
         if distributed.rank() != 0:
-            follow(resolve_executor(executor), control)
+            try:
+                follow(resolve_executor(executor), control)
+            finally:
+                distributed.end_launch()
             return 0
         executor = leader = Leader(resolve_executor(executor), control)
     try:
@@ -183,6 +186,7 @@ def run_run(args: argparse.Namespace) -> int:
     finally:
         if leader is not None:
             leader.finish()
+            distributed.end_launch()
     print(summary.report())
     status = 0 if summary.all_succeeded else 1
     if args.run_id is None and not args.no_report:

@@ -96,6 +96,16 @@ def init_from_environment() -> None:
     )
 
 
+def end_launch() -> None:
+    """Leave the launch's process group (at the end of ``noisypref run`` on every process). Without it
+    the process groups are torn down by the interpreter's exit, in no defined order with NCCL's and
+    gloo's threads: a torchrun test once ended with SIGABRT at exit (issue 28)."""
+    global _patient
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()  # every group, the patient one too
+    _patient = None
+
+
 def patient_group() -> dist.ProcessGroup | None:
     """A gloo group whose waits last up to ``PATIENT_TIMEOUT`` (rank 0 may build caches or evaluate
     for long while the others wait); ``None`` without a launch."""

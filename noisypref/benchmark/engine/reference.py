@@ -31,6 +31,7 @@ from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.logps import (
     SequenceLogps,
     autocast_for,
+    copied_to,
     pair_batch,
     pair_shared_lengths,
     sequence_logps,
@@ -308,7 +309,7 @@ def forward_pairs(
     chosen_length, rejected_length = batch.response_lengths.float().chunk(2)
     if reference is not None:
         reference_fields = reference.pair_fields(pairs, indices, shared_prefix=shared_prefix)
-        fields.update({name: values.to(device) for name, values in reference_fields.items()})
+        fields.update({name: copied_to(values, device) for name, values in reference_fields.items()})
     return PairLogps(
         policy_chosen=policy_chosen,
         policy_rejected=policy_rejected,

@@ -22,10 +22,11 @@ arguments (the method object, callbacks), not subclasses.
   naming the step, the method, which of the two, and the last finite metrics; under ``"skip"`` the
   step's update is dropped, the method's state (batch statistics, margin queue) restored, and the
   step counted in ``TrainingResult.skipped_steps``.
-- Checkpoints (``checkpoint_every``): model, optimizer and the method's state (margin queue, β-DPO
-  statistics), written atomically to ``checkpoint_dir/checkpoint.pt``; ``train`` resumes from it,
-  dropping the metrics lines logged after it (and a torn last line). A checkpoint that does not
-  load is discarded with a warning naming it, and the run starts again from step 0.
+- Checkpoints (``checkpoint_every``): model, optimizer, the method's state (margin queue, β-DPO
+  statistics) and the CPU and CUDA random generators (dropout), written atomically to
+  ``checkpoint_dir/checkpoint.pt``; ``train`` resumes from it, dropping the metrics lines logged after
+  it (and a torn last line). A checkpoint that does not load is discarded with a warning naming it, and
+  the run starts again from step 0.
 - A run whose every step was skipped under ``nan_policy="skip"`` raises ``NothingTrainedError``.
 """
 
@@ -305,13 +306,16 @@ def accumulate_gradients(
     """Forward and backward over the micro-batches of one step (``step_pairs``: all of its pairs,
     across processes); the gradient is the mean over its pairs.
 
-    Returns the method's outputs, or ``None`` as soon as an objective is not finite (on any process).
+    Returns the method's outputs, or ``None`` when an objective was not finite (on any process). The
+    objectives are checked once, after the last backward pass: a check per micro-batch would make the
+    host wait for each forward pass before queuing its backward pass. (So a step that is dropped for a
+    non-finite objective has run all its micro-batches; with dropout, their random draws are spent.)
     Under data parallelism gradients are synchronised on the last micro-batch only; sharded
     gradients are reduced after every micro-batch (their unsharded sum would cost the memory
     sharding saves).
     """
     micro_batches = step_pairs.chunk(config.gradient_accumulation)
-    outputs = []
+    outputs, finite = [], []
     for micro_index, micro_pairs in enumerate(micro_batches):
         is_last = micro_index == len(micro_batches) - 1
         # Micro-batch first, then this process's share: a batch-level method (the γ candidate set,
@@ -329,10 +333,11 @@ def accumulate_gradients(
                 **per_token_terms(method),
             )
             output = method(logps)
-            if not distributed.all_true(bool(torch.isfinite(output.objective.detach())), step_context.device):
-                return None
+            finite.append(torch.isfinite(output.objective.detach()))
             (output.objective / config.gradient_accumulation).backward()
         outputs.append(output)
+    if not distributed.all_true(bool(torch.stack(finite).all()), step_context.device):
+        return None
     return outputs
 
 
@@ -430,7 +435,7 @@ class _StepContext:
                     "model": _policy_state(model_state),
                     "optimizer": optimizer_state,
                     "method": method.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
+                    **rng_states(),
                 },
             )
             logger.info(
@@ -463,7 +468,7 @@ class _StepContext:
         set_model_state_dict(self.model, model_state, options=options)
         set_optimizer_state_dict(self.model, optimizer, state.get("optimizer", {}), options=options)
         method.load_state_dict(small["method"])
-        torch.set_rng_state(small["torch_rng"])
+        restore_rng_states(small)
         return int(small["step"])
 
 
@@ -487,7 +492,7 @@ def save_checkpoint(
             "model": policy.state_dict(),
             "optimizer": optimizer.state_dict(),
             "method": method.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            **rng_states(),
         },
     )
     logger.info("checkpoint of step %d written to %s", step, path)
@@ -503,8 +508,25 @@ def load_checkpoint(
     policy.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     method.load_state_dict(state["method"])
-    torch.set_rng_state(state["torch_rng"])
+    restore_rng_states(state)
     return int(state["step"])
+
+
+def rng_states() -> dict[str, torch.Tensor]:
+    """The random number generators a step draws from (dropout): the CPU's, and the current CUDA
+    device's when CUDA is in use (under several processes, rank 0's, as for the CPU's)."""
+    states = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda_rng"] = torch.cuda.get_rng_state()
+    return states
+
+
+def restore_rng_states(state: dict[str, Any]) -> None:
+    """Set the generators ``rng_states`` saved; a CUDA state is restored when CUDA is here (a checkpoint
+    written on the CPU leaves the CUDA generator as it is, one written on CUDA read on the CPU too)."""
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

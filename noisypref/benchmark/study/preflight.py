@@ -4,8 +4,9 @@
 (a known alias, a local folder, or a hub id that is cached or reachable), whether a local data file
 has what the study asks of it (scores for the noise models that read them, enough pairs for the
 held-out split, at least batch_size training pairs, at least one pair whose responses differ), and
-whether the machine has what a setting needs (flex attention trains on CUDA only; each tracker its
-package). `check_preflight` raises `StudyError` with every such problem (field path, value, what is
+whether the machine has what a setting needs (flex attention trains on CUDA only; FlashAttention-2
+needs CUDA and the flash-attn package, which transformers otherwise reports at each run's model load;
+each tracker its package). `check_preflight` raises `StudyError` with every such problem (field path, value, what is
 allowed) and logs a warning for each metric whose sample is too small to mean much, for each
 known-rate reference whose method would refuse a realised flip rate near a rate of the study (those
 runs will fail), and for each setting that is allowed but rarely meant (flip rates above 0.5, a
@@ -14,6 +15,7 @@ checkpoint interval longer than the run); `noisypref validate` and `noisypref ru
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -77,6 +79,24 @@ def preflight_problems(
                     "no CUDA device here",
                 )
             )
+        if model.attn_implementation == "flash_attention_2":
+            missing = [
+                what
+                for what, present in (
+                    ("the flash-attn package (pip install flash-attn)", _flash_attn_installed()),
+                    ("a CUDA device", _cuda_available()),
+                )
+                if not present
+            ]
+            if missing:
+                problems.append(
+                    (
+                        f"{path}.attn_implementation",
+                        model.attn_implementation,
+                        f"'sdpa' or 'eager' on this machine: flash_attention_2 needs {' and '.join(missing)}, "
+                        "which this machine lacks",
+                    )
+                )
         reason = model_unavailable_reason(model.name)
         if reason is not None:
             problems.append((f"{path}.name", model.name, reason))
@@ -135,6 +155,10 @@ def model_unavailable_reason(name: str) -> str | None:
             f"({type(error).__name__}: {error}); download it where the hub is reachable, or give a local folder"
         )
     return None
+
+
+def _flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
 
 
 def _cuda_available() -> bool:
