@@ -45,6 +45,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pandas as pd
 import transformers
 import yaml
 
@@ -132,9 +133,19 @@ def measure(configs: list[tuple[str, float, int, dict[str, Any]]], cache_dir: Pa
     with tempfile.TemporaryDirectory() as scratch:
         for index, (method, rate, seed, config) in enumerate(configs):
             started = time.process_time()
-            result = execute_run(config, Path(scratch) / f"run-{index}", cache_dir, device="cpu")
+            run_dir = Path(scratch) / f"run-{index}"
+            result = execute_run(config, run_dir, cache_dir, device="cpu")
             cpu_seconds = time.process_time() - started
-            rows.append({"method": method, "rate": rate, "seed": seed, "cpu_seconds": cpu_seconds, **result["metrics"]})
+            rows.append(
+                {
+                    "method": method,
+                    "rate": rate,
+                    "seed": seed,
+                    "cpu_seconds": cpu_seconds,
+                    **result["metrics"],
+                    **gap_statistics(pd.read_parquet(run_dir / "pairs.parquet")),
+                }
+            )
             print(
                 f"  {method:<14} rate {rate:.2f} seed {seed}: held-out accuracy {result['metrics']['heldout_accuracy']:.3f}"
                 f", {cpu_seconds:.1f} CPU-s",
@@ -142,6 +153,18 @@ def measure(configs: list[tuple[str, float, int, dict[str, Any]]], cache_dir: Pa
                 flush=True,
             )
     return rows, build_seconds
+
+
+def gap_statistics(pairs: pd.DataFrame) -> dict[str, float]:
+    """Spread of the final reward gaps of the training pairs (pairs.parquet) and, for γ methods, how far γ
+    is a straight line in the gap: its slope and correlation (docs/methods.md, small-gap analysis)."""
+    gaps = pairs["reward_gap"].to_numpy()
+    statistics = {"reward_gap_sd": float(gaps.std())}
+    if "gamma" in pairs:
+        gamma = pairs["gamma"].to_numpy()
+        statistics["gamma_gap_slope"] = float(np.polyfit(gaps, gamma, 1)[0])
+        statistics["gamma_gap_correlation"] = float(np.corrcoef(gaps, gamma)[0, 1])
+    return statistics
 
 
 def summarise(rows: list[dict], methods: list[str], rates: list[float]) -> dict[str, Any]:
@@ -172,6 +195,7 @@ def summarise(rows: list[dict], methods: list[str], rates: list[float]) -> dict[
             "oracle_heldout_accuracy": stats(oracle),
             "headroom": stats({seed: oracle[seed] - dpo[seed] for seed in dpo if seed in oracle}),
             "dpo_gold_win_rate": stats(values(BASELINE, rate, "gold_win_rate")),
+            "dpo_reward_gap_sd": stats(values(BASELINE, rate, "reward_gap_sd")),
             "oracle_gold_win_rate": stats(
                 values(ORACLE if rate > 0 else BASELINE, rate, "gold_win_rate")
             ),
@@ -179,7 +203,15 @@ def summarise(rows: list[dict], methods: list[str], rates: list[float]) -> dict[
         for method in methods:
             if method == BASELINE:
                 continue
-            for metric in ("heldout_accuracy", "gold_win_rate", "noise_detection_auroc", "noise_detection_auroc_gamma"):
+            for metric in (
+                "heldout_accuracy",
+                "gold_win_rate",
+                "noise_detection_auroc",
+                "noise_detection_auroc_gamma",
+                "reward_gap_sd",
+                "gamma_gap_slope",
+                "gamma_gap_correlation",
+            ):
                 found = stats(values(method, rate, metric))
                 if found is not None:
                     entry[f"{method}_{metric}"] = found
@@ -205,21 +237,34 @@ def print_table(summary: dict[str, Any], methods: list[str]) -> None:
         ("headroom", "headroom"),
         ("win dpo", "dpo_gold_win_rate"),
         ("win oracle", "oracle_gold_win_rate"),
+        ("gap sd dpo", "dpo_reward_gap_sd"),
     ]
-    for method in methods:
-        if method != BASELINE:
-            columns += [(f"acc {method}", f"{method}_heldout_accuracy"), (f"auroc {method}", f"{method}_noise_detection_auroc")]
-            if any(f"{method}_noise_detection_auroc_gamma" in entry for entry in summary["per_rate"].values()):
-                columns.append((f"auroc γ {method}", f"{method}_noise_detection_auroc_gamma"))
-    width = max(16, *(len(title) + 2 for title, _ in columns))
     print("mean (seed-to-seed sd) over seeds")
-    print(f"{'rate':<6}" + "".join(f"{title:>{width}}" for title, _ in columns))
-    for rate, entry in summary["per_rate"].items():
-        print(f"{rate:<6}" + "".join(f"{show(entry.get(key)):>{width}}" for _, key in columns))
+    print_columns(summary, columns, show)
+    for method in methods:
+        if method == BASELINE:
+            continue
+        names = ("heldout_accuracy", "gold_win_rate", "noise_detection_auroc", "noise_detection_auroc_gamma",
+                 "reward_gap_sd", "gamma_gap_slope", "gamma_gap_correlation")  # fmt: skip
+        titles = ("acc", "win", "auroc", "auroc γ", "gap sd", "γ slope", "γ corr")
+        present = [
+            (title, f"{method}_{name}")
+            for title, name in zip(titles, names, strict=True)
+            if any(f"{method}_{name}" in entry for entry in summary["per_rate"].values())
+        ]
+        print(method)
+        print_columns(summary, present, show)
     print(
         "CPU-s per run: "
         + ", ".join(f"{method} {seconds:.2f}" for method, seconds in summary["cpu_seconds_per_run"].items())
     )
+
+
+def print_columns(summary: dict[str, Any], columns: list[tuple[str, str]], show: Any) -> None:
+    width = max(16, *(len(title) + 2 for title, _ in columns))
+    print(f"{'rate':<6}" + "".join(f"{title:>{width}}" for title, _ in columns))
+    for rate, entry in summary["per_rate"].items():
+        print(f"{rate:<6}" + "".join(f"{show(entry.get(key)):>{width}}" for _, key in columns))
 
 
 def main(argv: list[str] | None = None) -> None:
