@@ -73,8 +73,19 @@ def parse_settings(assignments: list[str]) -> dict[str, dict[str, Any]]:
         section, dot, field = name.partition(".")
         if not separator or not dot or not section or not field:
             sys.exit(f"--set {assignment!r}: expected SECTION.FIELD=VALUE, e.g. testbed.bt_temperature=0.05")
-        settings.setdefault(section, {})[field] = yaml.safe_load(value)
+        settings.setdefault(section, {})[field] = setting_value(value)
     return settings
+
+
+def setting_value(text: str) -> Any:
+    """The value of ``--set``, read as YAML, where 3e-3 is a number (YAML 1.1 reads it as text)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def probe_study(

@@ -168,8 +168,8 @@ def test_the_packaged_default_study_is_configs_default_yaml():
 def test_the_default_study_is_the_design_default():
     study = load_study(default_study_path())
     runs = plan_runs(study)
-    # testbed x symmetric at 5 rates x 7 methods x 6 seeds
-    assert len(runs) == 1 * 5 * 7 * 6
+    # testbed x symmetric at 3 rates x 7 methods x 6 seeds (issue 22's regime: docs/testbed.md)
+    assert len(runs) == 1 * 3 * 7 * 6
     assert {run.method for run in runs} == {
         "dpo",
         "cdpo",
@@ -179,7 +179,7 @@ def test_the_default_study_is_the_design_default():
         "gamma_dpo",
         "gamma_simpo",
     }
-    assert sorted({run.noise_rate for run in runs}) == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert sorted({run.noise_rate for run in runs}) == [0.0, 0.2, 0.4]
     assert {run.seed for run in runs} == set(range(6))
     assert {run.config["dataset"]["kind"] for run in runs} == {"testbed"}
     assert {run.config["model"]["name"] for run in runs} == {"testbed"}
