@@ -65,6 +65,12 @@ SMOKE_SETTINGS = {  # a testbed and training small enough for seconds: checks th
 }
 
 
+def usage_error(message: str) -> None:
+    """A mistake in the command line: say so and exit 2, having run nothing."""
+    print(f"regime_probe.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse_settings(assignments: list[str]) -> dict[str, dict[str, Any]]:
     """``SECTION.FIELD=VALUE`` strings -> {section: {field: value}}; exits 2 on a malformed one."""
     settings: dict[str, dict[str, Any]] = {}
@@ -72,7 +78,7 @@ def parse_settings(assignments: list[str]) -> dict[str, dict[str, Any]]:
         name, separator, value = assignment.partition("=")
         section, dot, field = name.partition(".")
         if not separator or not dot or not section or not field:
-            sys.exit(f"--set {assignment!r}: expected SECTION.FIELD=VALUE, e.g. testbed.bt_temperature=0.05")
+            usage_error(f"--set {assignment!r}: expected SECTION.FIELD=VALUE, e.g. testbed.bt_temperature=0.05")
         settings.setdefault(section, {})[field] = setting_value(value)
     return settings
 
@@ -103,15 +109,20 @@ def probe_study(
     datasets = raw.get("datasets", [{"kind": "testbed"}])
     testbeds = [dataset for dataset in datasets if dataset.get("kind", "testbed") == "testbed"]
     if len(testbeds) != 1:
-        sys.exit(f"the study has {len(testbeds)} testbed datasets; the probe needs exactly one")
+        usage_error(f"the study has {len(testbeds)} testbed datasets; the probe needs exactly one")
     testbeds[0]["testbed"] = {**testbeds[0].get("testbed", {}), **settings.get("testbed", {})}
     raw["datasets"] = testbeds
     labels = {entry.get("label", entry["name"]) for entry in raw["methods"]}
-    unknown = set(methods) - labels | (set(settings) - set(SETTING_SECTIONS) - labels)
-    if unknown:
-        sys.exit(f"methods {sorted(unknown)} are not in the study; it has {sorted(labels)}")
+    if set(methods) - labels:
+        usage_error(f"--methods {sorted(set(methods) - labels)} are not in the study; it has {sorted(labels)}")
+    unknown_sections = set(settings) - set(SETTING_SECTIONS) - labels
+    if unknown_sections:
+        usage_error(
+            f"--set sections {sorted(unknown_sections)}: a section is one of {', '.join(SETTING_SECTIONS)} "
+            f"or a method label of the study ({', '.join(sorted(labels))})"
+        )
     if BASELINE not in methods:
-        sys.exit(f"--methods must include {BASELINE!r}: the oracle and the headroom are measured against it")
+        usage_error(f"--methods must include {BASELINE!r}: the oracle and the headroom are measured against it")
     raw["methods"] = [entry for entry in raw["methods"] if entry.get("label", entry["name"]) in methods]
     for entry in raw["methods"]:
         overrides = settings.get(entry.get("label", entry["name"]), {})
