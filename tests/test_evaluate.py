@@ -20,6 +20,7 @@ from noisypref.benchmark.evaluation.alpaca_eval import NothingToFit, length_cont
 from noisypref.benchmark.evaluation.metrics import (
     auroc,
     average_ranks,
+    gold_label_metrics,
     kl_estimate,
     method_outputs,
     noise_detection,
@@ -71,6 +72,32 @@ def test_noise_detection_flags_low_gaps_and_low_gammas() -> None:
         3 / 6
     )  # γ 0.1 beats 3 clean, 3.0 beats none
     assert noise_detection(outputs, np.zeros(5, dtype=bool)) == {}
+
+
+def test_gold_label_metrics_by_hand() -> None:
+    # Noisy gold gaps: pairs 0 and 2 were flipped (their gaps turned negative, pair 2 only just).
+    gold_gap = np.array([-1.0, 0.5, -0.1, 2.0, -0.2, 0.0])
+    is_flipped = np.array([True, False, True, False, False, False])
+    metrics = gold_label_metrics(gold_gap, is_flipped)
+    assert metrics["label_gold_agreement"] == pytest.approx(2.5 / 6)  # 0.5 and 2.0 agree, the tie counts ½
+    # Brute force over the 2 x 4 (flipped, clean) pairs: score −gap, flipped pairs 1.0 and 0.1 against clean
+    # −0.5, −2.0, 0.2, −0.0: 1.0 beats all 4, 0.1 beats 3 (not 0.2) -> 7 / 8.
+    assert metrics["noise_detection_auroc_gold"] == pytest.approx(7 / 8)
+    assert gold_label_metrics(gold_gap, np.zeros(6, dtype=bool)) == {"label_gold_agreement": pytest.approx(2.5 / 6)}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gold_detection_auroc_equals_a_brute_force_pair_count(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    is_flipped = rng.random(60) < 0.3
+    gold_gap = np.round(rng.normal(size=60), 1) * np.where(is_flipped, -1, 1) + 0.3  # rounded: ties
+    flipped_scores, clean_scores = -gold_gap[is_flipped], -gold_gap[~is_flipped]
+    wins = sum(1.0 if f > c else 0.5 if f == c else 0.0 for f in flipped_scores for c in clean_scores)
+    metrics = gold_label_metrics(gold_gap, is_flipped)
+    assert metrics["noise_detection_auroc_gold"] == pytest.approx(wins / (len(flipped_scores) * len(clean_scores)))
+    assert metrics["label_gold_agreement"] == pytest.approx(
+        (sum(gap > 0 for gap in gold_gap) + 0.5 * sum(gap == 0 for gap in gold_gap)) / 60
+    )
 
 
 def test_preference_accuracy_and_win_rate_count_ties_half() -> None:

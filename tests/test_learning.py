@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from noisypref.benchmark.config.run_config import default_run_config, run_id
@@ -23,6 +24,7 @@ EVALUATION_METRICS = {
     "final_loss",
     "train_accuracy",
     "realised_flip_rate",
+    "label_gold_agreement",
 }
 
 
@@ -53,6 +55,32 @@ def test_flips_hurt_dpo(dpo_runs) -> None:
     assert noisy["gold_win_rate"] < clean["gold_win_rate"]
     # The final reward gap flags flipped training pairs better than chance.
     assert noisy["noise_detection_auroc"] > 0.53  # seeds 0-2: 0.556-0.562
+    assert "noise_detection_auroc_gold" not in clean  # nothing flipped: no AUROC
+
+
+def test_premise_metrics_recomputed_from_the_testbed_pairs_and_flips_csv(dpo_runs, default_testbed) -> None:
+    """label_gold_agreement and noise_detection_auroc_gold by hand: the testbed's gold rewards of each
+    pair, flipped where flips.csv says so, and a brute-force count over (flipped, clean) pairs."""
+    clean = default_testbed.train_pairs
+    for rate, (result, run_dir, _) in dpo_runs.items():
+        with open(run_dir / "flips.csv") as file:
+            flipped = {row["pair_id"]: row["is_flipped"] == "True" for row in csv.DictReader(file)}
+        noisy_gaps, flags = [], []
+        for row in clean:
+            gap = row["score_chosen"] - row["score_rejected"]
+            noisy_gaps.append(-gap if flipped[row["pair_id"]] else gap)
+            flags.append(flipped[row["pair_id"]])
+        metrics = result["metrics"]
+        assert metrics["label_gold_agreement"] == pytest.approx(sum(gap > 0 for gap in noisy_gaps) / len(noisy_gaps))
+        if rate == 0:
+            # The testbed's Bradley-Terry labels at temperature 0.5 (docs/testbed.md: 74.6 % agree).
+            assert metrics["label_gold_agreement"] == pytest.approx(0.746, abs=0.005)
+            continue
+        flipped_gaps = np.sort([gap for gap, flag in zip(noisy_gaps, flags) if flag])
+        clean_gaps = np.array([gap for gap, flag in zip(noisy_gaps, flags) if not flag])
+        # score −gap: a flipped pair wins against each clean pair with a larger gap (no ties in the testbed)
+        wins = sum(int((clean_gaps > gap).sum()) for gap in flipped_gaps)
+        assert metrics["noise_detection_auroc_gold"] == pytest.approx(wins / (len(flipped_gaps) * len(clean_gaps)))
 
 
 def test_result_files_hold_every_metric_config_and_versions(dpo_runs) -> None:

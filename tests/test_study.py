@@ -174,8 +174,8 @@ def test_the_packaged_default_study_is_configs_default_yaml():
 def test_the_default_study_is_the_design_default():
     study = load_study(default_study_path())
     runs = plan_runs(study)
-    # testbed x symmetric at 5 rates x 7 methods x 6 seeds
-    assert len(runs) == 1 * 5 * 7 * 6
+    # testbed x symmetric at 3 rates x 7 methods x 6 seeds (issue 22's regime: docs/testbed.md)
+    assert len(runs) == 1 * 3 * 7 * 6
     assert {run.method for run in runs} == {
         "dpo",
         "cdpo",
@@ -185,10 +185,34 @@ def test_the_default_study_is_the_design_default():
         "gamma_dpo",
         "gamma_simpo",
     }
-    assert sorted({run.noise_rate for run in runs}) == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert sorted({run.noise_rate for run in runs}) == [0.0, 0.2, 0.4]
     assert {run.seed for run in runs} == set(range(6))
     assert {run.config["dataset"]["kind"] for run in runs} == {"testbed"}
     assert {run.config["model"]["name"] for run in runs} == {"testbed"}
+
+
+def test_small_gap_regime_is_the_old_default_with_robust_dpo_at_half_c_beside_each_gamma_dpo():
+    """configs/small_gap_regime.yaml: today's regime before issue 22 (TestbedConfig's label temperature 0.5,
+    32 steps x 64 pairs at lr 2e-3, beta 0.1), and for each gamma_dpo an rDPO at eps = c/2, with
+    c = gamma0^2 s'(gamma0) / (gamma0^2 s'(gamma0) + tau) written out here (docs/methods.md)."""
+    study = load_study(REPO / "configs" / "small_gap_regime.yaml")
+    runs = plan_runs(study)
+    config = runs[0].config
+    assert "bt_temperature" not in yaml.safe_load((REPO / "configs" / "small_gap_regime.yaml").read_text())["datasets"][0]["testbed"]
+    assert config["dataset"]["testbed"]["bt_temperature"] == 0.5
+    assert config["dataset"]["testbed"]["num_train_pairs"] == 2048
+    assert (config["training"]["steps"], config["training"]["batch_size"], config["training"]["learning_rate"]) == (32, 64, 2e-3)
+    assert sorted({run.noise_rate for run in runs}) == [0.0, 0.1, 0.2, 0.3, 0.4] and {run.seed for run in runs} == set(range(6))
+    variants = study.method_variants()
+    gammas = [variant.hyperparameters for variant in variants if variant.name == "gamma_dpo"]
+    epsilons = [variant.hyperparameters["label_smoothing"] for variant in variants if variant.name == "robust_dpo"]
+    assert len(gammas) == 2
+    for hyperparameters in gammas:
+        assert hyperparameters["beta"] == 0.1
+        gamma0, tau = hyperparameters["gamma0"], hyperparameters["tau"]
+        slope = gamma0**2 * math.exp(-gamma0) / (1 + math.exp(-gamma0)) ** 2
+        half_c = slope / (slope + tau) / 2
+        assert min(abs(epsilon - half_c) for epsilon in epsilons) < 5e-4  # written to 3-4 decimals
 
 
 def test_noise_models_study_covers_the_five_models_at_two_rates_for_dpo_and_gamma_dpo():

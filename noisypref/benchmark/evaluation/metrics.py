@@ -41,6 +41,14 @@ declare("noise_detection_auroc", "noise detection AUROC (reward gap)", "higher",
         description="AUROC of −reward gap for telling flipped from clean training pairs")
 declare("noise_detection_auroc_gamma", "noise detection AUROC (γ)", "higher", bounds=(0.0, 1.0),
         description="AUROC of −γ for telling flipped from clean training pairs (γ methods)")
+declare("label_gold_agreement", "training labels agreeing with the gold order", "none", bounds=(0.0, 1.0),
+        diagnostic=True,
+        description="share of the run's training pairs, as labelled after noise, whose chosen response has the "
+        "higher gold reward (ties ½; testbed only): a property of the data, the same for every method")
+declare("noise_detection_auroc_gold", "noise detection AUROC (gold reward gap)", "none", bounds=(0.0, 1.0),
+        diagnostic=True,
+        description="AUROC of −(gold reward of chosen − rejected, as labelled after noise) for telling flipped "
+        "from clean training pairs (testbed only): what a model that knew the gold reward would reach")
 declare("gold_reward_mean", "mean gold reward", "higher",
         description="mean gold reward of responses sampled from the policy")
 declare("gold_reward_reference_mean", "mean gold reward of the reference policy", "none", diagnostic=True, comparable=False,
@@ -162,6 +170,21 @@ def noise_detection(outputs: Mapping[str, np.ndarray], is_flipped: np.ndarray) -
     metrics = {"noise_detection_auroc": auroc(-outputs["reward_gap"], is_flipped)}
     if "gamma" in outputs:
         metrics["noise_detection_auroc_gamma"] = auroc(-outputs["gamma"], is_flipped)
+    return metrics
+
+
+def gold_label_metrics(gold_reward_gap: np.ndarray, is_flipped: np.ndarray) -> dict[str, float]:
+    """How the training labels relate to the gold reward (the premise check of issue 22).
+
+    ``gold_reward_gap``: gold reward of chosen − rejected per training pair, as labelled after noise;
+    ``is_flipped``: which of them the noise flipped. ``label_gold_agreement`` is the share of positive
+    gaps (ties ½); ``noise_detection_auroc_gold`` the AUROC of −gap for flagging the flipped pairs,
+    left out when the pairs are all flipped or all clean."""
+    gold_reward_gap = np.asarray(gold_reward_gap, dtype=np.float64)
+    is_flipped = np.asarray(is_flipped, dtype=bool)
+    metrics = {"label_gold_agreement": preference_accuracy(gold_reward_gap, np.zeros_like(gold_reward_gap))}
+    if is_flipped.any() and not is_flipped.all():
+        metrics["noise_detection_auroc_gold"] = auroc(-gold_reward_gap, is_flipped)
     return metrics
 
 

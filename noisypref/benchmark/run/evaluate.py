@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pandas as pd
 import torch
@@ -22,6 +23,7 @@ from noisypref.benchmark.engine.models import load_causal_lm
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.evaluation.cleaning_metrics import cleaning_quality, training_flips
 from noisypref.benchmark.evaluation.metrics import (
+    gold_label_metrics,
     gold_reward_metrics,
     method_outputs,
     noise_detection,
@@ -101,6 +103,9 @@ def evaluate_run(
         )  # fmt: skip
     train_outputs = {name: values[informative] for name, values in train_outputs.items()}
     metrics["train_accuracy"] = float(np.mean(train_outputs["reward_gap"] > 0))
+    # which trained pairs are mislabelled (after cleaning), aligned to the training tokens by pair id
+    flipped = dict(zip(trained_flips.table["pair_id"], trained_flips.table["is_flipped"].astype(bool), strict=True))
+    is_flipped = np.array([flipped[pair_id] for pair_id in run.train_tokens.pair_ids], dtype=bool)[informative]
     if config.evaluation.noise_detection and config.method.reference == CLEAN_ONLY:
         if missing is not None:
             reason = "a clean_only reference trains on no flipped pair: there is nothing to detect among its pairs"
@@ -108,9 +113,11 @@ def evaluate_run(
             if "gamma" in train_outputs:
                 missing["noise_detection_auroc_gamma"] = reason
     elif config.evaluation.noise_detection:
-        flipped = dict(zip(trained_flips.table["pair_id"], trained_flips.table["is_flipped"].astype(bool), strict=True))
-        is_flipped = np.array([flipped[pair_id] for pair_id in run.train_tokens.pair_ids], dtype=bool)
-        metrics.update(noise_detection(train_outputs, is_flipped[informative]))
+        metrics.update(noise_detection(train_outputs, is_flipped))
+    testbed = run.data.testbed
+    if testbed is not None:  # the testbed's scores are its gold reward
+        gold_gap = noisy_gold_reward_gaps(run.data.train_pairs, trained_flips, run.train_tokens.pair_ids)
+        metrics.update(gold_label_metrics(gold_gap[informative], is_flipped))
     if config.evaluation.heldout_accuracy and informative_heldout.any():
         pairs = len(run.heldout_tokens)
         with phase(f"evaluation of {pairs} held-out pairs", pairs, "pair") as progress:
@@ -128,7 +135,6 @@ def evaluate_run(
         metrics["heldout_accuracy"] = preference_accuracy(chosen, rejected)
         pair_ids = [pair_id for pair_id, keep in zip(run.heldout_tokens.pair_ids, informative_heldout, strict=True) if keep]
         items["heldout_accuracy"] = (pair_ids, (chosen > rejected) + 0.5 * (chosen == rejected))
-    testbed = run.data.testbed
     if config.evaluation.gold_reward and testbed is not None:
         prompts = testbed.eval_prompts[: config.evaluation.num_eval_prompts]
         if len(prompts) < config.evaluation.num_eval_prompts:
@@ -203,6 +209,23 @@ def cached_reference_samples(
             del _reference_samples[next(iter(_reference_samples))]
         _reference_samples[key] = responses
     return list(_reference_samples[key])
+
+
+def noisy_gold_reward_gaps(clean_pairs: datasets.Dataset, flips: FlipRecord, pair_ids: list[str]) -> np.ndarray:
+    """Gold reward of chosen − rejected of the training pairs ``pair_ids``, as labelled after noise.
+
+    ``clean_pairs`` are the pairs before injection, with the gold reward as ``score_chosen`` /
+    ``score_rejected`` (the testbed's); a flipped pair's gap changes sign."""
+    clean_gap = dict(
+        zip(
+            clean_pairs["pair_id"],
+            np.asarray(clean_pairs["score_chosen"], dtype=np.float64)
+            - np.asarray(clean_pairs["score_rejected"], dtype=np.float64),
+            strict=True,
+        )
+    )
+    flipped = dict(zip(flips.table["pair_id"], flips.table["is_flipped"].astype(bool), strict=True))
+    return np.array([-clean_gap[pair_id] if flipped[pair_id] else clean_gap[pair_id] for pair_id in pair_ids])
 
 
 def informative_pairs(pairs: TokenizedPairs) -> np.ndarray:
