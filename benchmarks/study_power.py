@@ -6,8 +6,9 @@ folder (``--results runs/default``). For the main metric (held-out accuracy) and
 dpo at each rate it prints the mean paired difference over seeds, the seed-to-seed standard deviation
 of the paired differences ``sd``, and the smallest true difference that the report's paired t-test
 detects with 80 % power at α = 0.05 (two-sided), for the default's number of seeds and for 2 seeds
-(the default before issue 14), both with this ``sd``; and the same at α = 0.05 / 30, the Bonferroni
-bound of the report's Holm family (6 methods x 5 rates of one metric). Power of the paired t-test
+(the default before issue 14), both with this ``sd``; and the same at α = 0.05 / m, the Bonferroni
+bound of the report's Holm family of one metric in one condition: m = competitors other than the
+baseline x rates of the default study (6 x 3 = 18). Power of the paired t-test
 with n seeds at difference δ: P(|T| > t_{1-α/2, n-1}) for T noncentral t with n − 1 degrees of freedom
 and noncentrality δ·√n / sd.
 
@@ -41,7 +42,6 @@ METRIC = "heldout_accuracy"
 BASELINE = "dpo"
 ALPHA = 0.05
 POWER = 0.8
-HOLM_FAMILY = 30  # tests of one metric in one condition: 6 methods x 5 rates
 # --smoke: runs of seconds (a small testbed with the default's words and topics, 2 steps, 8 prompts)
 SMOKE_SEEDS = (0, 1)
 SMOKE_SETTINGS = {
@@ -116,7 +116,18 @@ def read_results(folder: Path) -> pd.DataFrame:
     return frame[frame["status"] == "succeeded"][["method_label", "target_flip_rate", "seed", METRIC]]
 
 
-def power_table(results: pd.DataFrame, default_seeds: int) -> pd.DataFrame:
+def holm_family(study) -> int:
+    """Tests of one metric in one condition of ``study``'s headline table: each competitor but the baseline
+    at each rate."""
+    competitors = [variant for variant in study.method_variants() if variant.reference_kind == "none"]
+    rates = {rate for noise in study.noise for rate in noise.rates}
+    return (len(competitors) - 1) * len(rates)
+
+
+def power_table(results: pd.DataFrame, default_seeds: int, family: int | None = None) -> pd.DataFrame:
+    """One row per method and rate; ``family``: the Holm family for the Bonferroni columns (default: the
+    default study's, `holm_family`)."""
+    family = family if family is not None else holm_family(load_study(default_study_path()))
     values = results.pivot_table(index=["target_flip_rate", "seed"], columns="method_label", values=METRIC)
     rows = []
     for rate, per_seed in values.groupby(level="target_flip_rate"):
@@ -135,9 +146,9 @@ def power_table(results: pd.DataFrame, default_seeds: int) -> pd.DataFrame:
                     f"mdd_{default_seeds}_seeds": minimum_detectable_difference(sd, default_seeds),
                     "mdd_2_seeds": minimum_detectable_difference(sd, 2),
                     f"mdd_{default_seeds}_seeds_bonferroni": minimum_detectable_difference(
-                        sd, default_seeds, ALPHA / HOLM_FAMILY
+                        sd, default_seeds, ALPHA / family
                     ),
-                    "mdd_2_seeds_bonferroni": minimum_detectable_difference(sd, 2, ALPHA / HOLM_FAMILY),
+                    "mdd_2_seeds_bonferroni": minimum_detectable_difference(sd, 2, ALPHA / family),
                 }
             )
     return pd.DataFrame(rows)
@@ -160,7 +171,8 @@ def main() -> None:
     if args.smoke:
         args.methods, args.rates = "dpo,gamma_dpo", "0.4"
 
-    default_seeds = len(load_study(default_study_path()).seeds)
+    default_study = load_study(default_study_path())
+    default_seeds, family = len(default_study.seeds), holm_family(default_study)
     started_wall, started_cpu = time.perf_counter(), time.process_time()
     if args.results is not None:
         results = read_results(args.results)
@@ -172,16 +184,16 @@ def main() -> None:
         with contextlib.ExitStack() as scratch:
             cache_dir = Path(scratch.enter_context(tempfile.TemporaryDirectory())) if args.smoke else args.cache_dir
             results = run_subset(methods, rates, cache_dir, smoke=args.smoke)
-    table = power_table(results, default_seeds)
+    table = power_table(results, default_seeds, family)
     load = os.getloadavg()
 
     print(
         f"\n{METRIC}: paired differences against {BASELINE} over seeds; smallest difference detectable with "
-        f"{POWER:.0%} power by the paired t-test at alpha {ALPHA} (and {ALPHA}/{HOLM_FAMILY}, Bonferroni)"
+        f"{POWER:.0%} power by the paired t-test at alpha {ALPHA} (and {ALPHA}/{family}, Bonferroni)"
     )
     header = (
         f"{'rate':>5} {'method':<12} {'seeds':>5} {'mean diff':>10} {'sd diff':>8} "
-        f"{f'MDD {default_seeds} seeds':>12} {'MDD 2 seeds':>12} {f'MDD {default_seeds}, /30':>12} {'MDD 2, /30':>11}"
+        f"{f'MDD {default_seeds} seeds':>12} {'MDD 2 seeds':>12} {f'MDD {default_seeds}, /{family}':>12} {f'MDD 2, /{family}':>11}"
     )
     print(header)
     for row in table.itertuples(index=False):

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 from test_reports import write_study
 
 from noisypref.reports import write_report
@@ -74,6 +75,14 @@ def test_recovered_share_is_the_seed_paired_ratio_and_undefined_without_a_headro
     recovery, headroom, established = recovered_share(method, baseline, oracle)
     assert established and headroom == pytest.approx(np.mean([0.15, 0.14, 0.16, 0.16]))
     assert recovery.share == pytest.approx(np.mean([0.10, 0.07, 0.08, 0.10]) / headroom)
+    # Fieller's interval by brute force: the shares ρ whose paired t-test of (M − B) − ρ·(O − B) keeps 0
+    numerator, denominator = (method - baseline).to_numpy(), (oracle - baseline).to_numpy()
+    quantile = stats.t.ppf(0.975, len(SEEDS) - 1)
+    kept = [rho for rho in np.linspace(-1, 2, 30001)
+            if abs((numerator - rho * denominator).mean())
+            <= quantile * (numerator - rho * denominator).std(ddof=1) / np.sqrt(len(SEEDS))]  # fmt: skip
+    assert recovery.share_low == pytest.approx(min(kept), abs=2e-4)
+    assert recovery.share_high == pytest.approx(max(kept), abs=2e-4)
     flat = pd.Series([0.61, 0.60, 0.59, 0.62], index=SEEDS)  # an oracle no better than the baseline
     recovery, _, established = recovered_share(method, baseline, flat)
     assert not established and recovery.share is None

@@ -174,9 +174,13 @@ def test_the_packaged_default_study_is_configs_default_yaml():
 def test_the_default_study_is_the_design_default():
     study = load_study(default_study_path())
     runs = plan_runs(study)
-    # testbed x symmetric at 3 rates x 7 methods x 6 seeds (issue 22's regime: docs/testbed.md)
-    assert len(runs) == 1 * 3 * 7 * 6
-    assert {run.method for run in runs} == {
+    assert len(study.seeds) >= 6  # issue 22: at least six seeds
+    competitors = [run for run in runs if not run.is_reference]
+    references = [run for run in runs if run.is_reference]
+    # testbed x symmetric at 3 rates x 7 methods x 6 seeds (issue 22's regime: docs/testbed.md), plus the
+    # three references at the 2 rates above 0
+    assert len(competitors) == 1 * 3 * 7 * 6 and len(references) == 1 * 2 * 3 * 6
+    assert {run.method for run in competitors} == {
         "dpo",
         "cdpo",
         "robust_dpo",
@@ -185,7 +189,18 @@ def test_the_default_study_is_the_design_default():
         "gamma_dpo",
         "gamma_simpo",
     }
+    assert {(run.method, run.reference) for run in references} == {
+        ("clean_only", "clean_only"),
+        ("cdpo_known_rate", "known_rate"),
+        ("robust_dpo_known_rate", "known_rate"),
+    }
+    # with and without dynamic margins, each against its own base at the same beta
+    assert {(run.method, run.base_label) for run in competitors if run.base_label} == {
+        ("gamma_dpo", "dpo"),
+        ("gamma_simpo", "simpo"),
+    }
     assert sorted({run.noise_rate for run in runs}) == [0.0, 0.2, 0.4]
+    assert sorted({run.noise_rate for run in references}) == [0.2, 0.4]
     assert {run.seed for run in runs} == set(range(6))
     assert {run.config["dataset"]["kind"] for run in runs} == {"testbed"}
     assert {run.config["model"]["name"] for run in runs} == {"testbed"}

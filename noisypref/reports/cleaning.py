@@ -10,18 +10,19 @@ the noise left, the pairs left). This module
   runs out of them: they are a reference, drawn and used for headroom, never ranked;
 - writes the cleaning finding: per condition and flip rate, the baseline, the oracle, the best cleaner
   (with the baseline loss), the best robust loss (without cleaning) and the best combination, each with
-  the share of the oracle's headroom it recovers (`recovered_share`);
+  the share of the oracle's headroom it recovers (`recovered_share`, by the report's one procedure);
 - draws each judge's recall at its budget against the held-out accuracy after cleaning.
 
 The oracle of the headroom is the ``oracle`` judge removing at its own estimate (exactly the flipped pairs)
 with the baseline loss, or, where a study has no such runs, the rows whose ``reference`` column says
-``clean_only`` (the oracle reference of issue 22). `recovered_share` is the small, seed-paired version;
-the report's own headroom machinery can replace it. A ``clean_only`` row's base method is read from its
-``base_label`` column where there is one.
+``clean_only`` (the oracle reference of issue 22). `recovered_share` pairs the three by seed and uses
+`noisypref.reports.procedure` (paired t for the headroom, Fieller for the share), as
+`noisypref.reports.headroom` does for the robust losses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -31,7 +32,6 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from scipy import stats
 
 from noisypref.reports.declarations import MetricDeclaration, MetricDeclarations
 from noisypref.reports.document import FigureBlock, Note, Section, TableBlock, Text
@@ -43,6 +43,7 @@ from noisypref.reports.figures import (
     method_styles,
     panel_grid,
 )
+from noisypref.reports.procedure import CONFIDENCE, excludes_zero, fieller_interval, paired_t, sample
 from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, SEED, SUCCEEDED, percent
 from noisypref.reports.tables import DASH, Table, format_number
 
@@ -66,7 +67,6 @@ DETECTION_METRICS = (
 # The metrics of the cleaning judges: properties of a cleaned dataset, the same for every loss trained on
 # it, so they are shown in the cleaning section only (not as robustness curves per method).
 CLEANING_METRICS = (*(column for column, _ in DETECTION_METRICS), "cleaning_estimated_rate")
-CONFIDENCE = 0.95
 SECTION_TITLE = "Cleaning against robust losses"
 
 
@@ -103,37 +103,39 @@ def ranked_runs(results: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Recovered:
-    """A method's mean, its difference from the baseline and the share of the headroom it recovers (None
-    where the headroom is not established: its interval includes zero, or one seed)."""
+    """A method's mean, its difference from the baseline and the share of the headroom it recovers with
+    its 95 % interval (None where the headroom is not established: its interval includes zero, or too
+    few seeds)."""
 
     mean: float
     difference: float
     share: float | None
     seeds: int
+    share_low: float | None = None
+    share_high: float | None = None
 
 
 def recovered_share(
     method: pd.Series, baseline: pd.Series, oracle: pd.Series, sign: float = 1.0
 ) -> tuple[Recovered | None, float, bool]:
-    """(the method's recovery, the headroom, whether the headroom is established), all paired by seed.
-
-    Headroom = mean over seeds of sign · (oracle − baseline); it is established when its 95 % t-interval
-    over the seeds lies above zero. Recovered share = mean(method − baseline) / mean(oracle − baseline),
-    over the seeds all three have. Series are indexed by seed."""
+    """(the method's recovery, the headroom, whether the headroom is established), all paired by seed,
+    by the report's one procedure (`noisypref.reports.procedure`, as `noisypref.reports.headroom`):
+    headroom = mean over seeds of sign · (oracle − baseline), established when its paired-t 95 %
+    interval lies above zero; recovered share = mean(method − baseline) / mean(oracle − baseline) with
+    Fieller's interval, over the seeds all three have. Series are indexed by seed."""
     seeds = sorted(set(method.index) & set(baseline.index) & set(oracle.index))
     if not seeds:
         return None, math.nan, False
-    gains = sign * (oracle[seeds] - baseline[seeds]).to_numpy(dtype=float)
-    headroom = float(gains.mean())
-    established = False
-    if len(seeds) > 1 and gains.std(ddof=1) > 0:
-        half_width = stats.t.ppf(0.5 + CONFIDENCE / 2, len(seeds) - 1) * gains.std(ddof=1) / math.sqrt(len(seeds))
-        established = headroom - half_width > 0
-    elif len(seeds) > 1:
-        established = headroom > 0
-    difference = float((method[seeds] - baseline[seeds]).mean())
-    share = sign * difference / headroom if established else None
-    return Recovered(float(method[seeds].mean()), difference, share, len(seeds)), headroom, established
+    gains = sample(sign * (oracle[seeds] - baseline[seeds]).to_numpy(dtype=float))
+    low, high = paired_t(gains).interval(1 - CONFIDENCE)
+    established = excludes_zero(low, high) > 0
+    differences = (method[seeds] - baseline[seeds]).to_numpy(dtype=float)
+    recovery = Recovered(float(method[seeds].mean()), float(differences.mean()), None, len(seeds))
+    if established:
+        ratio = fieller_interval(sample(sign * differences), gains, CONFIDENCE)
+        if ratio.defined:
+            recovery = dataclasses.replace(recovery, share=ratio.estimate, share_low=ratio.low, share_high=ratio.high)
+    return recovery, gains.mean, established
 
 
 def _by_seed(runs: pd.DataFrame, metric: str) -> pd.Series:
@@ -220,12 +222,15 @@ def finding_sentence(finding: CleaningFinding, baseline: str, declaration: Metri
     )
     if not finding.established:
         opening += (
-            " — not established (its 95 % interval over seeds includes zero, or one seed), so no recovered share "
+            " — not established (its 95 % interval over seeds includes zero, or too few seeds), so no recovered share "
             "is given"
         )
     parts = []
     for role, method, recovery in finding.rows:
-        share = "" if recovery.share is None else f", recovering {100 * recovery.share:.0f} % of the headroom"
+        share = "" if recovery.share is None else (
+            f", recovering {100 * recovery.share:.0f} % of the headroom "
+            f"[{100 * recovery.share_low:.0f} %, {100 * recovery.share_high:.0f} %]"
+        )
         parts.append(f"the {role} is {method} ({format_number(recovery.mean)}{share})")
     if not parts:
         return opening + "."

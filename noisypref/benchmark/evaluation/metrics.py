@@ -42,11 +42,11 @@ declare("noise_detection_auroc", "noise detection AUROC (reward gap)", "higher",
 declare("noise_detection_auroc_gamma", "noise detection AUROC (γ)", "higher", bounds=(0.0, 1.0),
         description="AUROC of −γ for telling flipped from clean training pairs (γ methods)")
 declare("label_gold_agreement", "training labels agreeing with the gold order", "none", bounds=(0.0, 1.0),
-        diagnostic=True,
+        diagnostic=True, comparable=False,
         description="share of the run's training pairs, as labelled after noise, whose chosen response has the "
         "higher gold reward (ties ½; testbed only): a property of the data, the same for every method")
 declare("noise_detection_auroc_gold", "noise detection AUROC (gold reward gap)", "none", bounds=(0.0, 1.0),
-        diagnostic=True,
+        diagnostic=True, comparable=False,
         description="AUROC of −(gold reward of chosen − rejected, as labelled after noise) for telling flipped "
         "from clean training pairs (testbed only): what a model that knew the gold reward would reach")
 declare("gold_reward_mean", "mean gold reward", "higher",
