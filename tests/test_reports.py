@@ -574,10 +574,10 @@ def test_html_report_shows_every_figure_in_headless_chromium(tmp_path):
         # Document order: the section headings, and where the first table, paragraph and figure stand.
         order = (
             "JSON.stringify({headings: Array.from(document.querySelectorAll('h2')).map(h => h.textContent), "
-            "firstTable: document.querySelector('table caption').textContent, "
+            "captions: Array.from(document.querySelectorAll('table caption')).map(c => c.textContent), "
             "tableBeforeFigure: !!(document.querySelector('table').compareDocumentPosition("
             "document.querySelector('figure')) & Node.DOCUMENT_POSITION_FOLLOWING), "
-            "firstParagraph: document.querySelector('h3 + p').textContent, "
+            "firstParagraph: document.querySelector('h3 ~ p').textContent, "
             "findingsTop: document.querySelector('h2').getBoundingClientRect().top, "
             "viewport: window.innerHeight})"
         )
@@ -588,7 +588,9 @@ def test_html_report_shows_every_figure_in_headless_chromium(tmp_path):
     assert title == "noisypref report: tiny"
     assert layout["headings"][0] == "Findings" and layout["headings"][-1] == "Appendix", layout["headings"]
     assert layout["headings"].index("Robustness curves") == 1
-    assert layout["firstTable"].startswith("testbed · symmetric: held-out accuracy (heldout_accuracy; higher")
+    # The findings lead with the premise check, then the primary metric's table, before any figure.
+    assert layout["captions"][0].startswith("testbed · symmetric: the premise check"), layout["captions"][0]
+    assert layout["captions"][1].startswith("testbed · symmetric: held-out accuracy (heldout_accuracy; higher")
     assert layout["tableBeforeFigure"]
     assert layout["firstParagraph"].startswith("Under symmetric noise at 40 % flips")
     assert layout["findingsTop"] < layout["viewport"]  # the findings start on the first screen
