@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from noisypref.benchmark.config.checks import Invalid
 from noisypref.benchmark.config.sections import MAX_SEED, seed_check
 from noisypref.benchmark.data.loaders import (
     load_preferences,
@@ -18,6 +17,7 @@ from noisypref.benchmark.data.loaders import (
     write_preferences,
     write_records,
 )
+from noisypref.checks import Invalid
 from noisypref.cli import StoreOnce, UserError, make_output_folder
 from noisypref.noise_injection import NOISE_MODELS, get_noise_model, inject
 from noisypref.noise_injection.base import realised_rate_warning

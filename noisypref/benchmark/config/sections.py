@@ -17,19 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from noisypref import methods as method_registry
-from noisypref.benchmark.config.checks import (
-    Invalid,
-    Section,
-    SettingsError,
-    boolean,
-    choice,
-    from_known_keys,
-    integer,
-    number,
-    optional,
-    setting,
-    text,
-)
 from noisypref.benchmark.config.references import (
     CLEAN_ONLY,
     GIVEN_REFERENCES,
@@ -41,8 +28,10 @@ from noisypref.benchmark.config.references import (
     with_symbols_replaced,
 )
 from noisypref.benchmark.testbed.config import TestbedConfig
+from noisypref.checks import Invalid, boolean, choice, integer, number, optional, text
 from noisypref.noise_injection import NOISE_MODELS
 from noisypref.sampling import flip_count
+from noisypref.settings import Section, SettingsError, from_known_keys, setting
 
 TESTBED = "testbed"  # the dataset kind, and the model name meaning "the testbed's reference policy"
 DATASET_KINDS = (TESTBED, "file", "hub")

@@ -44,19 +44,11 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from noisypref.benchmark.config.checks import (
-    Invalid,
-    Section,
-    choice,
-    integer,
-    number,
-    optional,
-    setting,
-    text,
-)
 from noisypref.benchmark.config.metrics import declare
 from noisypref.benchmark.evaluation import alpaca_eval, arena_hard
 from noisypref.benchmark.evaluation.generation import GenerationSettings, generate_responses
+from noisypref.checks import Invalid, choice, integer, number, optional, text
+from noisypref.settings import Section, setting
 
 logger = logging.getLogger(__name__)
 

@@ -10,15 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from noisypref.benchmark.config.checks import (
-    ErrorList,
-    Invalid,
-    choice,
-    is_mapping,
-    load_settings,
-    number,
-    unknown_keys,
-)
 from noisypref.benchmark.config.sections import (
     TESTBED,
     DatasetSettings,
@@ -27,7 +18,9 @@ from noisypref.benchmark.config.sections import (
     seed_check,
 )
 from noisypref.benchmark.testbed.config import TestbedConfig
+from noisypref.checks import Invalid, choice, number
 from noisypref.noise_injection import NOISE_MODELS
+from noisypref.settings import ErrorList, is_mapping, load_settings, unknown_keys
 
 NOISE_KEYS = ("model", "rates", "options")
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from noisypref.benchmark.config.checks import ErrorList
 from noisypref.benchmark.config.references import (
     REALISED_FLIP_RATE,
     symbolic_hyperparameters,
@@ -35,6 +34,7 @@ from noisypref.benchmark.study.schema import Study
 from noisypref.noise_injection import get_noise_model
 from noisypref.noise_injection.base import high_rate_warning
 from noisypref.sampling import flip_count
+from noisypref.settings import ErrorList
 
 logger = logging.getLogger(__name__)
 

@@ -45,15 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from noisypref.benchmark.config.checks import (
-    ErrorList,
-    Invalid,
-    load_settings,
-    optional,
-    settings_dict,
-    text,
-    unknown_keys,
-)
 from noisypref.benchmark.config.references import NO_REFERENCE
 from noisypref.benchmark.config.sections import (
     PAIR_KEYS,
@@ -85,7 +76,9 @@ from noisypref.benchmark.study.sweeps import (
     load_methods,
 )
 from noisypref.benchmark.study.yaml_io import read_yaml
+from noisypref.checks import Invalid, optional, text
 from noisypref.plugins import PluginError, add_plugin_folders, import_plugins
+from noisypref.settings import ErrorList, load_settings, settings_dict, unknown_keys
 
 STUDY_KEYS = (
     "name",
