@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
+from noisypref.checks import Invalid, interval, make_options, number, option_help
 from noisypref.noise_injection.base import REQUIRED_COLUMNS, PreferencePairs, swap_labels
 from noisypref.sampling import flip_count, top_k_mask
 
@@ -124,11 +124,6 @@ class JudgeOptions:
         return False
 
 
-def option_field(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a one-line description shown by `noisypref judges`."""
-    return field(default=default, metadata={"help": help})
-
-
 JudgeFunction = Callable[[JudgeInputs, Any], JudgeScores]
 
 
@@ -142,22 +137,11 @@ class Judge:
     reads_flip_record: bool = False
 
     def make_options(self, options: Mapping[str, Any] | None = None) -> JudgeOptions:
-        options = dict(options or {})
-        allowed = [option.name for option in dataclasses.fields(self.options_type)]
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"judge {self.name!r} has no option {', '.join(map(repr, unknown))}; "
-                f"its options are: {', '.join(allowed) or '(none)'}"
-            )
-        return self.options_type(**options)
+        return make_options(f"judge {self.name!r}", self.options_type, dict(options or {}))
 
     def option_help(self) -> list[tuple[str, Any, str]]:
         """(name, default, description) of each option, for `noisypref judges`."""
-        return [
-            (option.name, option.default, option.metadata.get("help", ""))
-            for option in dataclasses.fields(self.options_type)
-        ]
+        return option_help(self.options_type)
 
 
 JUDGES: dict[str, Judge] = {}
@@ -193,30 +177,6 @@ def get_judge(name: str) -> Judge:
     return JUDGES[name]
 
 
-def check_choice(option: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"option {option}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
-        )
-
-
-def check_positive_integer(option: str, value: Any, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"option {option}={value!r} must be an integer >= {minimum}")
-    return int(value)
-
-
-def check_positive_number(option: str, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"option {option}={value!r} must be a finite number > 0")
-    return float(value)
-
-
 # ---------------------------------------------------------------------------------------------
 # Budgets: how many of the scored pairs are flagged.
 
@@ -241,18 +201,12 @@ class Budget:
             raise ValueError(f"budget kind {self.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
         if self.kind in WORD_BUDGETS and self.value is not None:
             raise ValueError(f"budget {self.kind!r} takes no value")
-        if self.kind == "fraction" and not (
-            isinstance(self.value, numbers.Real)
-            and not isinstance(self.value, bool)
-            and 0.0 <= self.value <= 1.0
-        ):
-            raise ValueError(f"budget fraction {self.value!r} must be a number in [0, 1]")
-        if self.kind == "threshold" and not (
-            isinstance(self.value, numbers.Real)
-            and not isinstance(self.value, bool)
-            and math.isfinite(self.value)
-        ):
-            raise ValueError(f"budget threshold {self.value!r} must be a finite number")
+        value_checks = {"fraction": interval(0, 1, high_inclusive=True), "threshold": number()}
+        if self.kind in value_checks:
+            try:
+                value_checks[self.kind](self.value)
+            except Invalid as error:
+                raise ValueError(f"budget {self.kind} {self.value!r} must be {error.expected}") from None
 
     @classmethod
     def parse(cls, value: Any) -> Budget:

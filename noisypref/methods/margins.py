@@ -68,6 +68,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from noisypref.checks import check_choice, check_integer, check_non_negative, check_positive
 from noisypref.collectives import all_gather_rows
 
 SOLVERS = ("exact", "mirror_descent", "published_mirror_descent")
@@ -111,10 +112,10 @@ def solve_margins(
     ``(margins, log_weights)`` where ``log_weights = log p``: margins of pairs with a tiny weight
     underflow to 0, their log-weights stay exact (use them to check stationarity).
     """
-    _check_gamma0(gamma0)
-    _check_tau(tau)
-    _check_solver(solver)
-    _check_iterations(iterations)
+    check_non_negative("gamma0", gamma0)
+    check_positive("tau", tau)
+    check_choice("solver", solver, SOLVERS)
+    check_integer("iterations", iterations, minimum=1)
     _check_gaps(gaps)
     reward_gap = gaps.detach().to(torch.float64)
     count = reward_gap.numel()
@@ -577,13 +578,13 @@ class MarginEstimator:
         iterations: int = 20,
         seed: int = 0,
     ) -> None:
-        _check_gamma0(gamma0)
-        _check_tau(tau)
-        _check_count("queue_size", queue_size, minimum=0)
-        _check_count("candidates", candidates, minimum=1)
-        _check_solver(solver)
-        _check_iterations(iterations)
-        _check_count("seed", seed, minimum=0)
+        check_non_negative("gamma0", gamma0)
+        check_positive("tau", tau)
+        check_integer("queue_size", queue_size, minimum=0)
+        check_integer("candidates", candidates, minimum=1)
+        check_choice("solver", solver, SOLVERS)
+        check_integer("iterations", iterations, minimum=1)
+        check_integer("seed", seed, minimum=0)
         self.gamma0 = float(gamma0)
         self.tau = float(tau)
         self.queue_size = queue_size
@@ -665,34 +666,6 @@ def _all_gather_gaps(local_gaps: torch.Tensor) -> tuple[torch.Tensor, int]:
         return local_gaps, 0
     batch, sizes = all_gather_rows(local_gaps)
     return batch, sum(sizes[: distributed.get_rank()])
-
-
-def _check_gamma0(gamma0: float) -> None:
-    if (
-        isinstance(gamma0, bool)
-        or not isinstance(gamma0, (int, float))
-        or not (math.isfinite(gamma0) and gamma0 >= 0)
-    ):
-        raise ValueError(f"gamma0 = {gamma0!r} is invalid: expected a finite number >= 0")
-
-
-def _check_tau(tau: float) -> None:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau = {tau!r} is invalid: expected a finite number > 0")
-
-
-def _check_solver(solver: str) -> None:
-    if solver not in SOLVERS:
-        raise ValueError(f"solver = {solver!r} is invalid: expected one of {', '.join(map(repr, SOLVERS))}")
-
-
-def _check_iterations(iterations: int) -> None:
-    _check_count("iterations", iterations, minimum=1)
-
-
-def _check_count(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} = {value!r} is invalid: expected an integer >= {minimum}")
 
 
 def _check_gaps(gaps: torch.Tensor) -> None:

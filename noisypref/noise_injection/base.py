@@ -11,16 +11,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import numbers
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 import pandas as pd
+
+from noisypref.checks import Invalid, integer, interval, make_options, option_help
 
 logger = logging.getLogger(__name__)
 
@@ -29,44 +30,6 @@ SCORE_COLUMNS = ("score_chosen", "score_rejected")
 SWAPPED_COLUMN_PAIRS = (("chosen", "rejected"), ("score_chosen", "score_rejected"))
 MODES = ("exact", "bernoulli")
 EXAMPLES_IN_MESSAGES = 5
-
-
-# ---------------------------------------------------------------------------------------------
-# Option checks: each model's options dataclass calls these from __post_init__.
-
-
-def check_choice(option: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"option {option}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
-        )
-
-
-def check_real(
-    option: str,
-    value: Any,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    exclusive_minimum: bool = False,
-) -> float:
-    """Return `value` as a float after checking it is a finite real number in the allowed range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"option {option}={value!r} must be a finite number")
-    too_small = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
-    too_large = maximum is not None and value > maximum
-    if too_small or too_large:
-        lower = "" if minimum is None else f"{'>' if exclusive_minimum else '>='} {minimum}"
-        upper = "" if maximum is None else f"<= {maximum}"
-        allowed = " and ".join(part for part in (lower, upper) if part)
-        raise ValueError(f"option {option}={value!r} is out of range; it must be {allowed}")
-    return float(value)
-
-
-def check_integer(option: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"option {option}={value!r} must be an integer >= {minimum}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -132,21 +95,11 @@ class NoiseModel:
     draw_flips: FlipFunction
 
     def make_options(self, options: dict[str, Any]) -> NoiseOptions:
-        allowed = [option.name for option in dataclasses.fields(self.options_type)]
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"noise model {self.name!r} has no option {', '.join(map(repr, unknown))}; "
-                f"its options are: {', '.join(allowed) or '(none)'}"
-            )
-        return self.options_type(**options)
+        return make_options(f"noise model {self.name!r}", self.options_type, options)
 
     def option_help(self) -> list[tuple[str, Any, str]]:
         """(name, default, description) of each option, for `noisypref noise --list`."""
-        return [
-            (option.name, option.default, option.metadata.get("help", ""))
-            for option in dataclasses.fields(self.options_type)
-        ]
+        return option_help(self.options_type)
 
 
 NOISE_MODELS: dict[str, NoiseModel] = {}
@@ -174,11 +127,6 @@ def get_noise_model(name: str) -> NoiseModel:
             f"unknown noise model {name!r}; the registered models are: {', '.join(sorted(NOISE_MODELS))}"
         )
     return NOISE_MODELS[name]
-
-
-def option_field(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a one-line description shown by `noise --list`."""
-    return field(default=default, metadata={"help": help})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,13 +350,17 @@ def swap_labels(dataset: datasets.Dataset, is_flipped: np.ndarray) -> datasets.D
 
 
 def _check_rate(rate: Any) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"flip rate {rate!r} is not allowed; it must be a number in [0, 1]")
+    try:
+        interval(0, 1, high_inclusive=True)(rate)
+    except Invalid as error:
+        raise ValueError(f"flip rate {rate!r} is not allowed; it must be {error.expected}") from None
 
 
 def _check_seed(seed: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed {seed!r} is not allowed; it must be an integer")
+    try:
+        integer()(seed)
+    except Invalid as error:
+        raise ValueError(f"seed {seed!r} is not allowed; it must be {error.expected}") from None
 
 
 def _check_dataset(dataset: datasets.Dataset, model_columns: Iterable[str], model: str) -> None:
