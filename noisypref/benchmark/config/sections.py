@@ -417,48 +417,6 @@ def match_default_type(value: Any, default: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Report
-
-
-def _metric_names(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(name, str) and name for name in value):
-        raise Invalid("a non-empty list of metric names, e.g. [heldout_accuracy, gold_win_rate]")
-    return tuple(value)
-
-
-PAIR_KEYS = ("method", "base")
-
-
-def _method_pairs(value: Any) -> tuple[dict[str, str], ...]:
-    expected = "a list of {method: LABEL, base: LABEL} mappings, each naming two method labels of the study"
-    if not isinstance(value, (list, tuple)):
-        raise Invalid(expected)
-    pairs = []
-    for pair in value:
-        if not isinstance(pair, Mapping) or set(pair) != set(PAIR_KEYS):
-            raise Invalid(expected)
-        if not all(isinstance(pair[key], str) and pair[key].strip() for key in PAIR_KEYS):
-            raise Invalid(expected)
-        pairs.append({key: pair[key] for key in PAIR_KEYS})
-    return tuple(pairs)
-
-
-@dataclass(frozen=True)
-class ReportSettings(Section):
-    """What a study's report leads with (the ``report`` section): its primary metrics (those absent
-    from the results are skipped), the method label the others are compared with, and the
-    with/without pairs it compares beyond the automatic ones."""
-
-    section = "report"
-
-    primary_metrics: tuple[str, ...] = setting(["heldout_accuracy", "gold_win_rate"], lambda value: _metric_names(list(value)))
-    baseline: str = setting("dpo", text())
-    # with/without comparisons beyond the automatic ones (a method and its declared base_method): each a
-    # {method: LABEL, base: LABEL} of two competitors' labels (checked against the study's methods)
-    pairs: tuple[dict[str, str], ...] = setting([], lambda value: _method_pairs(value), since="0.2")
-
-
-# ---------------------------------------------------------------------------------------------
 # Tracking
 
 TRACKERS = ("tensorboard", "wandb", "trackio")

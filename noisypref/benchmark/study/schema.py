@@ -47,12 +47,10 @@ from typing import Any
 
 from noisypref.benchmark.config.references import NO_REFERENCE
 from noisypref.benchmark.config.sections import (
-    PAIR_KEYS,
     TESTBED,
     DatasetSettings,
     EvaluationSettings,
     ModelSettings,
-    ReportSettings,
     TrackingSettings,
     TrainingSettings,
 )
@@ -78,6 +76,7 @@ from noisypref.benchmark.study.sweeps import (
 from noisypref.benchmark.study.yaml_io import read_yaml
 from noisypref.checks import Invalid, optional, text
 from noisypref.plugins import PluginError, add_plugin_folders, import_plugins
+from noisypref.report_settings import PAIR_KEYS, ReportSettings
 from noisypref.settings import ErrorList, load_settings, settings_dict, unknown_keys
 
 STUDY_KEYS = (
