@@ -108,6 +108,26 @@ class Section:
             raise SettingsError(path, error.problems) from None
 
 
+def nested_section(section_type: type[Section], described_as: str) -> Check:
+    """The check of a field holding a nested section or null: a mapping becomes ``section_type``
+    (every default filled in), its fields' problems reported under the outer field; ``described_as``
+    says what else is allowed."""
+
+    def check(value: Any) -> Any:
+        if value is None or isinstance(value, section_type):
+            return value
+        if not isinstance(value, Mapping):
+            raise Invalid(described_as)
+        try:
+            return section_type.from_dict(value)
+        except SettingsError as error:
+            raise Invalid(f"valid {section_type.section} settings", error.problems) from None
+        except ValueError as error:
+            raise Invalid(f"valid {section_type.section} settings ({error})") from None
+
+    return check
+
+
 def _required_fields(settings_type: type) -> list[str]:
     return [
         settings_field.name

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from noisypref import methods as method_registry
+from noisypref.benchmark.config.benchmarks import Benchmarks, benchmarks_check
 from noisypref.benchmark.config.references import (
     CLEAN_ONLY,
     GIVEN_REFERENCES,
@@ -31,7 +32,7 @@ from noisypref.benchmark.testbed.config import TestbedConfig
 from noisypref.checks import Invalid, boolean, choice, integer, number, optional, text
 from noisypref.noise_injection import NOISE_MODELS
 from noisypref.sampling import flip_count
-from noisypref.settings import Section, SettingsError, from_known_keys, setting
+from noisypref.settings import Section, from_known_keys, nested_section, setting
 
 TESTBED = "testbed"  # the dataset kind, and the model name meaning "the testbed's reference policy"
 DATASET_KINDS = (TESTBED, "file", "hub")
@@ -100,17 +101,6 @@ class TrainingSettings(Section):
         return math.ceil(self.warmup_ratio * self.steps)
 
 
-def _benchmarks_check(value: Any) -> dict[str, Any]:
-    # evaluation.chat_benchmarks owns its settings; imported here, when a value is checked, because
-    # that module loads the generation stack
-    from noisypref.benchmark.evaluation.chat_benchmarks import normalised_benchmarks
-
-    try:
-        return normalised_benchmarks(value)
-    except ValueError as error:
-        raise Invalid(f"a valid value ({error})") from None
-
-
 @dataclass(frozen=True)
 class EvaluationSettings(Section):
     """What to measure after training (the ``evaluation`` section). Sampling settings apply to the
@@ -126,7 +116,7 @@ class EvaluationSettings(Section):
     temperature: float = setting(1.0, number(minimum=0))  # 0: greedy
     max_new_tokens: int = setting(16, integer(minimum=1))
     kl_samples: int = setting(1, integer(minimum=0))
-    benchmarks: dict[str, Any] = setting({}, _benchmarks_check)
+    benchmarks: Benchmarks = setting(Benchmarks(), benchmarks_check)  # chat benchmarks (config.benchmarks)
     # at most this many held-out pairs are evaluated (the first of the held-out split); null: all
     max_heldout_pairs: int | None = setting(None, optional(integer(minimum=1)), since="0.2")
 
@@ -158,20 +148,6 @@ def _target_modules(value: Any) -> str | tuple[str, ...]:
     raise Invalid(f"{LORA_ALL_LINEAR!r} or a non-empty list of module names (e.g. [q_proj, v_proj])")
 
 
-def _lora_check(value: Any) -> LoraSettings | None:
-    """null (full fine-tuning) or LoRA settings, every default filled in."""
-    if value is None or isinstance(value, LoraSettings):
-        return value
-    if not isinstance(value, Mapping):
-        raise Invalid("null (full fine-tuning) or a mapping of LoRA settings r, alpha, dropout, target_modules")
-    try:
-        return LoraSettings.from_dict(value)
-    except SettingsError as error:
-        raise Invalid("valid LoRA settings", error.problems) from None
-    except ValueError as error:
-        raise Invalid(f"a valid value ({error})") from None
-
-
 @dataclass(frozen=True)
 class ModelSettings(Section):
     """The model trained (the ``model`` section); the reference model is its starting point."""
@@ -185,26 +161,15 @@ class ModelSettings(Section):
     dtype: str = setting("auto", choice(DTYPES))
     attn_implementation: str = setting("sdpa", choice(ATTENTION_IMPLEMENTATIONS))
     gradient_checkpointing: bool = setting(False, boolean())
-    lora: LoraSettings | None = setting(None, _lora_check)
+    lora: LoraSettings | None = setting(  # None: full fine-tuning
+        None, nested_section(LoraSettings, "null (full fine-tuning) or a mapping of LoRA settings r, alpha, dropout, target_modules")
+    )
     # cached: reference log-probs computed once and cached; live: the reference model kept in memory
     reference: str = setting("cached", choice(REFERENCE_MODES))
 
 
 # ---------------------------------------------------------------------------------------------
 # Dataset, noise, method
-
-
-def _testbed_check(value: Any) -> TestbedConfig | None:
-    if value is None or isinstance(value, TestbedConfig):
-        return value
-    if not isinstance(value, Mapping):
-        raise Invalid("a mapping of TestbedConfig fields")
-    try:
-        return TestbedConfig.from_dict(value)
-    except SettingsError as error:
-        raise Invalid("valid testbed settings", error.problems) from None
-    except ValueError as error:
-        raise Invalid(f"valid testbed settings ({error})") from None
 
 
 def _hub_options_check(value: Any) -> dict[str, Any]:
@@ -224,7 +189,9 @@ class DatasetSettings(Section):
 
     label: str | None = setting(None, optional(text()))  # names the dataset in studies; not part of a run
     kind: str = setting(TESTBED, choice(DATASET_KINDS))
-    testbed: TestbedConfig | None = setting(None, _testbed_check)  # kind testbed; None: the defaults
+    testbed: TestbedConfig | None = setting(  # kind testbed; None: the defaults
+        None, nested_section(TestbedConfig, "a mapping of TestbedConfig fields")
+    )
     source: str | None = setting(None, optional(text(described_as="a local file path or a hub dataset id")))
     split: str | None = setting(None, optional(text()))
     heldout_fraction: float = setting(

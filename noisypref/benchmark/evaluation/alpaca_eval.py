@@ -48,18 +48,21 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 
+from noisypref.benchmark.config.benchmarks import (
+    ALPACA_EVAL_DEFAULT_ANNOTATOR,
+    ALPACA_EVAL_HUB_DATASET,
+    LC_VARIANTS,
+)
 from noisypref.benchmark.data.hub import HubUnavailable, hub_lookup, looks_like_hub_id
 from noisypref.benchmark.storage import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-HUB_DATASET = "tatsu-lab/alpaca_eval"
 HUB_CONFIG = "alpaca_eval_gpt4_baseline"
 # The hub dataset is built by a loading script that maps each config to a json file at the repository
 # root; datasets >= 4 no longer runs loading scripts, so the file is read directly.
-HUB_CONFIG_FILE = f"hf://datasets/{HUB_DATASET}/{HUB_CONFIG}.json"
+HUB_CONFIG_FILE = f"hf://datasets/{ALPACA_EVAL_HUB_DATASET}/{HUB_CONFIG}.json"
 BASELINE_GENERATOR = "gpt4_1106_preview"
-DEFAULT_API_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 NUM_PROMPTS = 805
 
 LengthControlVariant = Literal["auto", "official", "offline-glm"]
@@ -101,7 +104,7 @@ def _parse_json(text: str, path: Path, line_number: int | None = None) -> Any:
         raise ValueError(f"{path}: not valid JSON at line {line}, column {error.colno}: {error.msg}") from None
 
 
-def load_eval_set(source: str | os.PathLike = HUB_DATASET) -> list[dict[str, Any]]:
+def load_eval_set(source: str | os.PathLike = ALPACA_EVAL_HUB_DATASET) -> list[dict[str, Any]]:
     """The evaluation set as records ``{instruction, output, generator, dataset}`` (``output`` is the
     baseline's reference answer), in the benchmark's order.
 
@@ -111,13 +114,13 @@ def load_eval_set(source: str | os.PathLike = HUB_DATASET) -> list[dict[str, Any
     path = Path(source)
     if path.is_file():
         records = read_json_records(path, lines=path.suffix != ".json")
-    elif str(source) == HUB_DATASET:
+    elif str(source) == ALPACA_EVAL_HUB_DATASET:
         import datasets
 
-        with hub_lookup("hub dataset", HUB_DATASET):
+        with hub_lookup("hub dataset", ALPACA_EVAL_HUB_DATASET):
             records = datasets.load_dataset("json", data_files=HUB_CONFIG_FILE, split="train").to_list()
     else:
-        raise FileNotFoundError(f"{source} is neither a file nor the hub dataset {HUB_DATASET!r}")
+        raise FileNotFoundError(f"{source} is neither a file nor the hub dataset {ALPACA_EVAL_HUB_DATASET!r}")
     missing = [key for key in ("instruction", "dataset") if records and key not in records[0]]
     if missing:
         raise ValueError(
@@ -322,7 +325,7 @@ def run_api_judge(
     model_outputs: str | os.PathLike | Sequence[dict[str, Any]],
     reference_outputs: str | os.PathLike | Sequence[dict[str, Any]],
     output_dir: str | os.PathLike,
-    annotator: str = DEFAULT_API_ANNOTATOR,
+    annotator: str = ALPACA_EVAL_DEFAULT_ANNOTATOR,
     **evaluate_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Annotate through ``alpaca_eval.evaluate`` with an API annotator (this costs API calls).
@@ -499,7 +502,7 @@ def official_length_controlled_winrate(annotations: pd.DataFrame) -> dict[str, f
             len(annotations),
             NUM_PROMPTS,
         )
-    with hub_lookup("df_gamed.csv of the hub dataset", HUB_DATASET):
+    with hub_lookup("df_gamed.csv of the hub dataset", ALPACA_EVAL_HUB_DATASET):
         metrics = get_length_controlled_winrate(
             annotations, save_weights_dir=None, is_add_glm_preference_inplace=False
         )
@@ -518,7 +521,7 @@ def score_annotations(
     """Win rate, its standard error and a length-controlled win rate of ``model`` against ``baseline``."""
     from alpaca_eval.metrics import get_winrate
 
-    if lc_variant not in ("auto", "official", "offline-glm"):
+    if lc_variant not in LC_VARIANTS:
         raise ValueError(f"lc_variant must be 'auto', 'official' or 'offline-glm', got {lc_variant!r}")
     loaded = load_annotations(annotations)
     source = str(annotations) if isinstance(annotations, (str, os.PathLike)) else "annotations"
@@ -590,7 +593,7 @@ def evaluate_outputs(
     output_dir: str | os.PathLike,
     local_judge: PairJudge | None = None,
     use_api: bool | None = None,
-    annotator: str = DEFAULT_API_ANNOTATOR,
+    annotator: str = ALPACA_EVAL_DEFAULT_ANNOTATOR,
     lc_variant: LengthControlVariant = "auto",
 ) -> AlpacaEvalScore:
     """Judge model outputs against the reference and score them; writes ``model_outputs.json``,

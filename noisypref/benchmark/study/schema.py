@@ -24,7 +24,7 @@
       # also: {name: smollm2-135m-instruct, lora: {r: 16}, reference: cached | live}   (ModelSettings)
     training: {steps: 200, checkpoint_every: 50, save_model: false, ...}   # defaults: TrainingSettings
     evaluation: {num_eval_prompts: 256, ...}   # defaults: EvaluationSettings
-      # also: {benchmarks: {alpaca_eval: {...}, arena_hard: {...}}}  (noisypref.benchmark.evaluation.chat_benchmarks)
+      # also: {benchmarks: {alpaca_eval: {...}, arena_hard: {...}}}  (noisypref.benchmark.config.benchmarks)
     report: {primary_metrics: [heldout_accuracy, gold_win_rate], baseline: dpo,   # what the report leads with
              pairs: [{method: gamma_dpo, base: robust_dpo}]}   # with/without pairs beyond the automatic ones
     cleaning: [none, {judge: reward_model}]   # default [none]: cleaners crossed with methods (study.cleaning_entries)
@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from noisypref.benchmark.config.benchmarks import ALPACA_EVAL_HUB_DATASET
 from noisypref.benchmark.config.references import NO_REFERENCE
 from noisypref.benchmark.config.sections import (
     TESTBED,
@@ -54,8 +55,6 @@ from noisypref.benchmark.config.sections import (
     TrackingSettings,
     TrainingSettings,
 )
-from noisypref.benchmark.evaluation.alpaca_eval import HUB_DATASET as ALPACA_EVAL_HUB_ID
-from noisypref.benchmark.evaluation.chat_benchmarks import parse_benchmarks
 from noisypref.benchmark.study.cleaning_entries import NO_CLEANING_ENTRY, CleaningEntry, load_cleaning
 from noisypref.benchmark.study.entries import (
     NoiseEntry,
@@ -298,9 +297,9 @@ def _check_benchmarks(
                 f"needs chat models, but {testbed_models[0]} is the testbed policy (no chat template); "
                 "put benchmarks in a study of real models",
             )
-        benchmarks = parse_benchmarks(settings.benchmarks)
+        benchmarks = settings.benchmarks
         files = []
-        if benchmarks.alpaca_eval is not None and benchmarks.alpaca_eval.source != ALPACA_EVAL_HUB_ID:
+        if benchmarks.alpaca_eval is not None and benchmarks.alpaca_eval.source != ALPACA_EVAL_HUB_DATASET:
             files.append(("alpaca_eval.source", benchmarks.alpaca_eval.source))
         if benchmarks.arena_hard is not None:
             files.append(("arena_hard.source", benchmarks.arena_hard.source))

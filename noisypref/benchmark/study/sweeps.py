@@ -30,7 +30,7 @@ from noisypref.benchmark.config.sections import (
 )
 from noisypref.benchmark.study.entries import checked, entries
 from noisypref.checks import choice, show, text
-from noisypref.settings import ErrorList, SettingsError, is_mapping, unknown_keys
+from noisypref.settings import ErrorList, SettingsError, is_mapping, settings_dict, unknown_keys
 
 METHOD_KEYS = ("label", "name", "hyperparameters", "reference", "training", "evaluation")
 COMBINATION_PROBLEMS_SHOWN = 3
@@ -199,7 +199,7 @@ def _override(
         return None
     if study_settings is None:
         return None
-    return settings, {key: getattr(settings, key) for key in raw}
+    return settings, {key: value for key, value in settings_dict(settings).items() if key in raw}
 
 
 def _load_hyperparameters(
