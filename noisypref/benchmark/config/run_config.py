@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from noisypref.benchmark.config.cleaning import CleaningSettings
+from noisypref.benchmark.config.dataset import DatasetSettings
 from noisypref.benchmark.config.references import symbolic_hyperparameters
 from noisypref.benchmark.config.sections import (
     TESTBED,
-    DatasetSettings,
     EvaluationSettings,
     MethodSettings,
     ModelSettings,

@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from noisypref.benchmark.config.benchmarks import ALPACA_EVAL_HUB_DATASET
+from noisypref.benchmark.config.dataset import DatasetSettings
 from noisypref.benchmark.config.references import NO_REFERENCE
 from noisypref.benchmark.config.sections import (
     TESTBED,
-    DatasetSettings,
     EvaluationSettings,
     ModelSettings,
     TrackingSettings,
