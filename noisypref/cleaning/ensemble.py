@@ -21,7 +21,6 @@ from scipy.stats import rankdata
 from noisypref.checks import check_choice, option_field
 from noisypref.cleaning.base import (
     ORACLE_JUDGE,
-    Budget,
     JudgeInputs,
     JudgeOptions,
     JudgeScores,
@@ -29,6 +28,7 @@ from noisypref.cleaning.base import (
     register_judge,
     select_flagged,
 )
+from noisypref.cleaning.budget import Budget
 
 RULES = ("any", "majority", "all")
 ENSEMBLE_JUDGE = "ensemble"

@@ -18,11 +18,11 @@ from noisypref.checks import check_integer, check_number, option_field
 from noisypref.noise_injection.base import (
     SCORE_COLUMNS,
     FlipDraw,
-    FlipRecord,
     NoiseOptions,
     PreferencePairs,
     register_noise_model,
 )
+from noisypref.noise_injection.flip_record import FlipRecord
 from noisypref.sampling import CALIBRATION_ITERATIONS, keyed_uniforms, logistic
 
 logger = logging.getLogger(__name__)
