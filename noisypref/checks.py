@@ -220,10 +220,6 @@ def check_non_negative(name: str, value: Any) -> float:
     return check_value(name, value, number(minimum=0))
 
 
-def check_finite(name: str, value: Any) -> float:
-    return check_value(name, value, number())
-
-
 def check_number(
     name: str,
     value: Any,
