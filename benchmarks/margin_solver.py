@@ -28,7 +28,8 @@ import time
 
 import torch
 
-from noisypref.methods.margins import _device_exact_log_weights, margin_objective, solve_margins
+from noisypref.methods.margins import margin_objective, solve_margins
+from noisypref.methods.margins.exact import device_exact_log_weights
 
 GAMMA0 = 4.0
 TAUS = (1.0, 3.0, 10.0)
@@ -47,7 +48,7 @@ def median_ms(gaps: torch.Tensor, tau: float, solver: str, repeats: int) -> tupl
 
     def solve() -> None:
         if solver == "device":
-            _device_exact_log_weights(gaps.double(), GAMMA0, tau)
+            device_exact_log_weights(gaps.double(), GAMMA0, tau)
         else:
             solve_margins(gaps, GAMMA0, tau, solver)
 
@@ -102,7 +103,7 @@ def main() -> None:
                         exact_margins = margins
                 row["device_ms"], row["device_cpu_ms"] = median_ms(gaps, tau, "device", args.repeats)
                 device_margins = (
-                    GAMMA0 * count * torch.exp(_device_exact_log_weights(gaps.double(), GAMMA0, tau))
+                    GAMMA0 * count * torch.exp(device_exact_log_weights(gaps.double(), GAMMA0, tau))
                 )
                 row["host_device_max_margin_difference"] = float(
                     (device_margins - exact_margins.double()).abs().max()

@@ -527,7 +527,7 @@ def margins_implementation() -> str:
     from noisypref.methods import margins
 
     path = getattr(margins, "__file__", None)
-    return path if path else "stand-in (noisypref/methods/margins.py absent)"
+    return path if path else "stand-in (noisypref/methods/margins/ absent)"
 
 
 def benchmark_model(spec: ModelSpec, args, device, prompt_lengths, response_lengths) -> dict:

@@ -44,7 +44,7 @@ def no_hub(monkeypatch):
     def unreachable(annotations):
         raise OSError("df_gamed.csv: hub unreachable (test)")
 
-    monkeypatch.setattr(alpaca_eval, "official_length_controlled_winrate", unreachable)
+    monkeypatch.setattr(alpaca_eval.scoring, "official_length_controlled_winrate", unreachable)
 
 
 @needs_data
@@ -367,7 +367,7 @@ def test_api_judge_is_wired_to_alpaca_eval_evaluate(monkeypatch, tmp_path):
 
 def test_evaluate_outputs_uses_the_api_when_a_key_is_set_and_the_local_judge_otherwise(monkeypatch, tmp_path):
     judged = []
-    monkeypatch.setattr(alpaca_eval, "run_api_judge", lambda *args, **kwargs: judged.append("api") or [])
+    monkeypatch.setattr(alpaca_eval.scoring, "run_api_judge", lambda *args, **kwargs: judged.append("api") or [])
     for name in alpaca_eval.API_KEY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     reference = [

@@ -8,12 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from noisypref.benchmark.config.benchmarks import GenerationSettings, published_settings
 from noisypref.benchmark.evaluation import generation
-from noisypref.benchmark.evaluation.generation import (
-    GenerationSettings,
-    generate_responses,
-    published_settings,
-)
+from noisypref.benchmark.evaluation.generation import generate_responses
 from noisypref.benchmark.testbed import build_word_tokenizer
 
 # The word tokenizer splits on whitespace, so the template puts spaces between its pieces.

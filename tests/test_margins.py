@@ -228,14 +228,14 @@ def test_margins_are_finite_nonnegative_with_mean_gamma0(gaps, gamma0, log10_tau
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_exact_solver_runs_on_cuda_without_host_synchronisation():
-    from noisypref.methods.margins import _exact_log_weights  # the solver without the input check
+    from noisypref.methods.margins.exact import exact_log_weights  # the solver without the input check
 
     gaps = normal_gaps(256, 10.0)
     cuda_gaps = gaps.cuda()
-    _exact_log_weights(cuda_gaps, 4.0, 0.1)  # warm-up: allocator and kernels
+    exact_log_weights(cuda_gaps, 4.0, 0.1)  # warm-up: allocator and kernels
     torch.cuda.set_sync_debug_mode("error")
     try:
-        log_weights = _exact_log_weights(cuda_gaps, 4.0, 0.1)
+        log_weights = exact_log_weights(cuda_gaps, 4.0, 0.1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert log_weights.device.type == "cuda"

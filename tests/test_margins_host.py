@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from noisypref.methods.margins import _device_exact_log_weights, _host_exact_log_weights, solve_margins
+from noisypref.methods.margins import solve_margins
+from noisypref.methods.margins.exact import device_exact_log_weights
+from noisypref.methods.margins.exact_host import host_exact_log_weights
 
 
 def stationarity_residual(gaps: torch.Tensor, log_weights: torch.Tensor, gamma0: float, tau: float) -> float:
@@ -38,9 +40,9 @@ def test_host_and_device_paths_agree(spread, shift):
     for tau in (0.1, 0.3, 1.0, 3.0, 10.0, 20.0):
         for gamma0 in (0.5, 1.0, 4.0):
             with np.errstate(all="ignore"):
-                host = _host_exact_log_weights(gaps.numpy(), gamma0, tau)
+                host = host_exact_log_weights(gaps.numpy(), gamma0, tau)
             assert host is not None, f"the host path did not converge at tau={tau}, gamma0={gamma0}"
-            device = _device_exact_log_weights(gaps, gamma0, tau)
+            device = device_exact_log_weights(gaps, gamma0, tau)
             assert stationarity_residual(gaps, torch.from_numpy(host), gamma0, tau) < 1e-10
             assert stationarity_residual(gaps, device, gamma0, tau) < 1e-10
             host_margins = gamma0 * 256 * np.exp(host)
@@ -52,7 +54,7 @@ def test_host_and_device_paths_agree(spread, shift):
 def test_extreme_problems_fall_back_to_the_device_path_and_stay_stationary(gamma0, tau):
     gaps = normal(256, 1.0, 0.0)
     with np.errstate(all="ignore"):
-        assert _host_exact_log_weights(gaps.numpy(), gamma0, tau) is None  # κ = γ0/τ ≥ 2000: handed over
+        assert host_exact_log_weights(gaps.numpy(), gamma0, tau) is None  # κ = γ0/τ ≥ 2000: handed over
     margins, log_weights = solve_margins(gaps, gamma0, tau, return_log_weights=True)
     assert stationarity_residual(gaps, log_weights, gamma0, tau) < 1e-6
     assert margins.mean().item() == pytest.approx(gamma0, rel=1e-12)

@@ -274,7 +274,7 @@ def test_new_fields_at_their_defaults_are_marked_for_run_ids():
             assert fields[added].metadata.get("since") == "0.2"
     # β-DPO's new options default to the published code, which computes differently from 0.1's
     # β-DPO: they enter the run id, so a finished 0.1 run is not taken for one of today
-    from noisypref.benchmark.config.checks import run_id_section
+    from noisypref.settings import run_id_section
 
     beta_section = run_id_section(method_class("beta_dpo").config_class())
     assert {"discrepancy", "kept_count", "statistics_start"} <= set(beta_section)

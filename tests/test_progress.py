@@ -13,8 +13,8 @@ import yaml
 from test_study import TINY_TESTBED
 
 from noisypref.benchmark import progress
+from noisypref.benchmark.config.dataset import DatasetSettings
 from noisypref.benchmark.config.run_config import parse_run_config
-from noisypref.benchmark.config.sections import DatasetSettings
 from noisypref.benchmark.progress import HEARTBEAT_FILE, heartbeat, phase
 from noisypref.benchmark.study import StudyFolder, parse_study, plan_runs, run_study
 from noisypref.benchmark.study.folder import claim_run

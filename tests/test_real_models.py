@@ -20,13 +20,12 @@ import yaml
 from test_study import TINY_TESTBED  # the engine's tiny testbed
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
+from noisypref.benchmark.config.benchmarks import PUBLISHED_SETTINGS, parse_benchmarks
 from noisypref.benchmark.config.run_config import default_run_config, parse_run_config
 from noisypref.benchmark.config.sections import LoraSettings
 from noisypref.benchmark.data import loaders as data_module
 from noisypref.benchmark.engine import models
 from noisypref.benchmark.engine.models import PACKAGED_MODELS, find_packaged_file
-from noisypref.benchmark.evaluation.chat_benchmarks import parse_benchmarks
-from noisypref.benchmark.evaluation.generation import PUBLISHED_SETTINGS
 from noisypref.benchmark.run.execute import execute_run
 from noisypref.benchmark.run.prepare import reference_model_location, resolve_dataset
 from noisypref.benchmark.study import StudyError, load_study, parse_study, plan_runs

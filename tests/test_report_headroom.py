@@ -21,8 +21,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from noisypref.report_settings import DeclaredPair
 from noisypref.reports import write_report
-from noisypref.reports.declarations import DeclaredPair, read_report_settings
+from noisypref.reports.declarations import read_report_settings
 from noisypref.reports.pairs import resolve_pairs
 from noisypref.reports.study import normalise_results
 

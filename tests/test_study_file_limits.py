@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from noisypref.benchmark.config.checks import SHOWN_VALUE_CHARACTERS, show
 from noisypref.benchmark.study import load_study
 from noisypref.benchmark.study.yaml_io import MAX_NESTING, MAX_STUDY_FILE_BYTES, MAX_VALUES
+from noisypref.checks import SHOWN_VALUE_CHARACTERS, show
 from noisypref.cli import main
 
 VALID_TAIL = "noise: [{model: symmetric, rates: [0.2]}]\nmethods: [{name: dpo}]\n"

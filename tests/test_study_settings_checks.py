@@ -14,13 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from noisypref.benchmark.config.dataset import DatasetSettings
 from noisypref.benchmark.config.run_config import make_run_config, parse_run_config
-from noisypref.benchmark.config.sections import (
-    DatasetSettings,
-    EvaluationSettings,
-    ModelSettings,
-    TrainingSettings,
-)
+from noisypref.benchmark.config.sections import EvaluationSettings, ModelSettings, TrainingSettings
 from noisypref.benchmark.engine.train import train
 from noisypref.benchmark.run.prepare import resolve_dataset
 from noisypref.benchmark.study import load_study

@@ -18,8 +18,6 @@ from noisypref.cleaning.base import (
     JUDGES,
     ORACLE_JUDGE,
     TREATMENTS,
-    Budget,
-    CleaningRecord,
     Judge,
     JudgeInputs,
     JudgeOptions,
@@ -33,6 +31,8 @@ from noisypref.cleaning.base import (
     register_judge,
     select_flagged,
 )
+from noisypref.cleaning.budget import Budget
+from noisypref.cleaning.cleaning_record import CleaningRecord
 
 __all__ = [
     "JUDGES",

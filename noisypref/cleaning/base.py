@@ -1,9 +1,10 @@
-"""The judge registry, what a judge sees, budgets, treatments, the cleaning record and the shared `clean`.
+"""The judge registry, what a judge sees and returns, and the shared `clean` (flagging, treatments).
 
 A judge is one function that scores every pair of a noisy dataset (higher: more likely mislabelled),
 plus a frozen dataclass of its options, registered by name with `register_judge`. `clean` does
 everything else once for every judge: it checks the dataset, asks the judge for its scores, picks the
-flagged pairs within the budget, removes them or swaps their labels, and builds the `CleaningRecord`.
+flagged pairs within the budget (`cleaning.budget`), removes them or swaps their labels, and builds the
+`CleaningRecord` (`cleaning.cleaning_record`).
 
 What a judge sees is `JudgeInputs`: the noisy pairs, the seed and, for judges that need a model, the
 `PairModels` the caller supplies. Nothing in it leads to the flip record. Only the judge named
@@ -17,17 +18,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import datasets
 import numpy as np
 import pandas as pd
 
+from noisypref.checks import make_options, option_help
+from noisypref.cleaning.budget import Budget
+from noisypref.cleaning.cleaning_record import CleaningRecord
 from noisypref.noise_injection.base import REQUIRED_COLUMNS, PreferencePairs, swap_labels
 from noisypref.sampling import flip_count, top_k_mask
 
@@ -35,11 +36,6 @@ logger = logging.getLogger(__name__)
 
 ORACLE_JUDGE = "oracle"
 TREATMENTS = ("remove", "flip")
-BUDGET_KINDS = ("estimated", "realised_rate", "fraction", "threshold")
-# Budgets written as a word; the other two are mappings {fraction: x} / {threshold: x}.
-WORD_BUDGETS = ("estimated", "realised_rate")
-ACTIONS = ("keep", "remove", "flip")
-RECORD_COLUMNS = ("pair_id", "score", "flagged", "action")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,11 +120,6 @@ class JudgeOptions:
         return False
 
 
-def option_field(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a one-line description shown by `noisypref judges`."""
-    return field(default=default, metadata={"help": help})
-
-
 JudgeFunction = Callable[[JudgeInputs, Any], JudgeScores]
 
 
@@ -142,22 +133,11 @@ class Judge:
     reads_flip_record: bool = False
 
     def make_options(self, options: Mapping[str, Any] | None = None) -> JudgeOptions:
-        options = dict(options or {})
-        allowed = [option.name for option in dataclasses.fields(self.options_type)]
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"judge {self.name!r} has no option {', '.join(map(repr, unknown))}; "
-                f"its options are: {', '.join(allowed) or '(none)'}"
-            )
-        return self.options_type(**options)
+        return make_options(f"judge {self.name!r}", self.options_type, dict(options or {}))
 
     def option_help(self) -> list[tuple[str, Any, str]]:
         """(name, default, description) of each option, for `noisypref judges`."""
-        return [
-            (option.name, option.default, option.metadata.get("help", ""))
-            for option in dataclasses.fields(self.options_type)
-        ]
+        return option_help(self.options_type)
 
 
 JUDGES: dict[str, Judge] = {}
@@ -193,100 +173,8 @@ def get_judge(name: str) -> Judge:
     return JUDGES[name]
 
 
-def check_choice(option: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"option {option}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
-        )
-
-
-def check_positive_integer(option: str, value: Any, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"option {option}={value!r} must be an integer >= {minimum}")
-    return int(value)
-
-
-def check_positive_number(option: str, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"option {option}={value!r} must be a finite number > 0")
-    return float(value)
-
-
 # ---------------------------------------------------------------------------------------------
-# Budgets: how many of the scored pairs are flagged.
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How many pairs a judge flags.
-
-    - ``estimated``: the judge's own estimate of the share of mislabelled pairs (`JudgeScores.estimated_rate`),
-      or its own flag set where it decides by itself (the ensemble's vote; the oracle's flipped pairs);
-    - ``realised_rate``: the share the noise model actually flipped: the judge is told how many pairs are
-      wrong, not which (a known-rate reference, like cDPO / rDPO with ε set to the realised rate);
-    - ``fraction``: the ``round(value · N)`` most suspect pairs;
-    - ``threshold``: every pair whose score exceeds ``value``.
-    """
-
-    kind: str = "estimated"
-    value: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in BUDGET_KINDS:
-            raise ValueError(f"budget kind {self.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
-        if self.kind in WORD_BUDGETS and self.value is not None:
-            raise ValueError(f"budget {self.kind!r} takes no value")
-        if self.kind == "fraction" and not (
-            isinstance(self.value, numbers.Real)
-            and not isinstance(self.value, bool)
-            and 0.0 <= self.value <= 1.0
-        ):
-            raise ValueError(f"budget fraction {self.value!r} must be a number in [0, 1]")
-        if self.kind == "threshold" and not (
-            isinstance(self.value, numbers.Real)
-            and not isinstance(self.value, bool)
-            and math.isfinite(self.value)
-        ):
-            raise ValueError(f"budget threshold {self.value!r} must be a finite number")
-
-    @classmethod
-    def parse(cls, value: Any) -> Budget:
-        """A budget from its study-file form: ``estimated``, ``realised_rate``, a number (a fraction),
-        ``{fraction: x}`` or ``{threshold: x}``. ``ValueError`` says what is allowed."""
-        allowed = "'estimated', 'realised_rate', a fraction in [0, 1], {fraction: x} or {threshold: x}"
-        if isinstance(value, Budget):
-            return value
-        if isinstance(value, str):
-            if value not in WORD_BUDGETS:
-                raise ValueError(f"budget {value!r} is not allowed; give {allowed}")
-            return cls(value)
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return cls("fraction", float(value))
-        if isinstance(value, Mapping) and len(value) == 1:
-            ((kind, number),) = value.items()
-            if kind in ("fraction", "threshold"):
-                if isinstance(number, numbers.Real) and not isinstance(number, bool):
-                    number = float(number)
-                return cls(kind, number)
-        raise ValueError(f"budget {value!r} is not allowed; give {allowed}")
-
-    def to_plain(self) -> str | dict[str, float]:
-        """The canonical study-file / run-config form (parse(to_plain()) == self)."""
-        return self.kind if self.kind in WORD_BUDGETS else {self.kind: self.value}
-
-    def describe(self) -> str:
-        if self.kind == "estimated":
-            return "the judge's estimate"
-        if self.kind == "realised_rate":
-            return "the realised flip rate"
-        if self.kind == "fraction":
-            return f"top {100 * self.value:g}%"
-        return f"score > {self.value:g}"
+# Flagging: the pairs of a judge's scores within a budget (`cleaning.budget`)
 
 
 def select_flagged(
@@ -309,95 +197,6 @@ def select_flagged(
         share = budget.value
     share = min(max(float(share), 0.0), 1.0)
     return top_k_mask(flip_count(share, len(suspicion)), suspicion, np.zeros(len(suspicion)), pair_ids)
-
-
-# ---------------------------------------------------------------------------------------------
-# The cleaning record.
-
-
-@dataclass(frozen=True)
-class CleaningRecord:
-    """What a judge made of a noisy dataset: per pair its score, whether it was flagged and what was done.
-    Written beside a run as ``cleaning.csv`` (+ the summary in ``result.json``'s ``cleaning``)."""
-
-    judge: str
-    options: dict[str, Any]
-    treatment: str
-    budget: str | dict[str, float]
-    seed: int
-    estimated_rate: float
-    table: pd.DataFrame  # pair_id, score, flagged, action ("keep", "remove" or "flip")
-
-    @property
-    def num_pairs(self) -> int:
-        return len(self.table)
-
-    @property
-    def num_flagged(self) -> int:
-        return int(self.table["flagged"].sum())
-
-    @property
-    def num_left(self) -> int:
-        """Pairs the cleaned dataset holds."""
-        return int((self.table["action"] != "remove").sum())
-
-    def summary(self) -> dict[str, Any]:
-        """Everything but the per-pair table, as JSON-ready values."""
-        return {
-            "judge": self.judge,
-            "options": self.options,
-            "treatment": self.treatment,
-            "budget": self.budget,
-            "seed": self.seed,
-            "estimated_rate": self.estimated_rate,
-            "num_pairs": self.num_pairs,
-            "num_flagged": self.num_flagged,
-            "num_left": self.num_left,
-        }
-
-    def to_csv(self, path: str | Path) -> None:
-        """The per-pair table in dataset row order (scores written to 17 significant digits)."""
-        self.table.to_csv(path, index=False, lineterminator="\n", float_format="%.17g")
-
-    def write(self, folder: str | Path) -> None:
-        """``cleaning.csv`` and ``cleaning.json`` (the summary) in ``folder``."""
-        folder = Path(folder)
-        self.to_csv(folder / CLEANING_TABLE_NAME)
-        (folder / CLEANING_SUMMARY_NAME).write_text(
-            json.dumps(self.summary(), indent=2) + "\n", encoding="utf-8"
-        )
-
-    @classmethod
-    def read(cls, folder: str | Path) -> CleaningRecord:
-        """The record `write` left in ``folder``; ``ValueError`` naming the file when it is malformed."""
-        folder = Path(folder)
-        table_path, summary_path = folder / CLEANING_TABLE_NAME, folder / CLEANING_SUMMARY_NAME
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        table = pd.read_csv(table_path, dtype={"pair_id": str, "action": str}, keep_default_na=False)
-        missing = [name for name in RECORD_COLUMNS if name not in table.columns]
-        if missing:
-            raise ValueError(
-                f"{table_path}: missing column(s) {missing}; a cleaning table has {list(RECORD_COLUMNS)}"
-            )
-        if table["flagged"].dtype != bool:
-            raise ValueError(f"{table_path}: flagged must hold True/False only")
-        table["score"] = table["score"].astype(float)
-        record = cls(
-            judge=summary["judge"],
-            options=dict(summary["options"]),
-            treatment=summary["treatment"],
-            budget=summary["budget"],
-            seed=int(summary["seed"]),
-            estimated_rate=float(summary["estimated_rate"]),
-            table=table[list(RECORD_COLUMNS)],
-        )
-        if (record.num_pairs, record.num_flagged) != (summary["num_pairs"], summary["num_flagged"]):
-            raise ValueError(f"{table_path} and {summary_path} disagree on the number of pairs or flags")
-        return record
-
-
-CLEANING_TABLE_NAME = "cleaning.csv"
-CLEANING_SUMMARY_NAME = "cleaning.json"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,18 +18,17 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
+from noisypref.checks import check_choice, option_field
 from noisypref.cleaning.base import (
     ORACLE_JUDGE,
-    Budget,
     JudgeInputs,
     JudgeOptions,
     JudgeScores,
-    check_choice,
     get_judge,
-    option_field,
     register_judge,
     select_flagged,
 )
+from noisypref.cleaning.budget import Budget
 
 RULES = ("any", "majority", "all")
 ENSEMBLE_JUDGE = "ensemble"

@@ -23,15 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from noisypref.cleaning.base import (
-    JudgeInputs,
-    JudgeOptions,
-    JudgeScores,
-    check_positive_integer,
-    check_positive_number,
-    option_field,
-    register_judge,
-)
+from noisypref.checks import check_integer, check_positive, option_field
+from noisypref.cleaning.base import JudgeInputs, JudgeOptions, JudgeScores, register_judge
 from noisypref.cleaning.estimate import anchor_flip_rate
 from noisypref.sampling import keyed_uniforms
 
@@ -55,11 +48,11 @@ class RewardModelOptions(JudgeOptions):
     )
 
     def __post_init__(self) -> None:
-        check_positive_integer("folds", self.folds, minimum=2)
-        check_positive_integer("steps", self.steps)
-        check_positive_number("beta", self.beta)
-        check_positive_integer("batch_size", self.batch_size)
-        check_positive_integer("max_length", self.max_length, minimum=2)
+        check_integer("folds", self.folds, minimum=2)
+        check_integer("steps", self.steps, minimum=1)
+        check_positive("beta", self.beta)
+        check_integer("batch_size", self.batch_size, minimum=1)
+        check_integer("max_length", self.max_length, minimum=2)
         if self.model is not None and not (isinstance(self.model, str) and self.model):
             raise ValueError(
                 f"option model={self.model!r} must be null or the path of a local reward-model folder"

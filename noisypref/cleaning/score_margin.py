@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from noisypref.cleaning.base import JudgeInputs, JudgeOptions, JudgeScores, option_field, register_judge
+from noisypref.checks import option_field
+from noisypref.cleaning.base import JudgeInputs, JudgeOptions, JudgeScores, register_judge
 from noisypref.cleaning.estimate import anchor_flip_rate
 
 

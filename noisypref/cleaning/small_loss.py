@@ -13,15 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from noisypref.cleaning.base import (
-    JudgeInputs,
-    JudgeOptions,
-    JudgeScores,
-    check_positive_integer,
-    check_positive_number,
-    option_field,
-    register_judge,
-)
+from noisypref.checks import check_integer, check_positive, option_field
+from noisypref.cleaning.base import JudgeInputs, JudgeOptions, JudgeScores, register_judge
 from noisypref.cleaning.estimate import anchor_flip_rate
 
 
@@ -33,8 +26,8 @@ class SmallLossOptions(JudgeOptions):
     beta: float = option_field(0.1, "β of the warm-up DPO run")
 
     def __post_init__(self) -> None:
-        check_positive_integer("steps", self.steps)
-        check_positive_number("beta", self.beta)
+        check_integer("steps", self.steps, minimum=1)
+        check_positive("beta", self.beta)
 
     @property
     def needs_models(self) -> bool:

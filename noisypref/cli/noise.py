@@ -9,15 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from noisypref.benchmark.config.checks import Invalid
 from noisypref.benchmark.config.sections import MAX_SEED, seed_check
 from noisypref.benchmark.data.loaders import (
     load_preferences,
     source_records,
-    swap_labels,
+    swap_record_labels,
     write_preferences,
     write_records,
 )
+from noisypref.checks import Invalid
 from noisypref.cli import StoreOnce, UserError, make_output_folder
 from noisypref.noise_injection import NOISE_MODELS, get_noise_model, inject
 from noisypref.noise_injection.base import realised_rate_warning
@@ -170,7 +170,7 @@ def write_noisy_data(args: argparse.Namespace, written: list[Path]) -> int:
         flipped = record.table["is_flipped"].tolist()
         written.append(data_path)
         write_records(
-            [swap_labels(row) if is_flipped else row for row, is_flipped in zip(records, flipped, strict=True)],
+            [swap_record_labels(row) if is_flipped else row for row, is_flipped in zip(records, flipped, strict=True)],
             data_path,
         )
         written_layout = f"the input's layout, {layout}"

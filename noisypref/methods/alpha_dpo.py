@@ -22,15 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from noisypref.methods.base import (
-    PairLogps,
-    PreferenceMethod,
-    SequenceOptions,
-    check_in_range,
-    check_non_negative,
-    check_positive,
-    register,
-)
+from noisypref.checks import check_in_range, check_non_negative, check_positive
+from noisypref.methods.base import PairLogps, PreferenceMethod, SequenceOptions, register
 from noisypref.methods.margins import MarginEstimator
 
 

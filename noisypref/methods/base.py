@@ -5,18 +5,19 @@ A method turns per-pair sequence log-probs into a per-pair loss. Every method he
 (zero for DPO, γ for SimPO, a length penalty for R-DPO) unless a ``MarginEstimator`` is attached,
 in which case the γ-PO margin of Sun et al. (2025) replaces it pair by pair (DESIGN §3.1).
 
-This package imports nothing from the rest of noisypref and never sees text, files or models.
+This package imports nothing from the rest of noisypref but the leaf modules (`noisypref.checks`, the
+value checks; `noisypref.collectives`) and never sees text, files or models.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
+from noisypref.checks import check_bool, check_in_range
 from noisypref.methods.margins import MarginEstimator
 
 
@@ -98,34 +99,6 @@ class MethodOutput:
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} = {value!r} is invalid: expected a finite number > 0")
-
-
-def check_non_negative(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} = {value!r} is invalid: expected a finite number >= 0")
-
-
-def check_in_range(name: str, value: float, low: float, high: float, *, high_inclusive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and low <= value
-    ok = ok and (value <= high if high_inclusive else value < high)
-    if not ok:
-        closing = "]" if high_inclusive else ")"
-        raise ValueError(f"{name} = {value!r} is invalid: expected a number in [{low}, {high}{closing}")
-
-
-def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} = {value!r} is invalid: expected one of {', '.join(map(repr, allowed))}")
-
-
-def check_finite(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value)):
-        raise ValueError(f"{name} = {value!r} is invalid: expected a finite number")
-
-
 # A hyperparameter added to an existing method after release: the run-id code leaves it out of a
 # run's id while it equals its default, so existing studies keep their ids.
 SINCE_0_2 = {"since": "0.2"}
@@ -162,11 +135,6 @@ class SequenceOptions:
         check_bool("use_weighting", self.use_weighting)
         if self.ld_alpha is not None:
             check_in_range("ld_alpha", self.ld_alpha, 0.0, 1.0, high_inclusive=True)
-
-
-def check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} = {value!r} is invalid: expected true or false")
 
 
 def sequence_logps(logps: PairLogps, options: SequenceOptions) -> PairLogps:

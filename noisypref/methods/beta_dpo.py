@@ -33,15 +33,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from noisypref.checks import check_choice, check_in_range, check_non_negative, check_positive
 from noisypref.methods.base import (
     MethodOutput,
     PairLogps,
     PreferenceMethod,
     SequenceOptions,
-    check_choice,
-    check_in_range,
-    check_non_negative,
-    check_positive,
     register,
     sequence_logps,
 )

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from noisypref.methods.base import PairLogps, SequenceOptions, check_positive, register
+from noisypref.checks import check_positive
+from noisypref.methods.base import PairLogps, SequenceOptions, register
 from noisypref.methods.dpo import DPO
 from noisypref.methods.margins import MarginEstimator
 from noisypref.methods.simpo import SimPO

@@ -10,14 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from noisypref.methods.base import (
-    PairLogps,
-    PreferenceMethod,
-    SequenceOptions,
-    check_non_negative,
-    check_positive,
-    register,
-)
+from noisypref.checks import check_non_negative, check_positive
+from noisypref.methods.base import PairLogps, PreferenceMethod, SequenceOptions, register
 from noisypref.methods.dpo import implicit_rewards
 
 

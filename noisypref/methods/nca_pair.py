@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from noisypref.methods.base import PairLogps, PreferenceMethod, SequenceOptions, check_positive, register
+from noisypref.checks import check_positive
+from noisypref.methods.base import PairLogps, PreferenceMethod, SequenceOptions, register
 from noisypref.methods.dpo import implicit_rewards
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from noisypref.methods.base import check_non_negative, register
+from noisypref.checks import check_non_negative
+from noisypref.methods.base import register
 from noisypref.methods.dpo import DPO, DPOConfig
 
 

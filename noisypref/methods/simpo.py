@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from noisypref.methods.base import PairLogps, PreferenceMethod, check_non_negative, check_positive, register
+from noisypref.checks import check_non_negative, check_positive
+from noisypref.methods.base import PairLogps, PreferenceMethod, register
 
 
 @dataclass(frozen=True)

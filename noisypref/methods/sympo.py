@@ -20,15 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from noisypref.methods.base import (
-    PairLogps,
-    PreferenceMethod,
-    SequenceOptions,
-    check_bool,
-    check_choice,
-    check_positive,
-    register,
-)
+from noisypref.checks import check_bool, check_choice, check_positive
+from noisypref.methods.base import PairLogps, PreferenceMethod, SequenceOptions, register
 from noisypref.methods.dpo import implicit_rewards
 
 SYMMETRIC_LOSSES = ("sigmoid", "ramp", "symmetric_ramp", "unhinged", "square", "hinge")

@@ -8,13 +8,13 @@ from noisypref.noise_injection import adversarial, annotators, confidence, lengt
 from noisypref.noise_injection.base import (
     NOISE_MODELS,
     FlipDraw,
-    FlipRecord,
     NoiseOptions,
     PreferencePairs,
     get_noise_model,
     inject,
     register_noise_model,
 )
+from noisypref.noise_injection.flip_record import FlipRecord
 
 __all__ = [
     "NOISE_MODELS",

@@ -14,17 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from noisypref.checks import check_integer, check_number, option_field
 from noisypref.noise_injection.base import (
     SCORE_COLUMNS,
     FlipDraw,
-    FlipRecord,
     NoiseOptions,
     PreferencePairs,
-    check_integer,
-    check_real,
-    option_field,
     register_noise_model,
 )
+from noisypref.noise_injection.flip_record import FlipRecord
 from noisypref.sampling import CALIBRATION_ITERATIONS, keyed_uniforms, logistic
 
 logger = logging.getLogger(__name__)
@@ -65,14 +63,14 @@ class AnnotatorsOptions(NoiseOptions):
             object.__setattr__(
                 self,
                 "accuracy",
-                tuple(check_real("accuracy", value, minimum=0.0, maximum=1.0) for value in self.accuracy),
+                tuple(check_number("accuracy", value, minimum=0.0, maximum=1.0) for value in self.accuracy),
             )
         elif self.accuracy is not None:
             object.__setattr__(
-                self, "accuracy", check_real("accuracy", self.accuracy, minimum=0.0, maximum=1.0)
+                self, "accuracy", check_number("accuracy", self.accuracy, minimum=0.0, maximum=1.0)
             )
         if self.temperature is not None:
-            check_real("temperature", self.temperature, minimum=0.0, exclusive_minimum=True)
+            check_number("temperature", self.temperature, minimum=0.0, exclusive_minimum=True)
 
     @property
     def required_columns(self) -> tuple[str, ...]:

@@ -1,9 +1,10 @@
-"""The noise-model registry, option checks, the flip record and the shared `inject`.
+"""The noise-model registry, what a model sees, and the shared `inject`.
 
 A noise model is one function that decides which pairs flip, plus a frozen dataclass of its
-options, registered by name with `register_noise_model`. `inject` does everything else once for
-every model: it checks the rate, the options and the dataset, asks the model for its flips, swaps
-`chosen` / `rejected` (and their scores) on the flipped pairs and builds the `FlipRecord`.
+options (checked with `noisypref.checks`), registered by name with `register_noise_model`. `inject`
+does everything else once for every model: it checks the rate, the options and the dataset, asks the
+model for its flips, swaps `chosen` / `rejected` (and their scores) on the flipped pairs and builds the
+`FlipRecord` (`noise_injection.flip_record`).
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import numbers
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import numpy as np
 import pandas as pd
+
+from noisypref.checks import Invalid, integer, interval, make_options, option_help
+from noisypref.noise_injection.flip_record import FlipRecord
 
 logger = logging.getLogger(__name__)
 
@@ -29,44 +31,6 @@ SCORE_COLUMNS = ("score_chosen", "score_rejected")
 SWAPPED_COLUMN_PAIRS = (("chosen", "rejected"), ("score_chosen", "score_rejected"))
 MODES = ("exact", "bernoulli")
 EXAMPLES_IN_MESSAGES = 5
-
-
-# ---------------------------------------------------------------------------------------------
-# Option checks: each model's options dataclass calls these from __post_init__.
-
-
-def check_choice(option: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"option {option}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
-        )
-
-
-def check_real(
-    option: str,
-    value: Any,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    exclusive_minimum: bool = False,
-) -> float:
-    """Return `value` as a float after checking it is a finite real number in the allowed range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"option {option}={value!r} must be a finite number")
-    too_small = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
-    too_large = maximum is not None and value > maximum
-    if too_small or too_large:
-        lower = "" if minimum is None else f"{'>' if exclusive_minimum else '>='} {minimum}"
-        upper = "" if maximum is None else f"<= {maximum}"
-        allowed = " and ".join(part for part in (lower, upper) if part)
-        raise ValueError(f"option {option}={value!r} is out of range; it must be {allowed}")
-    return float(value)
-
-
-def check_integer(option: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"option {option}={value!r} must be an integer >= {minimum}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -132,21 +96,11 @@ class NoiseModel:
     draw_flips: FlipFunction
 
     def make_options(self, options: dict[str, Any]) -> NoiseOptions:
-        allowed = [option.name for option in dataclasses.fields(self.options_type)]
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"noise model {self.name!r} has no option {', '.join(map(repr, unknown))}; "
-                f"its options are: {', '.join(allowed) or '(none)'}"
-            )
-        return self.options_type(**options)
+        return make_options(f"noise model {self.name!r}", self.options_type, options)
 
     def option_help(self) -> list[tuple[str, Any, str]]:
         """(name, default, description) of each option, for `noisypref noise --list`."""
-        return [
-            (option.name, option.default, option.metadata.get("help", ""))
-            for option in dataclasses.fields(self.options_type)
-        ]
+        return option_help(self.options_type)
 
 
 NOISE_MODELS: dict[str, NoiseModel] = {}
@@ -174,108 +128,6 @@ def get_noise_model(name: str) -> NoiseModel:
             f"unknown noise model {name!r}; the registered models are: {', '.join(sorted(NOISE_MODELS))}"
         )
     return NOISE_MODELS[name]
-
-
-def option_field(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a one-line description shown by `noise --list`."""
-    return field(default=default, metadata={"help": help})
-
-
-# ---------------------------------------------------------------------------------------------
-# The flip record.
-
-
-@dataclass(frozen=True)
-class FlipRecord:
-    """Which pairs a noise model flipped. Written beside a noisy dataset; read by evaluation only,
-    never by training (but for the oracle reference, whose training data leaves the flipped pairs out:
-    ``noisypref.benchmark.run.prepare.training_pairs``)."""
-
-    model: str
-    options: dict[str, Any]
-    seed: int
-    target_rate: float
-    table: pd.DataFrame  # pair_id, is_flipped, flip_probability (NaN where the model has none)
-    identical_pairs: int  # pairs whose chosen equals rejected: flipping them changes nothing
-
-    @property
-    def num_pairs(self) -> int:
-        return len(self.table)
-
-    @property
-    def num_flipped(self) -> int:
-        return int(self.table["is_flipped"].sum())
-
-    @property
-    def realised_rate(self) -> float:
-        return self.num_flipped / self.num_pairs
-
-    def flipped_pair_ids(self) -> set[str]:
-        return set(self.table.loc[self.table["is_flipped"], "pair_id"])
-
-    def summary(self) -> dict[str, Any]:
-        """Everything but the per-pair table, as JSON-ready values."""
-        return {
-            "model": self.model,
-            "options": self.options,
-            "seed": self.seed,
-            "target_rate": self.target_rate,
-            "num_pairs": self.num_pairs,
-            "num_flipped": self.num_flipped,
-            "realised_rate": self.realised_rate,
-            "identical_pairs": self.identical_pairs,
-        }
-
-    def to_csv(self, path: str | Path) -> None:
-        """Write the per-pair table (pair_id, is_flipped, flip_probability) in dataset row order."""
-        self.table.to_csv(path, index=False, lineterminator="\n")
-
-    @classmethod
-    def read(cls, table_path: str | Path) -> FlipRecord:
-        """The record written as ``flips.csv``, with its summary from the file beside it: ``flips.json``
-        (``noisypref noise``) or a run's ``result.json`` (its ``noise`` section). Raises
-        ``ValueError`` naming the file when a column is missing or the table disagrees with its summary."""
-        table_path = Path(table_path)
-        summary, summary_path = _flip_summary_beside(table_path)
-        table = pd.read_csv(table_path, dtype={"pair_id": str}, keep_default_na=False, na_values=[""])
-        missing = [name for name in FLIP_TABLE_COLUMNS if name not in table.columns]
-        if missing:
-            raise ValueError(f"{table_path}: missing column(s) {missing}; a flip table has {list(FLIP_TABLE_COLUMNS)}")
-        if table["is_flipped"].dtype != bool:
-            raise ValueError(f"{table_path}: is_flipped must hold True/False only")
-        table["flip_probability"] = table["flip_probability"].astype(float)
-        record = cls(
-            model=summary["model"],
-            options=dict(summary["options"]),
-            seed=int(summary["seed"]),
-            target_rate=float(summary["target_rate"]),
-            table=table[list(FLIP_TABLE_COLUMNS)],
-            identical_pairs=int(summary["identical_pairs"]),
-        )
-        if (record.num_pairs, record.num_flipped) != (summary["num_pairs"], summary["num_flipped"]):
-            raise ValueError(
-                f"{table_path} has {record.num_pairs} pairs, {record.num_flipped} flipped; {summary_path} says "
-                f"{summary['num_pairs']} pairs, {summary['num_flipped']} flipped: the files do not belong together"
-            )
-        return record
-
-
-FLIP_TABLE_COLUMNS = ("pair_id", "is_flipped", "flip_probability")
-
-
-def _flip_summary_beside(table_path: Path) -> tuple[dict[str, Any], Path]:
-    import json
-
-    for name, section in (("flips.json", None), ("result.json", "noise")):
-        path = table_path.with_name(name)
-        if path.is_file():
-            summary = json.loads(path.read_text(encoding="utf-8"))
-            summary = summary[section] if section else summary
-            return summary, path
-    raise ValueError(
-        f"{table_path}: no flips.json (written by `noisypref noise`) or result.json (a finished run) beside "
-        "it to say which noise model, rate and seed made it"
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,13 +254,17 @@ def swap_labels(dataset: datasets.Dataset, is_flipped: np.ndarray) -> datasets.D
 
 
 def _check_rate(rate: Any) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"flip rate {rate!r} is not allowed; it must be a number in [0, 1]")
+    try:
+        interval(0, 1, high_inclusive=True)(rate)
+    except Invalid as error:
+        raise ValueError(f"flip rate {rate!r} is not allowed; it must be {error.expected}") from None
 
 
 def _check_seed(seed: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed {seed!r} is not allowed; it must be an integer")
+    try:
+        integer()(seed)
+    except Invalid as error:
+        raise ValueError(f"seed {seed!r} is not allowed; it must be {error.expected}") from None
 
 
 def _check_dataset(dataset: datasets.Dataset, model_columns: Iterable[str], model: str) -> None:

@@ -6,15 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from noisypref.checks import check_choice, check_number, option_field
 from noisypref.noise_injection.base import (
     MODES,
     SCORE_COLUMNS,
     FlipDraw,
     NoiseOptions,
     PreferencePairs,
-    check_choice,
-    check_real,
-    option_field,
     register_noise_model,
 )
 from noisypref.sampling import keyed_uniforms, logistic, weighted_flips
@@ -31,7 +29,7 @@ class ConfidenceOptions(NoiseOptions):
     )
 
     def __post_init__(self) -> None:
-        check_real("temperature", self.temperature, minimum=0.0, exclusive_minimum=True)
+        check_number("temperature", self.temperature, minimum=0.0, exclusive_minimum=True)
         check_choice("mode", self.mode, MODES)
 
     @property

@@ -7,14 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from noisypref.checks import check_choice, check_number, option_field
 from noisypref.noise_injection.base import (
     MODES,
     FlipDraw,
     NoiseOptions,
     PreferencePairs,
-    check_choice,
-    check_real,
-    option_field,
     register_noise_model,
 )
 from noisypref.sampling import keyed_uniforms, logistic, weighted_flips
@@ -32,7 +30,7 @@ class LengthOptions(NoiseOptions):
     )
 
     def __post_init__(self) -> None:
-        check_real("strength", self.strength, minimum=0.0)
+        check_number("strength", self.strength, minimum=0.0)
         check_choice("mode", self.mode, MODES)
 
 

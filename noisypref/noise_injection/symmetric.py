@@ -6,13 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from noisypref.checks import check_choice, option_field
 from noisypref.noise_injection.base import (
     MODES,
     FlipDraw,
     NoiseOptions,
     PreferencePairs,
-    check_choice,
-    option_field,
     register_noise_model,
 )
 from noisypref.sampling import flip_count, keyed_uniforms, top_k_mask

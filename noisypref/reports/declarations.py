@@ -5,12 +5,14 @@
   comparable across methods (``comparable``; absent in older files: true). The report reads
   direction and bounds from here and never guesses them from a metric's name; without the file
   every metric has direction "none" (differences are shown, no better/worse verdict is given).
-- The ``report:`` section of ``DIR/study.yaml``: the primary metrics of the findings, the
-  baseline method label and declared with/without pairs (``pairs: [{method: LABEL, base: LABEL}]``).
+- The ``report:`` section of ``DIR/study.yaml`` (`noisypref.report_settings.ReportSettings`, the one
+  definition the study schema checks): the primary metrics of the findings, the baseline method label
+  and declared with/without pairs (``pairs: [{method: LABEL, base: LABEL}]``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -19,12 +21,12 @@ from pathlib import Path
 
 import yaml
 
+from noisypref.report_settings import ReportSettings
+
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 DIRECTIONS = ("higher", "lower", "none")
-DEFAULT_PRIMARY_METRICS = ("heldout_accuracy", "gold_win_rate")
-DEFAULT_BASELINE = "dpo"
 
 
 @dataclass(frozen=True)
@@ -135,24 +137,9 @@ def _flag(path: Path, name: str, entry: dict, key: str, default: bool) -> bool:
     return value
 
 
-@dataclass(frozen=True)
-class DeclaredPair:
-    """A with/without comparison the study file asks for: ``method`` minus ``base`` (method labels)."""
-
-    method: str
-    base: str
-
-
-@dataclass(frozen=True)
-class ReportSettings:
-    primary_metrics: tuple[str, ...] = DEFAULT_PRIMARY_METRICS
-    baseline: str = DEFAULT_BASELINE
-    from_study: bool = False  # whether study.yaml had a report: section
-    pairs: tuple[DeclaredPair, ...] = ()
-
-
 def read_report_settings(study_yaml: str | None) -> ReportSettings:
-    """The ``report:`` section of the resolved study file, or the defaults where it has none."""
+    """The ``report:`` section of the resolved study file, or the defaults where it has none; a pair
+    declared twice is compared once."""
     if not study_yaml:
         return ReportSettings()
     try:
@@ -163,33 +150,5 @@ def read_report_settings(study_yaml: str | None) -> ReportSettings:
     section = document.get("report") if isinstance(document, dict) else None
     if not isinstance(section, dict):
         return ReportSettings()
-    primary = section.get("primary_metrics", list(DEFAULT_PRIMARY_METRICS))
-    if isinstance(primary, str):
-        primary = [primary]
-    if not isinstance(primary, list) or not all(isinstance(name, str) for name in primary):
-        raise ValueError(f"study.yaml: report.primary_metrics must be a list of metric names, not {primary!r}")
-    baseline = section.get("baseline", DEFAULT_BASELINE)
-    if not isinstance(baseline, str):
-        raise ValueError(f"study.yaml: report.baseline must be a method label, not {baseline!r}")
-    pairs = _declared_pairs(section.get("pairs") or [])
-    return ReportSettings(primary_metrics=tuple(primary), baseline=baseline, from_study=True, pairs=pairs)
-
-
-def _declared_pairs(entries) -> tuple[DeclaredPair, ...]:
-    """``report.pairs`` of study.yaml: a list of ``{method: LABEL, base: LABEL}``."""
-    if not isinstance(entries, list):
-        raise ValueError(f"study.yaml: report.pairs must be a list of {{method: LABEL, base: LABEL}}, not {entries!r}")
-    pairs = []
-    for index, entry in enumerate(entries):
-        if (
-            not isinstance(entry, dict) or set(entry) != {"method", "base"}
-            or not all(isinstance(entry[key], str) and entry[key] for key in ("method", "base"))
-        ):  # fmt: skip
-            raise ValueError(
-                f"study.yaml: report.pairs[{index}] is {entry!r}; each entry must be {{method: LABEL, base: LABEL}} "
-                "with two method labels"
-            )
-        if entry["method"] == entry["base"]:
-            raise ValueError(f"study.yaml: report.pairs[{index}] compares {entry['method']!r} with itself")
-        pairs.append(DeclaredPair(entry["method"], entry["base"]))
-    return tuple(dict.fromkeys(pairs))
+    settings = ReportSettings.from_dict(section, "study.yaml: report")
+    return dataclasses.replace(settings, pairs=tuple(dict.fromkeys(settings.pairs)))

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from noisypref.reports.declarations import DeclaredPair, MetricDeclarations
+from noisypref.report_settings import DeclaredPair
+from noisypref.reports.declarations import MetricDeclarations
 from noisypref.reports.findings import AUC, FINDINGS_COLUMNS, VALUE, ItemsLookup, compare_family, no_items
 from noisypref.reports.study import BASE_LABEL, CONDITION_KEYS, METHOD, RATE, competitor_runs, percent
 from noisypref.reports.tables import (

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noisypref.report_settings import ReportSettings
 from noisypref.reports.appendix import appendix_sections
 from noisypref.reports.cleaning import (
     CLEANING_METRICS,
@@ -29,7 +30,6 @@ from noisypref.reports.cleaning import (
 from noisypref.reports.declarations import (
     METRICS_FILE,
     MetricDeclarations,
-    ReportSettings,
     read_metric_declarations,
     read_report_settings,
 )

@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from noisypref.benchmark.config.checks import Invalid, Section, choice, optional, setting, text
+from noisypref.checks import Invalid, choice, optional, text
 from noisypref.cleaning import JUDGES, TREATMENTS, Budget, get_judge
+from noisypref.settings import Section, setting
 
 NO_CLEANING = "none"  # the label of the runs that train on the noisy pairs as they are
 

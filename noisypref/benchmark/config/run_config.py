@@ -25,12 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from noisypref.benchmark.config.checks import Invalid, run_id_section, show
 from noisypref.benchmark.config.cleaning import CleaningSettings
+from noisypref.benchmark.config.dataset import DatasetSettings
 from noisypref.benchmark.config.references import symbolic_hyperparameters
 from noisypref.benchmark.config.sections import (
     TESTBED,
-    DatasetSettings,
     EvaluationSettings,
     MethodSettings,
     ModelSettings,
@@ -39,6 +38,8 @@ from noisypref.benchmark.config.sections import (
     method_config,
     seed_check,
 )
+from noisypref.checks import Invalid, show
+from noisypref.settings import run_id_section
 
 RUN_KEYS = ("study", "dataset", "noise", "method", "model", "training", "evaluation", "seed")
 OPTIONAL_RUN_KEYS = ("cleaning",)  # present only where a judge cleans the training pairs

@@ -1,9 +1,10 @@
 """The settings sections of a run, each defined once with its defaults and checks.
 
 A study file's sections, a run config's sections and the engine's arguments are these classes:
-`DatasetSettings`, `NoiseSettings`, `MethodSettings`, `ModelSettings` (with `LoraSettings`),
-`TrainingSettings` and `EvaluationSettings`. Building one checks it (`checks.Section`); a field added
-after 0.1 carries ``since`` and stays out of run ids while at its default.
+`TrainingSettings`, `EvaluationSettings` (its chat benchmarks: `config.benchmarks`), `ModelSettings`
+(with `LoraSettings`), `NoiseSettings`, `MethodSettings` and `TrackingSettings`; `DatasetSettings` is in
+`config.dataset`. Building one checks it (`noisypref.settings.Section`); a field added after 0.1
+carries ``since`` and stays out of run ids while at its default.
 """
 
 from __future__ import annotations
@@ -13,23 +14,10 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from noisypref import methods as method_registry
-from noisypref.benchmark.config.checks import (
-    Invalid,
-    Section,
-    SettingsError,
-    boolean,
-    choice,
-    from_known_keys,
-    integer,
-    number,
-    optional,
-    setting,
-    text,
-)
+from noisypref.benchmark.config.benchmarks import Benchmarks, benchmarks_check
 from noisypref.benchmark.config.references import (
     CLEAN_ONLY,
     GIVEN_REFERENCES,
@@ -40,18 +28,16 @@ from noisypref.benchmark.config.references import (
     symbolic_hyperparameters,
     with_symbols_replaced,
 )
-from noisypref.benchmark.testbed.config import TestbedConfig
+from noisypref.checks import Invalid, boolean, choice, integer, number, optional, text
 from noisypref.noise_injection import NOISE_MODELS
-from noisypref.sampling import flip_count
+from noisypref.settings import Section, from_known_keys, nested_section, setting
 
 TESTBED = "testbed"  # the dataset kind, and the model name meaning "the testbed's reference policy"
-DATASET_KINDS = (TESTBED, "file", "hub")
 NAN_POLICIES = ("fail", "skip")
 SHARDING_MODES = ("none", "fsdp")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
 REFERENCE_MODES = ("cached", "live")
-DEFAULT_HELDOUT_FRACTION = 0.1
 MAX_SEED = 2**32 - 1  # seeds reach torch.manual_seed after arithmetic (generation), which must not overflow
 LORA_ALL_LINEAR = "all-linear"
 
@@ -111,17 +97,6 @@ class TrainingSettings(Section):
         return math.ceil(self.warmup_ratio * self.steps)
 
 
-def _benchmarks_check(value: Any) -> dict[str, Any]:
-    # evaluation.chat_benchmarks owns its settings; imported here, when a value is checked, because
-    # that module loads the generation stack
-    from noisypref.benchmark.evaluation.chat_benchmarks import normalised_benchmarks
-
-    try:
-        return normalised_benchmarks(value)
-    except ValueError as error:
-        raise Invalid(f"a valid value ({error})") from None
-
-
 @dataclass(frozen=True)
 class EvaluationSettings(Section):
     """What to measure after training (the ``evaluation`` section). Sampling settings apply to the
@@ -137,7 +112,7 @@ class EvaluationSettings(Section):
     temperature: float = setting(1.0, number(minimum=0))  # 0: greedy
     max_new_tokens: int = setting(16, integer(minimum=1))
     kl_samples: int = setting(1, integer(minimum=0))
-    benchmarks: dict[str, Any] = setting({}, _benchmarks_check)
+    benchmarks: Benchmarks = setting(Benchmarks(), benchmarks_check)  # chat benchmarks (config.benchmarks)
     # at most this many held-out pairs are evaluated (the first of the held-out split); null: all
     max_heldout_pairs: int | None = setting(None, optional(integer(minimum=1)), since="0.2")
 
@@ -169,20 +144,6 @@ def _target_modules(value: Any) -> str | tuple[str, ...]:
     raise Invalid(f"{LORA_ALL_LINEAR!r} or a non-empty list of module names (e.g. [q_proj, v_proj])")
 
 
-def _lora_check(value: Any) -> LoraSettings | None:
-    """null (full fine-tuning) or LoRA settings, every default filled in."""
-    if value is None or isinstance(value, LoraSettings):
-        return value
-    if not isinstance(value, Mapping):
-        raise Invalid("null (full fine-tuning) or a mapping of LoRA settings r, alpha, dropout, target_modules")
-    try:
-        return LoraSettings.from_dict(value)
-    except SettingsError as error:
-        raise Invalid("valid LoRA settings", error.problems) from None
-    except ValueError as error:
-        raise Invalid(f"a valid value ({error})") from None
-
-
 @dataclass(frozen=True)
 class ModelSettings(Section):
     """The model trained (the ``model`` section); the reference model is its starting point."""
@@ -196,122 +157,15 @@ class ModelSettings(Section):
     dtype: str = setting("auto", choice(DTYPES))
     attn_implementation: str = setting("sdpa", choice(ATTENTION_IMPLEMENTATIONS))
     gradient_checkpointing: bool = setting(False, boolean())
-    lora: LoraSettings | None = setting(None, _lora_check)
+    lora: LoraSettings | None = setting(  # None: full fine-tuning
+        None, nested_section(LoraSettings, "null (full fine-tuning) or a mapping of LoRA settings r, alpha, dropout, target_modules")
+    )
     # cached: reference log-probs computed once and cached; live: the reference model kept in memory
     reference: str = setting("cached", choice(REFERENCE_MODES))
 
 
 # ---------------------------------------------------------------------------------------------
-# Dataset, noise, method
-
-
-def _testbed_check(value: Any) -> TestbedConfig | None:
-    if value is None or isinstance(value, TestbedConfig):
-        return value
-    if not isinstance(value, Mapping):
-        raise Invalid("a mapping of TestbedConfig fields")
-    try:
-        return TestbedConfig.from_dict(value)
-    except SettingsError as error:
-        raise Invalid("valid testbed settings", error.problems) from None
-    except ValueError as error:
-        raise Invalid(f"valid testbed settings ({error})") from None
-
-
-def _hub_options_check(value: Any) -> dict[str, Any]:
-    expected = "a mapping of datasets.load_dataset keyword options, e.g. {data_dir: harmless-base}"
-    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
-        raise Invalid(expected)
-    if "split" in value or "path" in value:
-        raise Invalid(f"{expected} (the split is the entry's 'split', the dataset its 'source')")
-    return json.loads(json.dumps(dict(value)))
-
-
-@dataclass(frozen=True)
-class DatasetSettings(Section):
-    """Where the pairs come from (the ``dataset`` section): the testbed, a local file or a hub id."""
-
-    section = "dataset"
-
-    label: str | None = setting(None, optional(text()))  # names the dataset in studies; not part of a run
-    kind: str = setting(TESTBED, choice(DATASET_KINDS))
-    testbed: TestbedConfig | None = setting(None, _testbed_check)  # kind testbed; None: the defaults
-    source: str | None = setting(None, optional(text(described_as="a local file path or a hub dataset id")))
-    split: str | None = setting(None, optional(text()))
-    heldout_fraction: float = setting(
-        DEFAULT_HELDOUT_FRACTION, number(minimum=0, maximum=1, exclusive_minimum=True, exclusive_maximum=True)
-    )
-    max_pairs: int | None = setting(None, optional(integer(minimum=1)))
-    hub_options: dict[str, Any] = setting({}, _hub_options_check)  # options of datasets.load_dataset, kind hub
-
-    def __post_init__(self) -> None:
-        if self.kind == TESTBED and self.testbed is None:
-            object.__setattr__(self, "testbed", TestbedConfig())
-        super().__post_init__()
-
-    def problems(self) -> list[tuple[str, Any, str]]:
-        problems = []
-        if self.kind == TESTBED:
-            if self.source is not None:
-                problems.append(("source", self.source, "nothing for kind 'testbed' (its pairs are generated)"))
-        else:
-            if self.source is None:
-                problems.append(("source", None, f"a {'local file path' if self.kind == 'file' else 'hub dataset id'} for kind {self.kind!r}"))
-            if self.testbed is not None:
-                problems.append(("testbed", "...", f"nothing for kind {self.kind!r} (testbed settings apply to kind 'testbed')"))
-        if self.hub_options and self.kind != "hub":
-            problems.append(("hub_options", self.hub_options, "nothing: it applies to kind 'hub' only"))
-        return problems
-
-    def pair_counts(
-        self, file_pairs: int | None = None, max_heldout_pairs: int | None = None
-    ) -> tuple[int, int] | None:
-        """(training pairs, held-out pairs) that a run of this dataset gets, as
-        `run.prepare.resolve_dataset` takes them: the testbed's sizes, or a file of ``file_pairs``
-        pairs split by ``heldout_fraction``; both capped by ``max_pairs`` (the held-out pairs at
-        ceil(heldout_fraction * max_pairs) for a file) and the held-out pairs by ``max_heldout_pairs``
-        (``evaluation.max_heldout_pairs``). None where the size is not known before loading (a hub
-        dataset, or ``file_pairs`` not given)."""
-        if self.kind == TESTBED:
-            train, heldout = self.testbed.num_train_pairs, self.testbed.num_heldout_pairs
-        elif self.kind == "file" and file_pairs is not None:
-            heldout = flip_count(self.heldout_fraction, file_pairs)  # split_heldout's count
-            train = file_pairs - heldout
-            if self.max_pairs is not None:
-                heldout = min(heldout, max(1, math.ceil(self.heldout_fraction * self.max_pairs)))
-        else:
-            return None
-        if self.max_pairs is not None:
-            train = min(train, self.max_pairs)
-        if max_heldout_pairs is not None:
-            heldout = min(heldout, max_heldout_pairs)
-        return train, heldout
-
-    @property
-    def display_label(self) -> str:
-        """The label, else: "testbed", a file's stem (data/hh.jsonl.gz: hh), a hub id."""
-        if self.label:
-            return self.label
-        if self.kind == TESTBED:
-            return TESTBED
-        if self.kind == "file":
-            name = Path(str(self.source)).name
-            return name.split(".", 1)[0] or name
-        return str(self.source)
-
-    def study_dict(self) -> dict[str, Any]:
-        """The entry as a resolved study file writes it: the keys its kind uses, every default filled in."""
-        keys = ("label", "kind", "testbed", "max_pairs") if self.kind == TESTBED else (
-            "label", "kind", "source", "split", "heldout_fraction", "max_pairs", "hub_options"
-        )  # fmt: skip
-        return {key: value for key, value in self.run_dict(label=True).items() if key in keys}
-
-    def run_dict(self, *, label: bool = False) -> dict[str, Any]:
-        """The run config's "dataset" section (the label names the dataset in a study, not the run)."""
-        names = [field.name for field in dataclasses.fields(self) if label or field.name != "label"]
-        section = {name: getattr(self, name) for name in names}
-        section["testbed"] = self.testbed.to_dict() if self.testbed is not None else None
-        return json.loads(json.dumps(section))
+# Noise and method
 
 
 def _noise_model_check(value: Any) -> str:
@@ -425,48 +279,6 @@ def match_default_type(value: Any, default: Any) -> Any:
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
-def _metric_names(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(name, str) and name for name in value):
-        raise Invalid("a non-empty list of metric names, e.g. [heldout_accuracy, gold_win_rate]")
-    return tuple(value)
-
-
-PAIR_KEYS = ("method", "base")
-
-
-def _method_pairs(value: Any) -> tuple[dict[str, str], ...]:
-    expected = "a list of {method: LABEL, base: LABEL} mappings, each naming two method labels of the study"
-    if not isinstance(value, (list, tuple)):
-        raise Invalid(expected)
-    pairs = []
-    for pair in value:
-        if not isinstance(pair, Mapping) or set(pair) != set(PAIR_KEYS):
-            raise Invalid(expected)
-        if not all(isinstance(pair[key], str) and pair[key].strip() for key in PAIR_KEYS):
-            raise Invalid(expected)
-        pairs.append({key: pair[key] for key in PAIR_KEYS})
-    return tuple(pairs)
-
-
-@dataclass(frozen=True)
-class ReportSettings(Section):
-    """What a study's report leads with (the ``report`` section): its primary metrics (those absent
-    from the results are skipped), the method label the others are compared with, and the
-    with/without pairs it compares beyond the automatic ones."""
-
-    section = "report"
-
-    primary_metrics: tuple[str, ...] = setting(["heldout_accuracy", "gold_win_rate"], lambda value: _metric_names(list(value)))
-    baseline: str = setting("dpo", text())
-    # with/without comparisons beyond the automatic ones (a method and its declared base_method): each a
-    # {method: LABEL, base: LABEL} of two competitors' labels (checked against the study's methods)
-    pairs: tuple[dict[str, str], ...] = setting([], lambda value: _method_pairs(value), since="0.2")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def source_records(
     return parsed.layout, [dict(record) for index, record in enumerate(records) if index not in skipped]
 
 
-def swap_labels(record: Mapping[str, Any]) -> dict[str, Any]:
+def swap_record_labels(record: Mapping[str, Any]) -> dict[str, Any]:
     """A raw row with its labels swapped: every key naming "chosen" (chosen, score_chosen,
     chosen-rating, chosen_model, ...) trades values with its "rejected" twin."""
     swapped = dict(record)

@@ -1,28 +1,8 @@
-"""Benchmarks for real models inside a run: the ``evaluation.benchmarks`` section (off by default).
+"""Chat benchmarks for real models inside a run: the ``evaluation.benchmarks`` section
+(`noisypref.benchmark.config.benchmarks`, where its settings and defaults are) run on a trained policy.
 
-    benchmarks:
-      alpaca_eval:                   # AlpacaEval 2: generate, judge against the baseline, score
-        source: tatsu-lab/alpaca_eval            # hub id, or a local model_outputs.json-style file
-        max_prompts: null                        # null: all 805 prompts
-        judge: api:weighted_alpaca_eval_gpt4_turbo   # or reward_model:<local folder or hub id>
-        temperature: 0.0             # 0: greedy
-        top_p: 1.0
-        max_new_tokens: 1024
-        stop_token_ids: []           # beyond the tokenizer's and generation config's eos
-        batch_size: 8
-        lc_variant: auto             # auto | official | offline-glm (noisypref.benchmark.evaluation.alpaca_eval)
-      arena_hard:                    # Arena-Hard v0.1: an answer file for arena-hard-auto's judge
-        source: path/to/question.jsonl
-        max_questions: null
-        temperature: 0.0
-        top_p: 1.0
-        max_new_tokens: 4096
-        stop_token_ids: []
-        batch_size: 8
-
-``parse_benchmarks`` validates a section (missing keys take the defaults above; ``arena_hard.source``
-has none) and ``normalised_benchmarks`` gives it with every default filled in, as the run config
-holds it. ``run_benchmarks`` runs them on a trained policy, writing into the run folder:
+``check_runnable`` fails before training for what would only fail after it (a missing file or API key).
+``run_benchmarks`` runs the configured benchmarks on a trained policy, writing into the run folder:
 
     alpaca_eval/generations.jsonl    resumable generations (noisypref.benchmark.evaluation.generation)
     alpaca_eval/model_outputs.json, annotations.json, score.json
@@ -35,28 +15,22 @@ and returns metrics for result.json: ``alpaca_eval_win_rate``, ``alpaca_eval_sta
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from noisypref.benchmark.config.checks import (
-    Invalid,
-    Section,
-    choice,
-    integer,
-    number,
-    optional,
-    setting,
-    text,
+from noisypref.benchmark.config.benchmarks import (
+    ALPACA_EVAL_DEFAULT_ANNOTATOR,
+    ALPACA_EVAL_HUB_DATASET,
+    AlpacaEvalSettings,
+    ArenaHardSettings,
+    Benchmarks,
 )
 from noisypref.benchmark.config.metrics import declare
 from noisypref.benchmark.evaluation import alpaca_eval, arena_hard
-from noisypref.benchmark.evaluation.generation import GenerationSettings, generate_responses
+from noisypref.benchmark.evaluation.generation import generate_responses
 
 logger = logging.getLogger(__name__)
 
@@ -71,131 +45,12 @@ declare("alpaca_eval_avg_length", "AlpacaEval 2 mean output length (characters)"
 declare("arena_hard_answer_tokens_mean", "Arena-Hard mean answer tokens", "none", bounds=(0.0, None),
         diagnostic=True, description="mean tokens of the Arena-Hard answers (the judge runs outside noisypref)")
 
-API_JUDGE = "api:"
-REWARD_MODEL_JUDGE = "reward_model:"
-LC_VARIANTS = ("auto", "official", "offline-glm")
-BENCHMARK_NAMES = ("alpaca_eval", "arena_hard")
-
-
-def _judge(value: Any) -> str:
-    prefixes = (API_JUDGE, REWARD_MODEL_JUDGE)
-    if not (isinstance(value, str) and value.startswith(prefixes) and value.split(":", 1)[1].strip()):
-        raise Invalid(
-            "'api:<alpaca_eval annotator>' (e.g. api:weighted_alpaca_eval_gpt4_turbo, needs an API key) "
-            "or 'reward_model:<local folder or hub id of a sequence-classification reward model>'"
-        )
-    return value
-
-
-def _token_ids(value: Any) -> tuple[int, ...]:
-    items = list(value) if isinstance(value, (list, tuple)) else None
-    if items is None or not all(isinstance(item, int) and not isinstance(item, bool) and item >= 0 for item in items):
-        raise Invalid("a list of token ids (integers >= 0)")
-    return tuple(items)
-
-
-_source = text(described_as="a local file path or, for alpaca_eval, the hub id 'tatsu-lab/alpaca_eval'")
-_how_many = optional(integer(minimum=1))  # null: all
-_temperature = number(minimum=0)  # 0: greedy
-_top_p = number(minimum=0, maximum=1, exclusive_minimum=True)
-
-
-@dataclass(frozen=True)
-class AlpacaEvalSettings(Section):
-    section = "alpaca_eval"
-
-    source: str = setting(alpaca_eval.HUB_DATASET, _source)
-    max_prompts: int | None = setting(None, _how_many)
-    judge: str = setting(API_JUDGE + alpaca_eval.DEFAULT_API_ANNOTATOR, _judge)
-    temperature: float = setting(0.0, _temperature)
-    top_p: float = setting(1.0, _top_p)
-    max_new_tokens: int = setting(1024, integer(minimum=1))
-    stop_token_ids: tuple[int, ...] = setting((), _token_ids)
-    batch_size: int = setting(8, integer(minimum=1))
-    lc_variant: str = setting("auto", choice(LC_VARIANTS))
-
-    def generation(self) -> GenerationSettings:
-        return GenerationSettings(self.temperature, self.max_new_tokens, self.top_p, self.stop_token_ids)
-
-    @property
-    def uses_api(self) -> bool:
-        return self.judge.startswith(API_JUDGE)
-
-    @property
-    def judge_target(self) -> str:
-        """The annotator name (api) or the reward model (reward_model)."""
-        return self.judge.split(":", 1)[1]
-
-
-@dataclass(frozen=True)
-class ArenaHardSettings(Section):
-    section = "arena_hard"
-
-    source: str = field(metadata={"check": _source})  # no default: the question file
-    max_questions: int | None = setting(None, _how_many)
-    temperature: float = setting(0.0, _temperature)
-    top_p: float = setting(1.0, _top_p)
-    max_new_tokens: int = setting(4096, integer(minimum=1))
-    stop_token_ids: tuple[int, ...] = setting((), _token_ids)
-    batch_size: int = setting(8, integer(minimum=1))
-
-    def generation(self) -> GenerationSettings:
-        return GenerationSettings(self.temperature, self.max_new_tokens, self.top_p, self.stop_token_ids)
-
-
-@dataclass(frozen=True)
-class Benchmarks:
-    alpaca_eval: AlpacaEvalSettings | None = None
-    arena_hard: ArenaHardSettings | None = None
-
-    def __bool__(self) -> bool:
-        return self.alpaca_eval is not None or self.arena_hard is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every default filled in; benchmarks that are off are left out (so ``{}`` means none)."""
-        resolved = {}
-        for name in BENCHMARK_NAMES:
-            settings = getattr(self, name)
-            if settings is not None:
-                values = dataclasses.asdict(settings)
-                values["stop_token_ids"] = list(values["stop_token_ids"])
-                resolved[name] = values
-        return resolved
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation
-
-
-def parse_benchmarks(values: Any, path: str = "evaluation.benchmarks") -> Benchmarks:
-    """Validate a benchmarks section; ``ValueError`` names the field path, the value and what is allowed."""
-    if values is None:
-        return Benchmarks()
-    if not isinstance(values, Mapping):
-        raise ValueError(f"{path} = {values!r} is invalid: expected a mapping with keys {BENCHMARK_NAMES}")
-    unknown = sorted(set(values) - set(BENCHMARK_NAMES))
-    if unknown:
-        raise ValueError(f"{path}: unknown benchmark(s) {unknown}; allowed: {', '.join(BENCHMARK_NAMES)}")
-    alpaca = values.get("alpaca_eval")
-    arena = values.get("arena_hard")
-    return Benchmarks(
-        alpaca_eval=None
-        if alpaca is None
-        else AlpacaEvalSettings.from_dict(alpaca, f"{path}.alpaca_eval"),
-        arena_hard=None if arena is None else ArenaHardSettings.from_dict(arena, f"{path}.arena_hard"),
-    )
-
-
-def normalised_benchmarks(values: Any) -> dict[str, Any]:
-    """The section as a run config holds it (every default filled in); ``ValueError`` if invalid."""
-    return parse_benchmarks(values).to_dict()
-
 
 def check_runnable(benchmarks: Benchmarks) -> None:
     """Fail before training for what would only fail after it: a missing file or API key."""
     settings = benchmarks.alpaca_eval
     if settings is not None:
-        if settings.source != alpaca_eval.HUB_DATASET and not Path(settings.source).is_file():
+        if settings.source != ALPACA_EVAL_HUB_DATASET and not Path(settings.source).is_file():
             raise FileNotFoundError(
                 f"evaluation.benchmarks.alpaca_eval.source: no such file {settings.source}"
             )
@@ -274,7 +129,7 @@ def run_alpaca_eval(
         output_dir=output_dir,
         local_judge=local_judge,
         use_api=settings.uses_api,
-        annotator=settings.judge_target if settings.uses_api else alpaca_eval.DEFAULT_API_ANNOTATOR,
+        annotator=settings.judge_target if settings.uses_api else ALPACA_EVAL_DEFAULT_ANNOTATOR,
         lc_variant=settings.lc_variant,
     )
     logger.info(

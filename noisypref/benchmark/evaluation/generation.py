@@ -6,8 +6,8 @@ a stop token or ``max_new_tokens``. Finished prompts are appended to a jsonl fil
 ``{"index", "prompt", "output"}`` per prompt, flushed after every batch; a restarted run reads the
 file, checks that it belongs to the same prompts, and generates only the missing indices.
 
-``PUBLISHED_SETTINGS`` holds the decoding settings the γ-PO and SimPO authors published for their
-evaluations, per benchmark and model family (sources in ``GenerationSettings.source``).
+The decoding settings are `noisypref.benchmark.config.benchmarks.GenerationSettings`; ``PUBLISHED_SETTINGS``
+there holds those the γ-PO and SimPO authors published, per benchmark and model family.
 """
 
 from __future__ import annotations
@@ -17,95 +17,19 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from noisypref.benchmark.config.benchmarks import GenerationSettings
 from noisypref.benchmark.progress import phase
 from noisypref.benchmark.testbed.sampling import stop_token_ids
 
 logger = logging.getLogger(__name__)
 
 Prompt = str | list[dict[str, str]]
-
-GAMMA_PO_ALPACA_EVAL = "sunjie279/gammaPO eval/alpacaeval2/config/{}"
-SIMPO_ARENA_HARD = "princeton-nlp/SimPO eval/arenahard/configs/{}/gen_answer_config.yaml"
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Decoding settings; ``temperature == 0`` means greedy decoding."""
-
-    temperature: float
-    max_new_tokens: int
-    top_p: float = 1.0
-    stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's and generation config's eos
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-# (benchmark, model family) -> the settings its authors used. AlpacaEval 2: the γ-PO repository's
-# alpaca_eval model configs (the Llama-3 and Mistral ones equal SimPO's eval/alpacaeval2/configs).
-# Arena-Hard: γ-PO publishes no Arena-Hard config; SimPO's gen_answer_config (temperature 0,
-# max_tokens 4096) is the one published, and the same for both its instruct families.
-PUBLISHED_SETTINGS: dict[tuple[str, str], GenerationSettings] = {
-    ("alpaca_eval", "llama3-instruct"): GenerationSettings(
-        temperature=0.9,
-        max_new_tokens=4096,
-        stop_token_ids=(128001, 128009),
-        source=GAMMA_PO_ALPACA_EVAL.format("llama-3-8b-it-gmsimpo-beta10-gm0.4-tau10-lr1e-6.yaml"),
-    ),
-    ("alpaca_eval", "mistral-instruct"): GenerationSettings(
-        temperature=0.5,
-        max_new_tokens=2048,
-        source=GAMMA_PO_ALPACA_EVAL.format("mistral-7b-it-gmsimpo-beta2.5-gm0.15-tau10-lr6e-7.yaml"),
-    ),
-    ("alpaca_eval", "gemma2-it"): GenerationSettings(
-        temperature=0.5,
-        max_new_tokens=4096,
-        stop_token_ids=(1, 107),
-        source=GAMMA_PO_ALPACA_EVAL.format("gemma-2-9b-it-gmsimpo-beta10-gm0.5-tau20-lr8e-7.yaml"),
-    ),
-    ("alpaca_eval", "qwen2.5-instruct"): GenerationSettings(
-        temperature=0.5,
-        max_new_tokens=4096,
-        stop_token_ids=(151645,),
-        source=GAMMA_PO_ALPACA_EVAL.format("qwen-2.5-7b-it-gmsimpo-beta10-gm0.3-tau3-lr1e-6.yaml"),
-    ),
-    ("arena_hard", "llama3-instruct"): GenerationSettings(
-        temperature=0.0,
-        max_new_tokens=4096,
-        stop_token_ids=(128001, 128009),
-        source=SIMPO_ARENA_HARD.format("Llama-3-Instruct-8B-SimPO"),
-    ),
-    ("arena_hard", "mistral-instruct"): GenerationSettings(
-        temperature=0.0,
-        max_new_tokens=4096,
-        stop_token_ids=(2,),
-        source=SIMPO_ARENA_HARD.format("Mistral-7B-Instruct-SimPO"),
-    ),
-}
-
-
-def published_settings(benchmark: str, family: str) -> GenerationSettings:
-    try:
-        return PUBLISHED_SETTINGS[(benchmark, family)]
-    except KeyError:
-        known = ", ".join(f"{b}/{f}" for b, f in PUBLISHED_SETTINGS)
-        raise ValueError(
-            f"no published settings for benchmark {benchmark!r}, family {family!r}; known: {known}"
-        ) from None
-
 
 def as_messages(prompt: Prompt, system_prompt: str | None = None) -> list[dict[str, str]]:
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)

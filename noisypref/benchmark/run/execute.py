@@ -57,7 +57,7 @@ from noisypref.benchmark.config.sections import TESTBED
 from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.reference import LiveReference
 from noisypref.benchmark.engine.train import train
-from noisypref.benchmark.evaluation.chat_benchmarks import parse_benchmarks, run_benchmarks
+from noisypref.benchmark.evaluation.chat_benchmarks import run_benchmarks
 from noisypref.benchmark.progress import HEARTBEAT_FILE, heartbeat
 from noisypref.benchmark.run.evaluate import evaluate_run
 from noisypref.benchmark.run.prepare import (
@@ -252,9 +252,9 @@ def _train_and_evaluate(
         prepared.tokenizer.save_pretrained(run_dir / "model")
         make_files_shareable(run_dir / "model")
     benchmark_details: dict[str, Any] = {}
-    if parse_benchmarks(config.evaluation.benchmarks) and _is_main_process():
+    if config.evaluation.benchmarks and _is_main_process():
         benchmark_metrics, benchmark_details = run_benchmarks(
-            parse_benchmarks(config.evaluation.benchmarks),
+            config.evaluation.benchmarks,
             prepared.policy,
             prepared.tokenizer,
             run_dir,

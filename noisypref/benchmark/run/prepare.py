@@ -33,7 +33,7 @@ from noisypref.benchmark.engine.reference import (
     reference_logps,
 )
 from noisypref.benchmark.engine.tokenization import TokenizedPairs, tokenize_pairs
-from noisypref.benchmark.evaluation.chat_benchmarks import check_runnable, parse_benchmarks
+from noisypref.benchmark.evaluation.chat_benchmarks import check_runnable
 from noisypref.benchmark.progress import phase
 from noisypref.benchmark.run.cleaning import EnginePairModels, clean_training_pairs
 from noisypref.benchmark.storage import atomic_path
@@ -82,7 +82,7 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
     def load() -> tuple:
         with distributed.main_process_first():
             if _is_main_process():  # rank 0 runs the benchmarks: a missing file or API key fails now
-                check_runnable(parse_benchmarks(config.evaluation.benchmarks))
+                check_runnable(config.evaluation.benchmarks)
             return load_data_model_and_tokens(config, run_dir, cache_dir, device)
 
     with phase(f"loading {config.dataset.display_label} and model {config.model.name}"):

@@ -12,12 +12,12 @@ Modules: `schema` (the YAML schema and its validation), `grid` (expansion into r
 from importlib import resources
 from pathlib import Path
 
-from noisypref.benchmark.config.checks import StudyError
 from noisypref.benchmark.study.folder import StudyFolder, StudyFolderError
 from noisypref.benchmark.study.grid import PlannedRun, grid_point_count, plan_runs, run_id
 from noisypref.benchmark.study.results import collect_results, results_frame
 from noisypref.benchmark.study.scheduler import DEFAULT_EXECUTOR, StudySummary, run_study
 from noisypref.benchmark.study.schema import Study, load_study, parse_study
+from noisypref.settings import StudyError
 
 DEFAULT_STUDY_RESOURCE = "default.yaml"
 

@@ -10,24 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from noisypref.benchmark.config.checks import (
-    ErrorList,
-    Invalid,
-    choice,
-    is_mapping,
-    load_settings,
-    number,
-    unknown_keys,
-)
-from noisypref.benchmark.config.sections import (
-    TESTBED,
-    DatasetSettings,
-    ModelSettings,
-    match_default_type,
-    seed_check,
-)
+from noisypref.benchmark.config.dataset import DatasetSettings
+from noisypref.benchmark.config.sections import TESTBED, ModelSettings, match_default_type, seed_check
 from noisypref.benchmark.testbed.config import TestbedConfig
+from noisypref.checks import Invalid, choice, number
 from noisypref.noise_injection import NOISE_MODELS
+from noisypref.settings import ErrorList, is_mapping, load_settings, unknown_keys
 
 NOISE_KEYS = ("model", "rates", "options")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from noisypref.benchmark.config.sections import DatasetSettings
+from noisypref.benchmark.config.dataset import DatasetSettings
 from noisypref.benchmark.storage import file_lock, is_locked, write_text_atomic
 from noisypref.benchmark.study.grid import PlannedRun, plan_runs
 from noisypref.benchmark.study.schema import Study, load_study, parse_study

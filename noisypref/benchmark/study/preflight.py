@@ -24,17 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from noisypref.benchmark.config.checks import ErrorList
+from noisypref.benchmark.config.dataset import DatasetSettings
 from noisypref.benchmark.config.references import (
     REALISED_FLIP_RATE,
     symbolic_hyperparameters,
     with_symbols_replaced,
 )
-from noisypref.benchmark.config.sections import TESTBED, DatasetSettings, method_config
+from noisypref.benchmark.config.sections import TESTBED, method_config
 from noisypref.benchmark.study.schema import Study
 from noisypref.noise_injection import get_noise_model
 from noisypref.noise_injection.base import high_rate_warning
 from noisypref.sampling import flip_count
+from noisypref.settings import ErrorList
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@
       # also: {name: smollm2-135m-instruct, lora: {r: 16}, reference: cached | live}   (ModelSettings)
     training: {steps: 200, checkpoint_every: 50, save_model: false, ...}   # defaults: TrainingSettings
     evaluation: {num_eval_prompts: 256, ...}   # defaults: EvaluationSettings
-      # also: {benchmarks: {alpaca_eval: {...}, arena_hard: {...}}}  (noisypref.benchmark.evaluation.chat_benchmarks)
+      # also: {benchmarks: {alpaca_eval: {...}, arena_hard: {...}}}  (noisypref.benchmark.config.benchmarks)
     report: {primary_metrics: [heldout_accuracy, gold_win_rate], baseline: dpo,   # what the report leads with
              pairs: [{method: gamma_dpo, base: robust_dpo}]}   # with/without pairs beyond the automatic ones
     cleaning: [none, {judge: reward_model}]   # default [none]: cleaners crossed with methods (study.cleaning_entries)
@@ -45,28 +45,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from noisypref.benchmark.config.checks import (
-    ErrorList,
-    Invalid,
-    load_settings,
-    optional,
-    settings_dict,
-    text,
-    unknown_keys,
-)
+from noisypref.benchmark.config.benchmarks import ALPACA_EVAL_HUB_DATASET
+from noisypref.benchmark.config.dataset import DatasetSettings
 from noisypref.benchmark.config.references import NO_REFERENCE
 from noisypref.benchmark.config.sections import (
-    PAIR_KEYS,
     TESTBED,
-    DatasetSettings,
     EvaluationSettings,
     ModelSettings,
-    ReportSettings,
     TrackingSettings,
     TrainingSettings,
 )
-from noisypref.benchmark.evaluation.alpaca_eval import HUB_DATASET as ALPACA_EVAL_HUB_ID
-from noisypref.benchmark.evaluation.chat_benchmarks import parse_benchmarks
 from noisypref.benchmark.study.cleaning_entries import NO_CLEANING_ENTRY, CleaningEntry, load_cleaning
 from noisypref.benchmark.study.entries import (
     NoiseEntry,
@@ -85,7 +73,10 @@ from noisypref.benchmark.study.sweeps import (
     load_methods,
 )
 from noisypref.benchmark.study.yaml_io import read_yaml
+from noisypref.checks import Invalid, optional, text
 from noisypref.plugins import PluginError, add_plugin_folders, import_plugins
+from noisypref.report_settings import PAIR_KEYS, ReportSettings
+from noisypref.settings import ErrorList, load_settings, settings_dict, unknown_keys
 
 STUDY_KEYS = (
     "name",
@@ -306,9 +297,9 @@ def _check_benchmarks(
                 f"needs chat models, but {testbed_models[0]} is the testbed policy (no chat template); "
                 "put benchmarks in a study of real models",
             )
-        benchmarks = parse_benchmarks(settings.benchmarks)
+        benchmarks = settings.benchmarks
         files = []
-        if benchmarks.alpaca_eval is not None and benchmarks.alpaca_eval.source != ALPACA_EVAL_HUB_ID:
+        if benchmarks.alpaca_eval is not None and benchmarks.alpaca_eval.source != ALPACA_EVAL_HUB_DATASET:
             files.append(("alpaca_eval.source", benchmarks.alpaca_eval.source))
         if benchmarks.arena_hard is not None:
             files.append(("arena_hard.source", benchmarks.arena_hard.source))

@@ -13,15 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from noisypref import methods as method_registry
-from noisypref.benchmark.config.checks import (
-    ErrorList,
-    SettingsError,
-    choice,
-    is_mapping,
-    show,
-    text,
-    unknown_keys,
-)
 from noisypref.benchmark.config.references import (
     CLEAN_ONLY,
     NO_REFERENCE,
@@ -38,6 +29,8 @@ from noisypref.benchmark.config.sections import (
     reference_check,
 )
 from noisypref.benchmark.study.entries import checked, entries
+from noisypref.checks import choice, show, text
+from noisypref.settings import ErrorList, SettingsError, is_mapping, settings_dict, unknown_keys
 
 METHOD_KEYS = ("label", "name", "hyperparameters", "reference", "training", "evaluation")
 COMBINATION_PROBLEMS_SHOWN = 3
@@ -206,7 +199,7 @@ def _override(
         return None
     if study_settings is None:
         return None
-    return settings, {key: getattr(settings, key) for key in raw}
+    return settings, {key: value for key, value in settings_dict(settings).items() if key in raw}
 
 
 def _load_hyperparameters(

@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from noisypref.benchmark.config.checks import Section, choice, integer, number, setting
+from noisypref.checks import choice, integer, number
+from noisypref.settings import Section, setting
 
 # Bump whenever a change to the testbed code changes what a given config builds: old caches are then
 # ignored instead of silently reused.
