@@ -142,7 +142,7 @@ def execute_run(
         )
     distributed.init_from_environment()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if _is_main_process():
+    if distributed.is_main_process():
         (run_dir / "result.json").unlink(missing_ok=True)
         write_json_atomic(run_dir / "config.json", config.raw)
     seed_text = f"seed {config.seed}" + (
@@ -161,7 +161,7 @@ def execute_run(
     )
     threads = 1 if device == "cpu" and config.model.name == TESTBED else torch.get_num_threads()
     try:
-        beating = run_dir / HEARTBEAT_FILE if _is_main_process() else None
+        beating = run_dir / HEARTBEAT_FILE if distributed.is_main_process() else None
         with torch_threads(threads), heartbeat(beating):
             metrics, details = _train_and_evaluate(config, run_dir, cache_dir, torch.device(device))
     except torch.cuda.OutOfMemoryError as error:
@@ -182,7 +182,7 @@ def execute_run(
         "wall_time_s": time.perf_counter() - started,
         **details,
     }
-    if _is_main_process():
+    if distributed.is_main_process():
         write_json_atomic(run_dir / "result.json", result)
         checkpoint_dir = run_dir / CHECKPOINT_FOLDER
         if checkpoint_dir.is_dir() and not config.training.keep_checkpoint:  # a finished run never resumes
@@ -202,7 +202,7 @@ def _train_and_evaluate(
     prepared = prepare_run(config, run_dir, cache_dir, device)
     metrics_path = run_dir / "metrics.jsonl"
     checkpoint_dir = run_dir / CHECKPOINT_FOLDER if config.training.checkpoint_every else None
-    if (checkpoint_dir is None or not checkpoint_dir.exists()) and _is_main_process():
+    if (checkpoint_dir is None or not checkpoint_dir.exists()) and distributed.is_main_process():
         metrics_path.unlink(missing_ok=True)  # a fresh run; a resumed one keeps its earlier steps
     training = train(
         prepared.policy,
@@ -217,7 +217,7 @@ def _train_and_evaluate(
         device=device.type,
         gradient_checkpointing=config.model.gradient_checkpointing,
     )
-    if not _is_main_process():  # rank 0 evaluates the trained model and writes the run's files
+    if not distributed.is_main_process():  # rank 0 evaluates the trained model and writes the run's files
         return {
             "final_loss": training.final_metrics.get("loss", math.nan),
             "realised_flip_rate": prepared.flips.realised_rate,
@@ -252,7 +252,7 @@ def _train_and_evaluate(
         prepared.tokenizer.save_pretrained(run_dir / "model")
         make_files_shareable(run_dir / "model")
     benchmark_details: dict[str, Any] = {}
-    if parse_benchmarks(config.evaluation.benchmarks) and _is_main_process():
+    if parse_benchmarks(config.evaluation.benchmarks) and distributed.is_main_process():
         benchmark_metrics, benchmark_details = run_benchmarks(
             parse_benchmarks(config.evaluation.benchmarks),
             prepared.policy,
@@ -311,7 +311,3 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _is_main_process() -> bool:
-    return distributed.is_main_process()

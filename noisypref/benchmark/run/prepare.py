@@ -81,7 +81,7 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
 
     def load() -> tuple:
         with distributed.main_process_first():
-            if _is_main_process():  # rank 0 runs the benchmarks: a missing file or API key fails now
+            if distributed.is_main_process():  # rank 0 runs the benchmarks: a missing file or API key fails now
                 check_runnable(parse_benchmarks(config.evaluation.benchmarks))
             return load_data_model_and_tokens(config, run_dir, cache_dir, device)
 
@@ -196,7 +196,7 @@ def load_data_model_and_tokens(
     noisy_pairs, flips = inject(
         data.train_pairs, config.noise.model, config.noise.rate, config.seed, **config.noise.options
     )
-    if _is_main_process():
+    if distributed.is_main_process():
         with atomic_path(run_dir / "flips.csv") as temporary:
             flips.to_csv(temporary)
     policy, tokenizer, identity = load_model_and_tokenizer(config, data, cache_dir, device)
@@ -210,7 +210,7 @@ def load_data_model_and_tokens(
             pad_token_id, cache_dir, device,
         )  # fmt: skip
         noisy_pairs, cleaning = clean_training_pairs(config, noisy_pairs, flips, models, cache_dir)
-        if _is_main_process():
+        if distributed.is_main_process():
             with atomic_path(run_dir / "cleaning.csv") as temporary:
                 cleaning.to_csv(temporary)
     train_tokens = tokenize_pairs(training_pairs(config, noisy_pairs, flips), tokenizer, cache_dir=cache_dir, **lengths)
@@ -336,8 +336,3 @@ def checkpoint_identity(name_or_path: str) -> str:
     with hub_lookup("model", name_or_path):
         config_file = transformers.utils.cached_file(name_or_path, "config.json")
     return json.dumps({"hub": name_or_path, "snapshot": Path(config_file).parent.name})
-
-
-
-def _is_main_process() -> bool:
-    return distributed.is_main_process()
