@@ -122,6 +122,7 @@ def convert_gguf_to_safetensors(gguf_path: Path, output_dir: Path) -> None:
 
 
 def default_device() -> str:
+    """The device type a model runs on when none is named: CUDA when present, else the CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -50,6 +50,7 @@ from transformers import PreTrainedModel
 from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.logps import SequenceLogps
+from noisypref.benchmark.engine.models import default_device
 from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs, per_token_terms
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.progress import phase
@@ -382,7 +383,7 @@ def _clip_gradients(model: torch.nn.Module, max_grad_norm: float) -> torch.Tenso
 
 def _training_device(device: str | None) -> torch.device:
     """The device this process trains on: the given type, CUDA when present, on the current GPU."""
-    device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device_type = device or default_device()
     if device_type == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(device_type)

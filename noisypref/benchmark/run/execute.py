@@ -55,6 +55,7 @@ from noisypref.benchmark.config.references import NO_REFERENCE, symbolic_hyperpa
 from noisypref.benchmark.config.run_config import RunConfig, parse_run_config
 from noisypref.benchmark.config.sections import TESTBED
 from noisypref.benchmark.engine import distributed
+from noisypref.benchmark.engine.models import default_device
 from noisypref.benchmark.engine.reference import LiveReference
 from noisypref.benchmark.engine.train import train
 from noisypref.benchmark.evaluation.chat_benchmarks import parse_benchmarks, run_benchmarks
@@ -134,7 +135,7 @@ def execute_run(
     started = time.perf_counter()
     config = parse_run_config(run_config)
     run_dir, cache_dir = Path(run_dir), Path(cache_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     if device == "cpu" and config.model.attn_implementation == "flex_attention":
         raise ValueError(
             "model.attn_implementation = 'flex_attention' trains on CUDA only (PyTorch has no CPU backward "
