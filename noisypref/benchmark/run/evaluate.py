@@ -19,7 +19,7 @@ from noisypref.benchmark.config.metrics import declare
 from noisypref.benchmark.config.references import CLEAN_ONLY
 from noisypref.benchmark.config.run_config import RunConfig
 from noisypref.benchmark.engine import distributed
-from noisypref.benchmark.engine.models import load_causal_lm
+from noisypref.benchmark.engine.models import load_configured_model
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.evaluation.cleaning_metrics import cleaning_quality, training_flips
 from noisypref.benchmark.evaluation.metrics import (
@@ -149,12 +149,7 @@ def evaluate_run(
         def load_reference() -> PreTrainedModel:
             nonlocal reference_model
             if reference_model is None:
-                reference_model, _ = load_causal_lm(
-                    location,
-                    config.model.dtype,
-                    attn_implementation=config.model.attn_implementation,
-                    device=device,
-                )
+                reference_model, _ = load_configured_model(location, config.model, device)
             return reference_model
 
         with phase(f"gold-reward evaluation on {len(prompts)} prompts"):

@@ -25,7 +25,12 @@ from noisypref.benchmark.config.sections import TESTBED, resolve_hyperparameters
 from noisypref.benchmark.data.hub import hub_lookup
 from noisypref.benchmark.data.loaders import load_preferences, split_heldout
 from noisypref.benchmark.engine import distributed
-from noisypref.benchmark.engine.models import adapters_disabled, apply_lora, load_causal_lm, resolve_model
+from noisypref.benchmark.engine.models import (
+    adapters_disabled,
+    apply_lora,
+    load_configured_model,
+    resolve_model,
+)
 from noisypref.benchmark.engine.reference import (
     LiveReference,
     ReferenceLogps,
@@ -173,11 +178,8 @@ def unsharded_policy(
     config: RunConfig, data: RunData, state: dict[str, torch.Tensor], cache_dir: Path, device: torch.device
 ) -> PreTrainedModel:
     """A fresh policy (with adapters under LoRA) holding the trained weights ``state``, for evaluation."""
-    policy, _ = load_causal_lm(
-        reference_model_location(config, data, cache_dir),
-        config.model.dtype,
-        attn_implementation=config.model.attn_implementation,
-        device=device,
+    policy, _ = load_configured_model(
+        reference_model_location(config, data, cache_dir), config.model, device
     )
     if config.model.lora is not None:
         apply_lora(policy, config.model.lora)
@@ -264,11 +266,8 @@ def live_reference(
     """The reference model kept in memory: a LoRA policy with its adapters off, else a second copy."""
     if config.model.lora is not None:
         return LiveReference(policy, pad_token_id, context=lambda: adapters_disabled(policy))
-    reference_model, _ = load_causal_lm(
-        reference_model_location(config, data, cache_dir),
-        config.model.dtype,
-        attn_implementation=config.model.attn_implementation,
-        device=device,
+    reference_model, _ = load_configured_model(
+        reference_model_location(config, data, cache_dir), config.model, device
     )
     reference_model.requires_grad_(False)
     return LiveReference(reference_model, pad_token_id)
@@ -306,9 +305,7 @@ def load_model_and_tokenizer(
     """The policy (initialised as the reference model), its tokenizer, and the reference model's identity
     for the reference log-prob cache (weights, dtype, attention and device type)."""
     location = reference_model_location(config, data, cache_dir)
-    policy, tokenizer = load_causal_lm(
-        location, config.model.dtype, attn_implementation=config.model.attn_implementation, device=device
-    )
+    policy, tokenizer = load_configured_model(location, config.model, device)
     if data.testbed is not None and config.model.name == TESTBED:
         weights = f"testbed-reference-{data.testbed.config.reference_policy_key()}"
     else:
