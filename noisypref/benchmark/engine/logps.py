@@ -384,7 +384,7 @@ def autocast_for(device: torch.device) -> Iterator[None]:
 
 
 @torch.no_grad()
-def sequence_logps(
+def summed_response_logps(
     model: PreTrainedModel,
     prompt_ids: Sequence[list[int]],
     response_ids: Sequence[list[int]],

@@ -34,7 +34,7 @@ from noisypref.benchmark.engine.logps import (
     copied_to,
     pair_batch,
     pair_shared_lengths,
-    sequence_logps,
+    summed_response_logps,
 )
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.progress import phase
@@ -122,7 +122,7 @@ def reference_logps(
             shared = [min(len(response_a), len(response_b)) for response_a, response_b in responses]
             shared_lengths = shared + shared
         with phase(f"reference log-probs of {len(pairs)} pairs", 2 * len(pairs), "sequence") as progress:
-            logps = _sequence_logps_across_processes(
+            logps = _summed_response_logps_across_processes(
                 model,
                 pairs.prompt_ids + pairs.prompt_ids,
                 pairs.response_a_ids + pairs.response_b_ids,
@@ -161,7 +161,7 @@ def reference_logps(
     return ReferenceLogps(*(stored[name][rows] for name in names))
 
 
-def _sequence_logps_across_processes(
+def _summed_response_logps_across_processes(
     model: PreTrainedModel,
     prompt_ids: list[list[int]],
     response_ids: list[list[int]],
@@ -170,17 +170,17 @@ def _sequence_logps_across_processes(
     on_batch: Callable[[int], None] | None = None,
     shared_lengths: list[int] | None = None,
 ) -> torch.Tensor:
-    """``sequence_logps`` with the sequences dealt out to the processes of a launch (by length, so each
+    """``summed_response_logps`` with the sequences dealt out to the processes of a launch (by length, so each
     gets a similar number of tokens) and the results gathered on every process."""
     if distributed.world_size() == 1:
-        return sequence_logps(
+        return summed_response_logps(
             model, prompt_ids, response_ids, pad_token_id, batch_size=batch_size, on_batch=on_batch,
             shared_lengths=shared_lengths,
         )  # fmt: skip
     by_length = sorted(range(len(prompt_ids)), key=lambda row: len(prompt_ids[row]) + len(response_ids[row]))
     mine = by_length[distributed.rank() :: distributed.world_size()]
     values = distributed.agreed(  # a failure here (out of memory) must not leave the others in the gather
-        lambda: sequence_logps(
+        lambda: summed_response_logps(
             model,
             [prompt_ids[row] for row in mine],
             [response_ids[row] for row in mine],
