@@ -16,7 +16,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 import noisypref.benchmark.engine.checkpoint as checkpoint_module
 from noisypref.benchmark.config.run_config import default_run_config
 from noisypref.benchmark.config.sections import TrainingSettings
-from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for, sequence_batch
+from noisypref.benchmark.engine.batches import sequence_batch
+from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for
 from noisypref.benchmark.engine.models import load_causal_lm
 from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.engine.tokenization import tokenize_pairs

@@ -47,9 +47,9 @@ from transformers import PreTrainedModel
 
 from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine import checkpoint, distributed
-from noisypref.benchmark.engine.logps import SequenceLogps
+from noisypref.benchmark.engine.logps import SequenceLogps, forward_pairs, per_token_terms
 from noisypref.benchmark.engine.models import default_device
-from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs, per_token_terms
+from noisypref.benchmark.engine.reference import ReferenceLogps
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.progress import phase
 from noisypref.methods import MethodOutput, PreferenceMethod

@@ -24,8 +24,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from noisypref.benchmark.config.metrics import declare
 from noisypref.benchmark.config.sections import EvaluationSettings
-from noisypref.benchmark.engine.logps import SequenceLogps, summed_response_logps
-from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs, per_token_terms
+from noisypref.benchmark.engine.logps import (
+    SequenceLogps,
+    forward_pairs,
+    per_token_terms,
+    summed_response_logps,
+)
+from noisypref.benchmark.engine.reference import ReferenceLogps
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.evaluation.alpaca_eval import NothingToFit, length_controlled_minimal_winrate
 from noisypref.benchmark.testbed import GoldReward, sample_responses

@@ -25,18 +25,14 @@ from noisypref.benchmark.config.sections import TESTBED, resolve_hyperparameters
 from noisypref.benchmark.data.hub import hub_lookup
 from noisypref.benchmark.data.loaders import load_preferences, split_heldout
 from noisypref.benchmark.engine import distributed
+from noisypref.benchmark.engine.logps import per_token_terms
 from noisypref.benchmark.engine.models import (
     adapters_disabled,
     apply_lora,
     load_configured_model,
     resolve_model,
 )
-from noisypref.benchmark.engine.reference import (
-    LiveReference,
-    ReferenceLogps,
-    per_token_terms,
-    reference_logps,
-)
+from noisypref.benchmark.engine.reference import LiveReference, ReferenceLogps, reference_logps
 from noisypref.benchmark.engine.tokenization import TokenizedPairs, tokenize_pairs
 from noisypref.benchmark.evaluation.chat_benchmarks import check_runnable, parse_benchmarks
 from noisypref.benchmark.progress import phase
