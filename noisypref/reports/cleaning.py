@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from noisypref.reports.declarations import MetricDeclaration, MetricDeclarations
-from noisypref.reports.document import FigureBlock, Note, Section, TableBlock, Text
+from noisypref.reports.document import FigureBlock, Note, ReportSection, TableBlock, Text
 from noisypref.reports.figures import (
     MARKERS,
     PAPER_STYLE,
@@ -363,7 +363,7 @@ def cleaning_sections(
     add_table: Callable[[Table | None], TableBlock | None],
     add_figure: Callable[..., object],
     stem: Callable[..., str],
-) -> list[Section]:
+) -> list[ReportSection]:
     """The report's cleaning section (empty for a study without cleaning). ``results`` as
     `fold_cleaning_into_labels` leaves them; ``metrics`` the primary metrics (the first drawn);
     ``add_table`` / ``add_figure`` / ``stem`` the report's own helpers."""
@@ -404,4 +404,4 @@ def cleaning_sections(
         ))  # fmt: skip
         if table is not None:
             blocks.append(table)
-    return [Section(SECTION_TITLE, blocks)]
+    return [ReportSection(SECTION_TITLE, blocks)]
