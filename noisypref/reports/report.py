@@ -20,12 +20,8 @@ import numpy as np
 import pandas as pd
 
 from noisypref.reports.appendix import appendix_sections
-from noisypref.reports.cleaning import (
-    CLEANING_METRICS,
-    cleaning_sections,
-    fold_cleaning_into_labels,
-    ranked_runs,
-)
+from noisypref.reports.cleaning import CLEANING_METRICS, fold_cleaning_into_labels, ranked_runs
+from noisypref.reports.cleaning_section import cleaning_sections
 from noisypref.reports.declarations import (
     METRICS_FILE,
     MetricDeclarations,
