@@ -24,7 +24,6 @@ from typing import Any
 
 from noisypref.benchmark.config.sections import TrackingSettings
 from noisypref.benchmark.storage import write_json_atomic
-from noisypref.benchmark.study import workers
 from noisypref.benchmark.study.folder import (
     FAILURE_FILE,
     LOG_FILE,
@@ -35,6 +34,7 @@ from noisypref.benchmark.study.folder import (
     read_json,
 )
 from noisypref.benchmark.study.tracking import LiveTracking
+from noisypref.benchmark.study.workers import worker_device, worker_stderr
 from noisypref.plugins import import_plugins
 
 STDERR_FILE = "stderr.log"  # a worker's stderr while it computes the run
@@ -123,10 +123,10 @@ def _execute(task: RunTask, run_dir: Path) -> RunOutcome:
 
 
 def _execute_run(task: RunTask, run_dir: Path) -> RunOutcome:
-    device = task.device or workers.worker_device()
+    device = task.device or worker_device()
     start = time.perf_counter()
     try:
-        with _run_log(run_dir / LOG_FILE), workers.worker_stderr(run_dir / STDERR_FILE):
+        with _run_log(run_dir / LOG_FILE), worker_stderr(run_dir / STDERR_FILE):
             executor = resolve_executor(task.executor)
             result = executor(task.config, run_dir, Path(task.cache_dir), device)
         if not (run_dir / RESULT_FILE).is_file():
