@@ -4,7 +4,7 @@ Columns, side by side in one call (the same runs in each, one process, one torch
 
 - ``default``: the embedded default study's settings with every saving on;
 - ``- width 16``, ``- fused AdamW``, ``- kept samples``: the same with one saving off — packed rows
-  as wide as their longest sequence (``logps.PACKED_WIDTH_MULTIPLE = 1``), AdamW's per-parameter loop
+  as wide as their longest sequence (``batches.PACKED_WIDTH_MULTIPLE = 1``), AdamW's per-parameter loop
   (``train.FUSED_ADAMW_ON_CPU``), the reference policy's gold-reward samples drawn afresh every run
   (``run.evaluate.REFERENCE_SAMPLES_KEPT = 0``);
 - ``before``: the settings of the default study before issue 14 (200 steps x 64 pairs at lr 1e-3,
@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import noisypref.benchmark.engine.logps as logps_module
+import noisypref.benchmark.engine.batches as batches_module
 import noisypref.benchmark.engine.train as train_module
 import noisypref.benchmark.run.evaluate as evaluate_module
 import noisypref.benchmark.run.execute as run_module
@@ -74,7 +74,7 @@ SMOKE_SETTINGS = {
     "evaluation": {"num_eval_prompts": 8},
 }
 SAVINGS = {  # column -> module attributes that switch the savings off
-    "- width 16": [(logps_module, "PACKED_WIDTH_MULTIPLE", 1)],
+    "- width 16": [(batches_module, "PACKED_WIDTH_MULTIPLE", 1)],
     "- fused AdamW": [(train_module, "FUSED_ADAMW_ON_CPU", False)],
     "- kept samples": [(evaluate_module, "REFERENCE_SAMPLES_KEPT", 0)],
 }

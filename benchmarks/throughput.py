@@ -62,7 +62,7 @@ from engine_vs_trl import BETA, clocks
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 
 from noisypref.benchmark.config.sections import TrainingSettings
-from noisypref.benchmark.engine.logps import pair_batch
+from noisypref.benchmark.engine.batches import pair_batch
 from noisypref.benchmark.engine.reference import ReferenceLogps, reference_logps
 from noisypref.benchmark.engine.tokenization import TokenizedPairs, tokenize_pairs
 from noisypref.benchmark.engine.train import PairOrder, train

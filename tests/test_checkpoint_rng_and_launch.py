@@ -9,16 +9,16 @@ import socket
 import torch
 import torch.distributed as dist
 
-import noisypref.benchmark.engine.train as train_module
+import noisypref.benchmark.engine.checkpoint as checkpoint_module
 from noisypref.benchmark.engine import distributed
 
 
 def test_the_cpu_generator_round_trips_and_no_cuda_state_is_kept_without_cuda() -> None:
     torch.manual_seed(3)
-    states = train_module.rng_states()
+    states = checkpoint_module.rng_states()
     expected = torch.rand(4)
     torch.rand(10)  # the generator moves on
-    train_module.restore_rng_states(states)
+    checkpoint_module.restore_rng_states(states)
     assert torch.equal(torch.rand(4), expected)
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
         assert set(states) == {"torch_rng"}
@@ -31,11 +31,11 @@ def test_the_cuda_generator_is_saved_and_restored_when_cuda_is_in_use(monkeypatc
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": cuda_state)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
-    states = train_module.rng_states()
+    states = checkpoint_module.rng_states()
     assert torch.equal(states["cuda_rng"], cuda_state) and torch.equal(states["torch_rng"], torch.get_rng_state())
-    train_module.restore_rng_states(states)
+    checkpoint_module.restore_rng_states(states)
     assert len(restored) == 1 and torch.equal(restored[0], cuda_state)
-    train_module.restore_rng_states({"torch_rng": torch.get_rng_state()})  # a checkpoint written on the CPU
+    checkpoint_module.restore_rng_states({"torch_rng": torch.get_rng_state()})  # a checkpoint written on the CPU
     assert len(restored) == 1
 
 
@@ -51,9 +51,9 @@ def test_a_checkpoint_holds_the_generators(tmp_path) -> None:
             pass
 
     torch.manual_seed(5)
-    train_module.save_checkpoint(tmp_path / "checkpoint.pt", 7, model, optimizer, Stateless())
+    checkpoint_module.save_checkpoint(tmp_path / "checkpoint.pt", 7, model, optimizer, Stateless())
     expected = torch.rand(3)
-    assert train_module.load_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, Stateless()) == 7
+    assert checkpoint_module.load_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, Stateless()) == 7
     assert torch.equal(torch.rand(3), expected)
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert "torch_rng" in saved and ("cuda_rng" in saved) == (torch.cuda.is_available() and torch.cuda.is_initialized())

@@ -12,13 +12,8 @@ import pandas as pd
 import pytest
 
 from noisypref.benchmark.data import loaders as data
-from noisypref.benchmark.data.loaders import (
-    content_pair_id,
-    load_preferences,
-    parse_preference_records,
-    split_heldout,
-    write_preferences,
-)
+from noisypref.benchmark.data.layouts import content_pair_id, parse_preference_records
+from noisypref.benchmark.data.loaders import load_preferences, split_heldout, write_preferences
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HH_RLHF_FILE = SHARED_DATA / "hh_rlhf" / "harmless-base-test.jsonl.gz"

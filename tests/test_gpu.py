@@ -13,10 +13,11 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-import noisypref.benchmark.engine.train as train_module
+import noisypref.benchmark.engine.checkpoint as checkpoint_module
 from noisypref.benchmark.config.run_config import default_run_config
 from noisypref.benchmark.config.sections import TrainingSettings
-from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for, sequence_batch
+from noisypref.benchmark.engine.batches import sequence_batch
+from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for
 from noisypref.benchmark.engine.models import load_causal_lm
 from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.engine.tokenization import tokenize_pairs
@@ -147,9 +148,9 @@ def test_a_resumed_run_with_dropout_on_cuda_continues_like_the_uninterrupted_one
     resumed = run("resumed")
     with pytest.raises(Interrupted):
         run("control", [stop_at_step_4])
-    restore = train_module.restore_rng_states
+    restore = checkpoint_module.restore_rng_states
     monkeypatch.setattr(
-        train_module, "restore_rng_states", lambda state: restore({"torch_rng": state["torch_rng"]})
+        checkpoint_module, "restore_rng_states", lambda state: restore({"torch_rng": state["torch_rng"]})
     )
     control = run("control")
     assert largest_difference(straight, control) > 1e-6  # other dropout masks after step 3

@@ -340,7 +340,7 @@ def _reference_in_child(model, tokens, cache_dir: str, marker: str) -> None:
 
     torch.set_num_threads(1)  # first, in a forked process: torch's thread pool is not fork-safe
     own_tqdm_lock()
-    compute = reference_module.sequence_logps
+    compute = reference_module.summed_response_logps
 
     def slow_sequence_logps(*args, **kwargs):
         with open(marker, "a") as file:
@@ -348,7 +348,7 @@ def _reference_in_child(model, tokens, cache_dir: str, marker: str) -> None:
         time.sleep(0.5)  # long enough for the other process to arrive while this one computes
         return compute(*args, **kwargs)
 
-    reference_module.sequence_logps = slow_sequence_logps
+    reference_module.summed_response_logps = slow_sequence_logps
     logps = reference_logps(model, tokens, model_identity="tiny", cache_dir=cache_dir, pad_token_id=0)
     torch.save({"a": logps.logp_a, "b": logps.logp_b}, f"{cache_dir}/seen-by-{os.getpid()}.pt")
 

@@ -23,15 +23,10 @@ import noisypref.benchmark.run.execute as run_module
 import noisypref.benchmark.run.prepare as prepare_module
 from noisypref.benchmark.config.run_config import default_run_config, parse_run_config
 from noisypref.benchmark.config.sections import TrainingSettings
+from noisypref.benchmark.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.engine.tokenization import tokenize_pairs
-from noisypref.benchmark.engine.train import (
-    CHECKPOINT_FILE,
-    NonFiniteLossError,
-    load_checkpoint,
-    save_checkpoint,
-    train,
-)
+from noisypref.benchmark.engine.train import NonFiniteLossError, train
 from noisypref.benchmark.run.execute import out_of_memory_reason
 from noisypref.benchmark.storage import write_json_atomic
 from noisypref.benchmark.study import StudyFolder, parse_study, run_study

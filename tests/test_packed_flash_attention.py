@@ -15,7 +15,8 @@ import torch
 from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
 
 import noisypref.benchmark.engine.logps as logps_module
-from noisypref.benchmark.engine.logps import SequenceLogps, needs_varlen_boundaries, sequence_batch
+from noisypref.benchmark.engine.batches import sequence_batch
+from noisypref.benchmark.engine.logps import SequenceLogps, needs_varlen_boundaries
 
 STAND_IN = "flash_attention_torch_stand_in"  # "flash" in the name: treated as FlashAttention
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import noisypref.benchmark.engine.logps as logps_module
+import noisypref.benchmark.engine.batches as batches_module
 import noisypref.benchmark.engine.train as train_module
 import noisypref.benchmark.run.evaluate as run_module
 from noisypref.benchmark.config.run_config import default_run_config, parse_run_config
 from noisypref.benchmark.config.sections import EvaluationSettings
-from noisypref.benchmark.engine.logps import SequenceLogps, pair_batch, sequence_batch
+from noisypref.benchmark.engine.batches import pair_batch, sequence_batch
+from noisypref.benchmark.engine.logps import SequenceLogps
 from noisypref.benchmark.engine.tokenization import tokenize_pairs
 from noisypref.benchmark.evaluation.metrics import gold_reward_metrics
 from noisypref.benchmark.testbed import GoldReward, TestbedConfig, build_word_tokenizer, sample_responses
@@ -57,7 +58,7 @@ def test_training_with_width_16_and_fused_adamw_matches_the_plain_engine(tokeniz
     """Against the engine with both savings off (rows as wide as their longest sequence, AdamW's
     per-parameter loop): the same losses and weights up to float round-off."""
     saved_model, _, saved_records = train_tiny(tokenizer, tmp_path, "saved")
-    monkeypatch.setattr(logps_module, "PACKED_WIDTH_MULTIPLE", 1)
+    monkeypatch.setattr(batches_module, "PACKED_WIDTH_MULTIPLE", 1)
     monkeypatch.setattr(train_module, "FUSED_ADAMW_ON_CPU", False)
     plain_model, _, plain_records = train_tiny(tokenizer, tmp_path, "plain")
     for saved, plain in zip(saved_records, plain_records, strict=True):

@@ -24,7 +24,7 @@ import yaml
 from test_study import TINY_TESTBED
 
 from noisypref import plugins
-from noisypref.benchmark.engine.train import CHECKPOINT_FILE
+from noisypref.benchmark.engine.checkpoint import CHECKPOINT_FILE
 from noisypref.cli import main
 from noisypref.methods.base import METHODS
 

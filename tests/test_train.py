@@ -16,7 +16,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from noisypref.benchmark.config.sections import TrainingSettings
-from noisypref.benchmark.engine.logps import SequenceLogps, pair_batch, sequence_batch
+from noisypref.benchmark.engine.batches import pair_batch, sequence_batch
+from noisypref.benchmark.engine.logps import SequenceLogps
 from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.engine.tokenization import tokenize_pairs
 from noisypref.benchmark.engine.train import NonFiniteLossError, PairOrder, train

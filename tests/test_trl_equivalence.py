@@ -15,7 +15,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PrinterCallback
 
 from noisypref.benchmark.config.sections import TrainingSettings
-from noisypref.benchmark.engine.logps import SequenceLogps, pair_batch
+from noisypref.benchmark.engine.batches import pair_batch
+from noisypref.benchmark.engine.logps import SequenceLogps
 from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.engine.tokenization import tokenize_pairs
 from noisypref.benchmark.engine.train import PairOrder, train

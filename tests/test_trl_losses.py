@@ -250,13 +250,8 @@ ENGINE_TOLERANCE = 1e-5  # float32; packed rows and TRL's padded rows differ by 
 def engine_pair_losses(method, tokens, pad_token_id, *, pack: bool, live: bool, cache_dir) -> list[float]:
     from test_trl_equivalence import tiny_llama
 
-    from noisypref.benchmark.engine.logps import SequenceLogps
-    from noisypref.benchmark.engine.reference import (
-        LiveReference,
-        forward_pairs,
-        per_token_terms,
-        reference_logps,
-    )
+    from noisypref.benchmark.engine.logps import SequenceLogps, forward_pairs, per_token_terms
+    from noisypref.benchmark.engine.reference import LiveReference, reference_logps
 
     terms = per_token_terms(method)
     reference_model = tiny_llama(tokens_tokenizer(), seed=1)

@@ -120,9 +120,10 @@ def run_run(args: argparse.Namespace) -> int:
         plan_runs,
         run_study,
     )
+    from noisypref.benchmark.study.attempt import resolve_executor
     from noisypref.benchmark.study.launch import Leader, control_group, follow
     from noisypref.benchmark.study.preflight import check_preflight
-    from noisypref.benchmark.study.scheduler import default_cache_dir, resolve_executor, select_runs
+    from noisypref.benchmark.study.scheduler import default_cache_dir, select_runs
 
     study = load_study(args.study or default_study_path(), plugin_folders=args.plugin_path or ())
     check_data_files(study, args.study)

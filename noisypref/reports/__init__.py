@@ -18,7 +18,7 @@ from noisypref.reports.pairs import pair_findings, resolve_pairs
 from noisypref.reports.premise import premise_rows
 from noisypref.reports.report import write_report
 from noisypref.reports.statistics import curve_runs, holm_adjust, mean_interval, paired_tests, summarise
-from noisypref.reports.study import load_study, metric_columns, normalise_results
+from noisypref.reports.study import load_study_results, metric_columns, normalise_results
 
 __all__ = [
     "compare_studies",
@@ -26,7 +26,7 @@ __all__ = [
     "findings",
     "headroom",
     "holm_adjust",
-    "load_study",
+    "load_study_results",
     "mean_interval",
     "method_intervals",
     "metric_columns",

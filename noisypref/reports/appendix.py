@@ -7,14 +7,14 @@ from __future__ import annotations
 import pandas as pd
 
 from noisypref.reports.declarations import METRICS_FILE
-from noisypref.reports.document import Code, Note, Section, TableBlock, Text
+from noisypref.reports.document import Code, Note, ReportSection, TableBlock, Text
 from noisypref.reports.provenance import provenance, run_provenance
 from noisypref.reports.statistics import BOOTSTRAP_MIN_SEEDS
 from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, SEED, percent
 from noisypref.reports.tables import DASH, Table
 
 
-def appendix_sections(builder) -> list[Section]:
+def appendix_sections(builder) -> list[ReportSection]:
     counts = builder.results["status"].value_counts()
     status_text = ", ".join(f"{count} {status}" for status, count in counts.items())
     seeds = sorted(set(builder.results[SEED]))
@@ -54,11 +54,11 @@ def appendix_sections(builder) -> list[Section]:
         align="ll",
     )
     return [
-        Section("Appendix", [Text("Run status, configuration and provenance of the numbers above.")]),
-        Section("Run status", overview, level=3),
-        Section("Configuration", configuration, level=3),
-        Section("Failed and pending runs", failures, level=3),
-        Section("Provenance", [builder.add_table(provenance_table)], level=3),
+        ReportSection("Appendix", [Text("Run status, configuration and provenance of the numbers above.")]),
+        ReportSection("Run status", overview, level=3),
+        ReportSection("Configuration", configuration, level=3),
+        ReportSection("Failed and pending runs", failures, level=3),
+        ReportSection("Provenance", [builder.add_table(provenance_table)], level=3),
     ]
 
 

@@ -30,7 +30,7 @@ from noisypref.reports.study import (
     SEED,
     SUCCEEDED,
     competitor_runs,
-    load_study,
+    load_study_results,
     metric_columns,
     percent,
 )
@@ -53,7 +53,7 @@ class StudyFindings:
 
 
 def _study_findings(directory: Path, baseline: str | None) -> StudyFindings:
-    study = load_study(directory)
+    study = load_study_results(directory)
     study.results = ranked_runs(fold_cleaning_into_labels(study.results))  # cleaner+loss labels, no oracle
     declarations = read_metric_declarations(study.directory)
     settings = read_report_settings(study.study_yaml)

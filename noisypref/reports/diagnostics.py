@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from noisypref.reports.document import FigureBlock, Note, Section
+from noisypref.reports.document import FigureBlock, Note, ReportSection
 from noisypref.reports.figures import (
     SCATTER_MAX_POINTS,
     gamma_figure,
@@ -34,11 +34,11 @@ def rate_for(builder, condition_runs: pd.DataFrame) -> float:
     matching = [rate for rate in rates if np.isclose(rate, builder.curve_rate)]
     return matching[0] if matching else float("nan")
 
-def gamma_sections(builder) -> list[Section]:
+def gamma_sections(builder) -> list[ReportSection]:
     gamma_labels = sorted(
         set(builder.results.loc[builder.results["method_name"].str.startswith(GAMMA_PREFIX), METHOD])
     )
-    section = Section("γ diagnostics", level=3)
+    section = ReportSection("γ diagnostics", level=3)
     if not gamma_labels:
         section.blocks.append(Note("No γ method (method name starting with 'gamma_') in the study."))
         return [section]
@@ -111,8 +111,8 @@ def _gamma_auroc(builder, gamma_runs: pd.DataFrame, gamma_labels: list[str]):
     ))  # fmt: skip
 
 
-def training_sections(builder) -> list[Section]:
-    section = Section("Training curves", level=3)
+def training_sections(builder) -> list[ReportSection]:
+    section = ReportSection("Training curves", level=3)
     records = []
     for condition in builder.conditions:
         condition_runs = condition_rows(builder.runs, condition)

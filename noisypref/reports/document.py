@@ -48,7 +48,7 @@ Block = Text | Note | Code | FigureBlock | TableBlock
 
 
 @dataclass
-class Section:
+class ReportSection:
     title: str
     blocks: list[Block] = field(default_factory=list)
     level: int = 2
@@ -57,7 +57,7 @@ class Section:
 @dataclass
 class Document:
     title: str
-    sections: list[Section]
+    sections: list[ReportSection]
 
 
 STYLE = """

@@ -14,7 +14,7 @@ their CSV files and adds its tables through the builder.
 
 from __future__ import annotations
 
-from noisypref.reports.document import Note, Section, Text
+from noisypref.reports.document import Note, ReportSection, Text
 from noisypref.reports.drops import disagreement_sentence, drop_sentence, drop_table, drops
 from noisypref.reports.findings import findings
 from noisypref.reports.headroom import MIN_RATE, headroom, headroom_sentence, headroom_table
@@ -28,9 +28,9 @@ from noisypref.reports.tables import headline_table, ranking_table
 FINDINGS_TITLE = "Findings"
 
 
-def findings_sections(builder) -> list[Section]:
+def findings_sections(builder) -> list[ReportSection]:
     if builder.baseline is None:
-        return [Section(FINDINGS_TITLE, [Note("The study has no method label to compare against.")])]
+        return [ReportSection(FINDINGS_TITLE, [Note("The study has no method label to compare against.")])]
     report_dir, primary = builder.report_dir, builder.primary
     labels = {metric: builder.declarations.get(metric).label for metric in primary}
     builder.found = findings(builder.runs, primary, builder.baseline, builder.declarations, builder.items)
@@ -59,7 +59,7 @@ def findings_sections(builder) -> list[Section]:
     if builder.runs[SEED].nunique() == 1:
         builder.notes.append("One seed: no interval or p-value can be given; every verdict is 'too few seeds'.")
     blocks += [Note(text) for text in builder.notes]
-    sections = [Section(FINDINGS_TITLE, blocks)]
+    sections = [ReportSection(FINDINGS_TITLE, blocks)]
     for condition in builder.conditions:
         sections.append(_condition_section(builder, condition, premise, drop_rows, labels))
     return sections
@@ -121,7 +121,7 @@ def _scope(builder) -> Text:
     return Text(text)
 
 
-def _condition_section(builder, condition: tuple, premise, drop_rows, labels: dict[str, str]) -> Section:
+def _condition_section(builder, condition: tuple, premise, drop_rows, labels: dict[str, str]) -> ReportSection:
     title = builder.titles[condition]
     blocks: list = []
     clash = disagreement_sentence(builder.found, condition, builder.primary, labels)
@@ -168,4 +168,4 @@ def _condition_section(builder, condition: tuple, premise, drop_rows, labels: di
     if not blocks:
         blocks.append(Note(f"{title}: no comparison with {builder.baseline}."))
     blocks += [block for block in ranking_blocks if block is not None]
-    return Section(title, blocks, level=3)
+    return ReportSection(title, blocks, level=3)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from noisypref import __version__
-from noisypref.reports.study import Study, succeeded_runs
+from noisypref.reports.study import StudyResults, succeeded_runs
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def provenance(results: pd.DataFrame) -> list[tuple[str, str]]:
     return entries
 
 
-def run_provenance(study: Study) -> list[tuple[str, str]]:
+def run_provenance(study: StudyResults) -> list[tuple[str, str]]:
     """Library versions and devices the succeeded runs recorded in their result.json."""
     run_ids = list(succeeded_runs(study.results)["run_id"])
     versions: dict[str, Counter] = {}

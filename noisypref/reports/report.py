@@ -21,12 +21,8 @@ import pandas as pd
 
 from noisypref.report_settings import ReportSettings
 from noisypref.reports.appendix import appendix_sections
-from noisypref.reports.cleaning import (
-    CLEANING_METRICS,
-    cleaning_sections,
-    fold_cleaning_into_labels,
-    ranked_runs,
-)
+from noisypref.reports.cleaning import CLEANING_METRICS, fold_cleaning_into_labels, ranked_runs
+from noisypref.reports.cleaning_section import cleaning_sections
 from noisypref.reports.declarations import (
     METRICS_FILE,
     MetricDeclarations,
@@ -39,7 +35,7 @@ from noisypref.reports.document import (
     Document,
     FigureBlock,
     Note,
-    Section,
+    ReportSection,
     TableBlock,
     Text,
     render_html,
@@ -54,9 +50,9 @@ from noisypref.reports.study import (
     METHOD,
     MISSING_KEY,
     RATE,
-    Study,
+    StudyResults,
     competitor_runs,
-    load_study,
+    load_study_results,
     metric_columns,
     reference_labels,
 )
@@ -91,7 +87,7 @@ def write_report(
     ``ValueError`` for a baseline, metric or rate the study does not have, ``FileNotFoundError``
     when DIR has no results.parquet.
     """
-    study = load_study(study_dir)
+    study = load_study_results(study_dir)
     builder = _ReportBuilder(study, baseline, metrics, curve_rate, resamples)
     return builder.write()
 
@@ -99,7 +95,7 @@ def write_report(
 class _ItemsCache:
     """Per-item values of the runs, read once per run: ``(run_id, metric) -> Series by item id``."""
 
-    def __init__(self, study: Study):
+    def __init__(self, study: StudyResults):
         self.study = study
         self.by_run: dict[str, dict[str, pd.Series]] = {}
 
@@ -114,7 +110,7 @@ class _ItemsCache:
 
 class _ReportBuilder:
     def __init__(
-        self, study: Study, baseline: str | None, metrics: list[str] | None, curve_rate: float | None,
+        self, study: StudyResults, baseline: str | None, metrics: list[str] | None, curve_rate: float | None,
         resamples: int,
     ):  # fmt: skip
         self.study = study
@@ -228,7 +224,7 @@ class _ReportBuilder:
         self.headroom = pd.DataFrame()
         self.found = pd.DataFrame()
         if self.runs.empty:
-            sections = [Section(FINDINGS_TITLE, [Note("No run has succeeded yet: no numbers to report.")])]
+            sections = [ReportSection(FINDINGS_TITLE, [Note("No run has succeeded yet: no numbers to report.")])]
         else:
             self.intervals = method_intervals(self.runs, self.metrics, self.declarations, self.items, self.resamples)
             self.intervals.to_csv(self.report_dir / "intervals.csv", index=False)
@@ -311,16 +307,16 @@ class _ReportBuilder:
             + oracle
         ))  # fmt: skip
 
-    def _robustness(self) -> list[Section]:
+    def _robustness(self) -> list[ReportSection]:
         differences = [block for block in (self._difference_block(m) for m in self.primary) if block]
         primary = [block for block in (self._robustness_block(m, "") for m in self.primary) if block]
         others = [name for name in self.metrics if name not in self.primary]
         ranked = [name for name in others if not self.declarations.get(name).diagnostic]
         diagnostics = [name for name in others if self.declarations.get(name).diagnostic]
-        sections = [Section("Robustness curves", [*differences, *primary] or [Note("No primary metric has a value.")])]
+        sections = [ReportSection("Robustness curves", [*differences, *primary] or [Note("No primary metric has a value.")])]
         blocks = [block for block in (self._robustness_block(m, "") for m in ranked) if block]
         if blocks:
-            sections.append(Section("Other metrics", blocks))
+            sections.append(ReportSection("Other metrics", blocks))
         diagnostic_blocks = []
         for name in diagnostics:
             declaration = self.declarations.get(name)
@@ -336,11 +332,11 @@ class _ReportBuilder:
             "training labels, constants of the reference policy, γ margins, training curves): shown, never "
             "given a verdict or a best."
         )
-        sections.append(Section("Diagnostics", [intro, *diagnostic_blocks]))
+        sections.append(ReportSection("Diagnostics", [intro, *diagnostic_blocks]))
         return sections
 
-    def _summary_tables(self) -> list[Section]:
-        sections = [Section("Summary numbers", [Text(
+    def _summary_tables(self) -> list[ReportSection]:
+        sections = [ReportSection("Summary numbers", [Text(
             "Per method: mean ± std over seeds at each target flip rate (mean realised rate in "
             "parentheses), the normalised area under the robustness curve (AUC) and the drop from "
             "the lowest to the highest rate. Intervals: summary.csv (seed level) and intervals.csv "
@@ -357,10 +353,10 @@ class _ReportBuilder:
                 if block:
                     blocks.append(block)
             if blocks:
-                sections.append(Section(self.declarations.get(metric).label, blocks, level=3))
+                sections.append(ReportSection(self.declarations.get(metric).label, blocks, level=3))
         return sections
 
-    def _paired(self) -> list[Section]:
+    def _paired(self) -> list[ReportSection]:
         if self.baseline is None:
             return []
         paired = paired_tests(self.results, self.baseline, self.metrics, self.declarations)
@@ -372,7 +368,7 @@ class _ReportBuilder:
             "Holm-corrected over each table. All values: paired_tests.csv. References and metrics that are not "
             "comparable across methods are not tested; the verdicts of the findings rest on the t-test alone."
         )
-        sections = [Section(f"Paired tests against {self.baseline}", [intro])]
+        sections = [ReportSection(f"Paired tests against {self.baseline}", [intro])]
         if paired.empty:
             sections[0].blocks.append(Note("No method shares a condition, rate and seed with the baseline."))
             return sections
@@ -390,5 +386,5 @@ class _ReportBuilder:
                 if block:
                     blocks.append(block)
             if blocks:
-                sections.append(Section(f"{self.declarations.get(metric).label} vs {self.baseline}", blocks, level=3))
+                sections.append(ReportSection(f"{self.declarations.get(metric).label} vs {self.baseline}", blocks, level=3))
         return sections

@@ -77,7 +77,7 @@ KNOWN_METRICS = (
 
 
 @dataclass
-class Study:
+class StudyResults:
     """A study folder as the report sees it: the results table plus paths to the optional files."""
 
     directory: Path
@@ -116,7 +116,7 @@ class Study:
         return result if isinstance(result, dict) else None
 
 
-def load_study(study_dir: str | Path) -> Study:
+def load_study_results(study_dir: str | Path) -> StudyResults:
     """Read DIR/results.parquet (required) and DIR/study.yaml (optional)."""
     directory = Path(study_dir)
     if not directory.is_dir():
@@ -130,7 +130,7 @@ def load_study(study_dir: str | Path) -> Study:
     results = normalise_results(pd.read_parquet(results_path))
     study_path = directory / STUDY_FILE
     study_yaml = study_path.read_text(encoding="utf-8") if study_path.is_file() else None
-    return Study(directory=directory, results=results, study_yaml=study_yaml)
+    return StudyResults(directory=directory, results=results, study_yaml=study_yaml)
 
 
 def normalise_results(results: pd.DataFrame) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Per-sequence log-probs of response tokens: chosen and rejected in one padding-free forward pass.
 
-Packing: the sequences of a batch are packed first-fit-decreasing into rows as long as the longest
-sequence, each sequence's ``position_ids`` starting again at 0. Given no attention mask, transformers
+Packing (``noisypref.benchmark.engine.batches``): the sequences of a batch are packed into rows, each
+sequence's ``position_ids`` starting again at 0. Given no attention mask, transformers
 reads such position ids as packed sequences and restricts attention to each sequence (a block-diagonal
 causal mask under SDPA, eager and flex attention), so a token never sees another sequence.
 FlashAttention is the exception: transformers infers the boundaries from ``position_ids`` only for a
@@ -10,8 +10,7 @@ plain causal attention over each row, across its sequences, without error; so fo
 boundaries of every segment of the rows laid end to end go to the model explicitly (``cu_seq_lens_q``,
 ``max_length_q``, ... : its variable-length kernel). ``SequenceLogps`` checks once per model, on
 sequences packed into two rows, that packed sequences get the hidden states they get alone, and
-falls back to one right-padded row per sequence for a model that does not keep them apart. On the
-testbed packing removes about a third of the positions a right-padded batch computes.
+falls back to one right-padded row per sequence for a model that does not keep them apart.
 
 The language-model head is applied to the response positions only, in chunks whose log-softmax is
 recomputed in the backward pass instead of stored, so no ``[batch, length, vocabulary]`` float32
@@ -21,22 +20,34 @@ Per-token terms some methods need besides the sums (``SequenceLogps.forward``'s 
 ``token_weights``, on the packed and the padded layouts alike): the sum over each sequence's first
 ``shared_lengths[s]`` response tokens (LD-DPO's shared prefix: ``min(|yw|, |yl|)`` of its pair), and
 WPO's per-sequence weight term ``(1/|y|) Σ_t [log π(y_t) − log Σ_v π(v)²]``, without gradient.
+
+``forward_pairs`` turns one forward pass over a batch of pairs into the method's input, ``PairLogps``
+(with the reference log-probs of the pairs, cached or computed live: ``engine.reference``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
+from noisypref.benchmark.engine import batches
+from noisypref.benchmark.engine.batches import (
+    SequenceBatch,
+    copied_to,
+    pair_batch,
+    pair_shared_lengths,
+    sequence_batch,
+)
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
+from noisypref.methods import PairLogps, PreferenceMethod
+from noisypref.methods.base import SHARED_PREFIX_FIELDS, WEIGHT_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -49,160 +60,17 @@ LOGIT_TRANSFORM_ATTRIBUTES = (
     "output_multiplier",
     "lm_head_multiplier",
 )
-# Packed rows are padded to a multiple of this many positions: CPU softmax and SDPA kernels are
-# several times slower at widths such as 15 than at 16 (issue 14's profile), and a packed row's extra
-# padding is a segment of its own, so no sequence's log-probs change beyond float round-off.
-PACKED_WIDTH_MULTIPLE = 16
 # Attention implementations that read packed sequences' boundaries from the cu_seq_lens / max_length
 # keywords only (see the module docstring): flash_attention_2 / _3 and the hub's flash kernels.
 VARLEN_BOUNDARY_MARKER = "flash"
 
 
-@dataclass(frozen=True)
-class SequenceBatch:
-    """Sequences laid out in rows (packed or one per row).
+class PairReference(Protocol):
+    """Reference log-probs by pair: ``engine.reference``'s cached ``ReferenceLogps`` or ``LiveReference``."""
 
-    ``sequence_index[r, t]`` is the sequence the token at row ``r``, position ``t`` belongs to (−1 on
-    padding); ``response_mask`` marks the tokens whose log-probs are summed;
-    ``response_lengths[s]`` is the number of response tokens of sequence ``s``. Packed rows also carry
-    the segments (sequences and each row's padding) of the rows laid end to end, as FlashAttention's
-    variable-length kernel takes them: ``segment_starts`` (int32, the offset of every segment and then
-    the total length) and ``longest_segment``; ``None`` and 0 for unpacked rows.
-    ``predicting_positions`` lists, row-major, the positions ``r * width + t`` whose next token
-    (``t + 1``) is a response token: computed on the host, so that the forward pass needs no
-    device-to-host sync to find them (a boolean mask's indexing would be one).
-    """
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    sequence_index: torch.Tensor
-    response_mask: torch.Tensor
-    response_lengths: torch.Tensor
-    predicting_positions: torch.Tensor
-    segment_starts: torch.Tensor | None = None
-    longest_segment: int = 0
-
-    @property
-    def num_sequences(self) -> int:
-        return self.response_lengths.numel()
-
-    def to(self, device: torch.device | str) -> SequenceBatch:
-        def moved(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            return None if tensor is None else copied_to(tensor, device)
-
-        return SequenceBatch(
-            input_ids=moved(self.input_ids),
-            position_ids=moved(self.position_ids),
-            sequence_index=moved(self.sequence_index),
-            response_mask=moved(self.response_mask),
-            response_lengths=moved(self.response_lengths),
-            predicting_positions=moved(self.predicting_positions),
-            segment_starts=moved(self.segment_starts),
-            longest_segment=self.longest_segment,
-        )
-
-    def varlen_attention_inputs(self) -> dict[str, torch.Tensor | int]:
-        """The keywords that tell transformers' FlashAttention the segments of packed rows ({} unpacked)."""
-        if self.segment_starts is None:
-            return {}
-        return dict(
-            cu_seq_lens_q=self.segment_starts,
-            cu_seq_lens_k=self.segment_starts,
-            max_length_q=self.longest_segment,
-            max_length_k=self.longest_segment,
-        )
-
-
-def copied_to(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """``tensor`` on ``device`` without waiting: a host tensor bound for a GPU goes through pinned
-    memory, since from pageable memory CUDA first waits for the work queued before the copy."""
-    if torch.device(device).type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
-
-
-def sequence_batch(
-    prompt_ids: Sequence[list[int]],
-    response_ids: Sequence[list[int]],
-    pad_token_id: int,
-    *,
-    pack: bool = True,
-) -> SequenceBatch:
-    """``prompt + response`` per sequence, packed into rows as long as the longest sequence rounded up
-    to ``PACKED_WIDTH_MULTIPLE`` (``pack``) or one right-padded row per sequence, as long as the
-    longest. Every prompt must have at least one token (bos counts)."""
-    lengths = [len(prompt) + len(response) for prompt, response in zip(prompt_ids, response_ids, strict=True)]
-    if any(len(prompt) == 0 for prompt in prompt_ids):
-        raise ValueError(
-            "a sequence has no prompt token (no bos and an empty prompt): its first token has no context"
-        )
-    width = max(lengths)
-    if pack:
-        width = -(-width // PACKED_WIDTH_MULTIPLE) * PACKED_WIDTH_MULTIPLE
-    rows = (
-        _pack_first_fit_decreasing(lengths, width)
-        if pack
-        else [[sequence] for sequence in range(len(lengths))]
-    )
-    row_tokens, row_positions, row_sequences, row_response, segments = [], [], [], [], []
-    for row in rows:
-        tokens, positions, sequences, response = [], [], [], []
-        for sequence in row:
-            prompt, reply = prompt_ids[sequence], response_ids[sequence]
-            tokens += prompt + reply
-            positions += range(lengths[sequence])
-            sequences += [sequence] * lengths[sequence]
-            response += [False] * len(prompt) + [True] * len(reply)
-            segments.append(lengths[sequence])
-        padding = width - len(tokens)
-        if padding:
-            segments.append(padding)
-        # Padding positions restart at 0 too: under packing they form a segment of their own.
-        row_tokens.append(tokens + [pad_token_id] * padding)
-        row_positions.append(
-            positions + list(range(padding)) if pack else positions + list(range(len(positions), width))
-        )
-        row_sequences.append(sequences + [-1] * padding)
-        row_response.append(response + [False] * padding)
-    response_mask = torch.tensor(row_response, dtype=torch.bool)
-    # position t of a row predicts token t + 1: the positions before a response token, row-major
-    predicting = torch.zeros_like(response_mask)
-    predicting[:, :-1] = response_mask[:, 1:]
-    return SequenceBatch(
-        input_ids=torch.tensor(row_tokens, dtype=torch.long),
-        position_ids=torch.tensor(row_positions, dtype=torch.long),
-        sequence_index=torch.tensor(row_sequences, dtype=torch.long),
-        response_mask=response_mask,
-        response_lengths=torch.tensor([len(reply) for reply in response_ids], dtype=torch.long),
-        predicting_positions=predicting.flatten().nonzero().flatten(),
-        segment_starts=torch.tensor([0, *itertools.accumulate(segments)], dtype=torch.int32) if pack else None,
-        longest_segment=max(segments) if pack else 0,
-    )
-
-
-def _pack_first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for sequence in sorted(range(len(lengths)), key=lambda index: -lengths[index]):
-        for row, room in enumerate(free):
-            if room >= lengths[sequence]:
-                rows[row].append(sequence)
-                free[row] -= lengths[sequence]
-                break
-        else:
-            rows.append([sequence])
-            free.append(capacity - lengths[sequence])
-    return rows
-
-
-def pair_batch(
-    pairs: TokenizedPairs, indices: Sequence[int], pad_token_id: int, *, pack: bool = True
-) -> SequenceBatch:
-    """The chosen responses of the pairs ``indices`` (sequences 0..n−1), then their rejected responses
-    (sequences n..2n−1)."""
-    chosen, rejected = zip(*(pairs.chosen_and_rejected(index) for index in indices), strict=True)
-    prompts = [pairs.prompt_ids[index] for index in indices]
-    return sequence_batch(prompts + prompts, list(chosen) + list(rejected), pad_token_id, pack=pack)
+    def pair_fields(
+        self, pairs: TokenizedPairs, indices: torch.Tensor, *, shared_prefix: bool = False
+    ) -> dict[str, torch.Tensor]: ...
 
 
 class SequenceLogps(nn.Module):
@@ -305,12 +173,6 @@ def _response_place(sequences: torch.Tensor, num_sequences: int) -> torch.Tensor
     return order - first[sequences]
 
 
-def pair_shared_lengths(batch: SequenceBatch) -> torch.Tensor:
-    """LD-DPO's shared prefix of a ``pair_batch`` (chosen first): ``min(|yw|, |yl|)`` per sequence."""
-    chosen, rejected = batch.response_lengths.chunk(2)
-    return torch.minimum(chosen, rejected).repeat(2)
-
-
 def needs_varlen_boundaries(model: PreTrainedModel) -> bool:
     """Whether the model's attention keeps packed sequences apart only when given their boundaries."""
     return VARLEN_BOUNDARY_MARKER in str(getattr(model.config, "_attn_implementation", None) or "")
@@ -338,7 +200,7 @@ def packing_is_exact(model: PreTrainedModel) -> bool:
     precision."""
     vocabulary = model.get_input_embeddings().num_embeddings
     device = model.device
-    long, first, second = list(range(1, max(16, PACKED_WIDTH_MULTIPLE) + 1)), [1, 2, 3], [4, 5]  # a full row
+    long, first, second = list(range(1, max(16, batches.PACKED_WIDTH_MULTIPLE) + 1)), [1, 2, 3], [4, 5]  # a full row
     prompts = [[token % vocabulary for token in tokens] for tokens in (long, first, second)]
     batch = sequence_batch(prompts, [[], [], []], pad_token_id=0, pack=True).to(device)
     if batch.input_ids.shape[0] != 2:  # the layout the probe relies on
@@ -384,7 +246,7 @@ def autocast_for(device: torch.device) -> Iterator[None]:
 
 
 @torch.no_grad()
-def sequence_logps(
+def summed_response_logps(
     model: PreTrainedModel,
     prompt_ids: Sequence[list[int]],
     response_ids: Sequence[list[int]],
@@ -422,3 +284,56 @@ def sequence_logps(
             on_batch(len(rows))
     model.train(was_training)
     return result
+
+
+def per_token_terms(method: PreferenceMethod) -> dict[str, bool]:
+    """The per-token terms ``forward_pairs`` computes for ``method`` (its ``ld_alpha``, ``use_weighting``)."""
+    needed = method.optional_fields()
+    return {
+        "shared_prefix": bool(needed & set(SHARED_PREFIX_FIELDS)),
+        "token_weights": bool(needed & set(WEIGHT_FIELDS)),
+    }
+
+
+def forward_pairs(
+    logps_model: torch.nn.Module,
+    pairs: TokenizedPairs,
+    indices: torch.Tensor,
+    reference: PairReference | None,
+    pad_token_id: int,
+    device: torch.device,
+    *,
+    pack: bool,
+    shared_prefix: bool = False,
+    token_weights: bool = False,
+) -> PairLogps:
+    """Policy log-probs of the pairs ``indices``: chosen and rejected in one forward pass of
+    ``logps_model`` (a ``SequenceLogps``, possibly wrapped for data parallelism); with ``shared_prefix``
+    and ``token_weights`` also the per-token terms of LD-DPO and WPO (``PairLogps``' optional fields)."""
+    batch = pair_batch(pairs, indices.tolist(), pad_token_id, pack=pack).to(device)
+    fields: dict[str, torch.Tensor] = {}
+    with autocast_for(device):
+        if shared_prefix or token_weights:
+            shared_lengths = pair_shared_lengths(batch) if shared_prefix else None
+            terms = logps_model(batch, shared_lengths=shared_lengths, token_weights=token_weights)
+            summed_logps = terms["sum"]
+            if shared_prefix:
+                shared = terms["shared"].float().chunk(2)
+                fields.update(zip(("policy_chosen_shared", "policy_rejected_shared"), shared, strict=True))
+            if token_weights:
+                weight_logs = terms["weight_log"].float().chunk(2)
+                fields.update(zip(("chosen_weight_log", "rejected_weight_log"), weight_logs, strict=True))
+        else:
+            summed_logps = logps_model(batch)
+    policy_chosen, policy_rejected = summed_logps.float().chunk(2)
+    chosen_length, rejected_length = batch.response_lengths.float().chunk(2)
+    if reference is not None:
+        reference_fields = reference.pair_fields(pairs, indices, shared_prefix=shared_prefix)
+        fields.update({name: copied_to(values, device) for name, values in reference_fields.items()})
+    return PairLogps(
+        policy_chosen=policy_chosen,
+        policy_rejected=policy_rejected,
+        chosen_length=chosen_length,
+        rejected_length=rejected_length,
+        **fields,
+    )

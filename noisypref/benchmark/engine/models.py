@@ -33,7 +33,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from noisypref.benchmark.config.sections import LoraSettings
+from noisypref.benchmark.config.sections import LoraSettings, ModelSettings
 from noisypref.benchmark.data.hub import hub_lookup, looks_like_hub_id
 from noisypref.benchmark.storage import build_once
 
@@ -122,6 +122,7 @@ def convert_gguf_to_safetensors(gguf_path: Path, output_dir: Path) -> None:
 
 
 def default_device() -> str:
+    """The device type a model runs on when none is named: CUDA when present, else the CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -158,6 +159,16 @@ def load_causal_lm(
             name_or_path, dtype=dtype, attn_implementation=attn_implementation
         )
     return model.to(device).eval(), tokenizer
+
+
+def load_configured_model(
+    name_or_path: str | os.PathLike, settings: ModelSettings, device: str | torch.device | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``load_causal_lm`` in the dtype and attention implementation of a run's ``model`` section: how a
+    run loads its reference model (the policy starts as it, a live reference is a second copy)."""
+    return load_causal_lm(
+        name_or_path, settings.dtype, attn_implementation=settings.attn_implementation, device=device
+    )
 
 
 # ---------------------------------------------------------------------------------------------

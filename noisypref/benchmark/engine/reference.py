@@ -28,19 +28,11 @@ import torch
 from transformers import PreTrainedModel
 
 from noisypref.benchmark.engine import distributed
-from noisypref.benchmark.engine.logps import (
-    SequenceLogps,
-    autocast_for,
-    copied_to,
-    pair_batch,
-    pair_shared_lengths,
-    sequence_logps,
-)
+from noisypref.benchmark.engine.batches import pair_batch, pair_shared_lengths
+from noisypref.benchmark.engine.logps import SequenceLogps, autocast_for, summed_response_logps
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.progress import phase
 from noisypref.benchmark.storage import cached_torch_file
-from noisypref.methods import PairLogps, PreferenceMethod
-from noisypref.methods.base import SHARED_PREFIX_FIELDS, WEIGHT_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +114,7 @@ def reference_logps(
             shared = [min(len(response_a), len(response_b)) for response_a, response_b in responses]
             shared_lengths = shared + shared
         with phase(f"reference log-probs of {len(pairs)} pairs", 2 * len(pairs), "sequence") as progress:
-            logps = _sequence_logps_across_processes(
+            logps = _summed_response_logps_across_processes(
                 model,
                 pairs.prompt_ids + pairs.prompt_ids,
                 pairs.response_a_ids + pairs.response_b_ids,
@@ -161,7 +153,7 @@ def reference_logps(
     return ReferenceLogps(*(stored[name][rows] for name in names))
 
 
-def _sequence_logps_across_processes(
+def _summed_response_logps_across_processes(
     model: PreTrainedModel,
     prompt_ids: list[list[int]],
     response_ids: list[list[int]],
@@ -170,17 +162,17 @@ def _sequence_logps_across_processes(
     on_batch: Callable[[int], None] | None = None,
     shared_lengths: list[int] | None = None,
 ) -> torch.Tensor:
-    """``sequence_logps`` with the sequences dealt out to the processes of a launch (by length, so each
+    """``summed_response_logps`` with the sequences dealt out to the processes of a launch (by length, so each
     gets a similar number of tokens) and the results gathered on every process."""
     if distributed.world_size() == 1:
-        return sequence_logps(
+        return summed_response_logps(
             model, prompt_ids, response_ids, pad_token_id, batch_size=batch_size, on_batch=on_batch,
             shared_lengths=shared_lengths,
         )  # fmt: skip
     by_length = sorted(range(len(prompt_ids)), key=lambda row: len(prompt_ids[row]) + len(response_ids[row]))
     mine = by_length[distributed.rank() :: distributed.world_size()]
     values = distributed.agreed(  # a failure here (out of memory) must not leave the others in the gather
-        lambda: sequence_logps(
+        lambda: summed_response_logps(
             model,
             [prompt_ids[row] for row in mine],
             [response_ids[row] for row in mine],
@@ -264,56 +256,3 @@ class LiveReference:
             names = ("reference_chosen_shared", "reference_rejected_shared")
             fields.update(zip(names, shared.chunk(2), strict=True))
         return fields
-
-
-def per_token_terms(method: PreferenceMethod) -> dict[str, bool]:
-    """The per-token terms ``forward_pairs`` computes for ``method`` (its ``ld_alpha``, ``use_weighting``)."""
-    needed = method.optional_fields()
-    return {
-        "shared_prefix": bool(needed & set(SHARED_PREFIX_FIELDS)),
-        "token_weights": bool(needed & set(WEIGHT_FIELDS)),
-    }
-
-
-def forward_pairs(
-    logps_model: torch.nn.Module,
-    pairs: TokenizedPairs,
-    indices: torch.Tensor,
-    reference: ReferenceLogps | None,
-    pad_token_id: int,
-    device: torch.device,
-    *,
-    pack: bool,
-    shared_prefix: bool = False,
-    token_weights: bool = False,
-) -> PairLogps:
-    """Policy log-probs of the pairs ``indices``: chosen and rejected in one forward pass of
-    ``logps_model`` (a ``SequenceLogps``, possibly wrapped for data parallelism); with ``shared_prefix``
-    and ``token_weights`` also the per-token terms of LD-DPO and WPO (``PairLogps``' optional fields)."""
-    batch = pair_batch(pairs, indices.tolist(), pad_token_id, pack=pack).to(device)
-    fields: dict[str, torch.Tensor] = {}
-    with autocast_for(device):
-        if shared_prefix or token_weights:
-            shared_lengths = pair_shared_lengths(batch) if shared_prefix else None
-            terms = logps_model(batch, shared_lengths=shared_lengths, token_weights=token_weights)
-            sequence_logps = terms["sum"]
-            if shared_prefix:
-                shared = terms["shared"].float().chunk(2)
-                fields.update(zip(("policy_chosen_shared", "policy_rejected_shared"), shared, strict=True))
-            if token_weights:
-                weight_logs = terms["weight_log"].float().chunk(2)
-                fields.update(zip(("chosen_weight_log", "rejected_weight_log"), weight_logs, strict=True))
-        else:
-            sequence_logps = logps_model(batch)
-    policy_chosen, policy_rejected = sequence_logps.float().chunk(2)
-    chosen_length, rejected_length = batch.response_lengths.float().chunk(2)
-    if reference is not None:
-        reference_fields = reference.pair_fields(pairs, indices, shared_prefix=shared_prefix)
-        fields.update({name: copied_to(values, device) for name, values in reference_fields.items()})
-    return PairLogps(
-        policy_chosen=policy_chosen,
-        policy_rejected=policy_rejected,
-        chosen_length=chosen_length,
-        rejected_length=rejected_length,
-        **fields,
-    )

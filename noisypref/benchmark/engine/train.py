@@ -24,9 +24,8 @@ arguments (the method object, callbacks), not subclasses.
   step counted in ``TrainingResult.skipped_steps``.
 - Checkpoints (``checkpoint_every``): model, optimizer, the method's state (margin queue, β-DPO
   statistics) and the CPU and CUDA random generators (dropout), written atomically to
-  ``checkpoint_dir/checkpoint.pt``; ``train`` resumes from it, dropping the metrics lines logged after
-  it (and a torn last line). A checkpoint that does not load is discarded with a warning naming it, and
-  the run starts again from step 0.
+  ``checkpoint_dir/checkpoint.pt``; ``train`` resumes from it (the format, and what resuming drops:
+  ``noisypref.benchmark.engine.checkpoint``).
 - A run whose every step was skipped under ``nan_policy="skip"`` raises ``NothingTrainedError``.
 """
 
@@ -41,24 +40,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel
 
 from noisypref.benchmark.config.sections import TrainingSettings
-from noisypref.benchmark.engine import distributed
-from noisypref.benchmark.engine.logps import SequenceLogps
-from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs, per_token_terms
+from noisypref.benchmark.engine import checkpoint, distributed
+from noisypref.benchmark.engine.logps import SequenceLogps, forward_pairs, per_token_terms
+from noisypref.benchmark.engine.models import default_device
+from noisypref.benchmark.engine.reference import ReferenceLogps
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.progress import phase
-from noisypref.benchmark.storage import torch_save_atomic
 from noisypref.methods import MethodOutput, PreferenceMethod
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.pt"
 
 StepCallback = Callable[[dict[str, float]], None]
 # AdamW's fused CPU kernel: the same update as the per-parameter loop up to float round-off, about
@@ -89,10 +85,6 @@ class NothingTrainedError(RuntimeError):
             f"every one of the {steps} training steps{since} of method {method!r} had a non-finite loss or "
             "gradient and was skipped (training.nan_policy = skip): nothing was trained"
         )
-
-
-class UnreadableCheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read (torn by a crash or a full disk while it was written)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -205,7 +197,7 @@ def train(
     elif processes > 1:
         device_ids = [run_device.index] if run_device.type == "cuda" else None
         logps_model = torch.nn.parallel.DistributedDataParallel(logps_model, device_ids=device_ids)
-    step_context = _StepContext(logps_model, run_device, sharding, processes, process_index)
+    step_context = _StepContext(logps_model, run_device, processes, process_index)
     optimizer = torch.optim.AdamW(
         logps_model.parameters(),
         lr=config.learning_rate,
@@ -213,20 +205,10 @@ def train(
         fused=True if FUSED_ADAMW_ON_CPU and run_device.type == "cpu" and sharding == "none" else None,
     )
     order = PairOrder(len(pairs), config.batch_size, seed)
-    start_step = 0
-    last_record: dict[str, float] | None = None  # of the last logged step
-    if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).exists():
-        checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_FILE
-        try:
-            start_step = step_context.load_checkpoint(checkpoint_path, optimizer, method)
-            logger.info("resuming from the checkpoint of step %d", start_step)
-        except UnreadableCheckpointError as error:  # nothing was restored from it: a fresh start is exact
-            logger.warning("%s; the run starts again from step 0", error)
-            if process_index == 0:
-                checkpoint_path.unlink(missing_ok=True)
-        if metrics_path is not None and process_index == 0:
-            logged = _drop_metrics_after(metrics_path, start_step)
-            last_record = logged[-1] if logged and start_step else None
+    # the step to go on from, and the metrics of the last step logged before it (None: a fresh start)
+    start_step, last_record = checkpoint.resume(
+        checkpoint_dir, metrics_path, logps_model, optimizer, method, sharding
+    )
 
     skipped_steps = 0
     window_start, window_pairs = time.perf_counter(), 0
@@ -272,7 +254,7 @@ def train(
                     callback(last_record)
             progress.advance(1, **({"loss": last_record["loss"]} if last_record else {}))
             if config.checkpoint_every and step % config.checkpoint_every == 0:
-                step_context.save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, step, optimizer, method)
+                checkpoint.save(checkpoint_dir, step, logps_model, optimizer, method, sharding)
 
     if skipped_steps and skipped_steps == config.steps - start_step:
         raise NothingTrainedError(skipped_steps, method.name, start_step)
@@ -290,7 +272,7 @@ def train(
         pairs_per_second=trained_steps * config.batch_size / max(wall_time, 1e-9),
         processes=processes,
         sharding=sharding,
-        full_state_dict=_policy_state(full_state) if sharding == "fsdp" else None,
+        full_state_dict=checkpoint.policy_state(full_state) if sharding == "fsdp" else None,
     )
 
 
@@ -382,188 +364,24 @@ def _clip_gradients(model: torch.nn.Module, max_grad_norm: float) -> torch.Tenso
 
 def _training_device(device: str | None) -> torch.device:
     """The device this process trains on: the given type, CUDA when present, on the current GPU."""
-    device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device_type = device or default_device()
     if device_type == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(device_type)
 
 
-def _policy_state(wrapper_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The policy's own keys from the state dict of its ``SequenceLogps`` wrapper."""
-    return {name.removeprefix("model."): value for name, value in wrapper_state.items()}
-
-
 class _StepContext:
-    """How a step runs here: the (wrapped) model, its device, packing, gradient synchronisation, and
-    the checkpoint format (a plain state dict, or full state dicts gathered from the shards)."""
+    """How a step runs here: the (wrapped) model, its device, packing, gradient synchronisation."""
 
-    def __init__(
-        self, model: torch.nn.Module, device: torch.device, sharding: str, processes: int, process_index: int
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, processes: int, process_index: int) -> None:
         self.model = model
         self.device = device
-        self.sharding = sharding
         self.processes = processes
         self.process_index = process_index
         self.data_parallel = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-        self.logps = model.module if self.data_parallel else model
-        self.pack = self.logps.supports_packing
+        self.pack = (model.module if self.data_parallel else model).supports_packing
 
     def gradient_sync(self, is_last: bool) -> contextlib.AbstractContextManager:
         if self.data_parallel and not is_last:
             return self.model.no_sync()
         return contextlib.nullcontext()
-
-    def save_checkpoint(
-        self, path: Path, step: int, optimizer: torch.optim.Optimizer, method: PreferenceMethod
-    ) -> None:
-        """Written by rank 0; under sharding every process takes part in gathering the state."""
-        if self.sharding != "fsdp":
-            if distributed.is_main_process():
-                save_checkpoint(path, step, self.logps.model, optimizer, method)
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_state, optimizer_state = get_state_dict(self.model, optimizer, options=options)
-        if distributed.is_main_process():
-            torch_save_atomic(
-                path,
-                {
-                    "step": step,
-                    "sharding": "fsdp",
-                    "model": _policy_state(model_state),
-                    "optimizer": optimizer_state,
-                    "method": method.state_dict(),
-                    **rng_states(),
-                },
-            )
-            logger.info(
-                "checkpoint of step %d written to %s (full state gathered from the shards)", step, path
-            )
-
-    def load_checkpoint(self, path: Path, optimizer: torch.optim.Optimizer, method: PreferenceMethod) -> int:
-        """Under sharding rank 0 reads the file (memory-mapped) and the shards are sent from it; the
-        step, the method's state and the RNG state reach every process."""
-        if self.sharding != "fsdp":
-            return load_checkpoint(path, self.logps.model, optimizer, method)
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
-
-        def read() -> dict[str, Any]:
-            if not distributed.is_main_process():
-                return {}
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-
-        state = distributed.agreed(read, "reading the checkpoint")
-        small = {key: value for key, value in state.items() if key not in ("model", "optimizer")}
-        small = distributed.broadcast_object(small, distributed.patient_group())
-        _check_checkpoint_sharding(path, small, "fsdp")
-        # Two calls: set_state_dict skips the model on a rank whose (empty) model state it is given.
-        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-        model_state = {f"model.{name}": value for name, value in state.get("model", {}).items()}
-        set_model_state_dict(self.model, model_state, options=options)
-        set_optimizer_state_dict(self.model, optimizer, state.get("optimizer", {}), options=options)
-        method.load_state_dict(small["method"])
-        restore_rng_states(small)
-        return int(small["step"])
-
-
-def _check_checkpoint_sharding(path: Path, state: dict[str, Any], sharding: str) -> dict[str, Any]:
-    saved = state.get("sharding", "none")
-    if (saved == "fsdp") != (sharding == "fsdp"):
-        raise ValueError(
-            f"{path} was written with training.sharding = {saved}; this run trains with {sharding}: delete "
-            "the checkpoint folder to start the run afresh"
-        )
-    return state
-
-
-def save_checkpoint(
-    path: Path, step: int, policy: PreTrainedModel, optimizer: torch.optim.Optimizer, method: PreferenceMethod
-) -> None:
-    torch_save_atomic(
-        path,
-        {
-            "step": step,
-            "model": policy.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "method": method.state_dict(),
-            **rng_states(),
-        },
-    )
-    logger.info("checkpoint of step %d written to %s", step, path)
-
-
-def load_checkpoint(
-    path: Path, policy: PreTrainedModel, optimizer: torch.optim.Optimizer, method: PreferenceMethod
-) -> int:
-    """Restore model, optimizer, method state and RNG of an unsharded run; return the step the
-    checkpoint was taken at. `UnreadableCheckpointError`, having restored nothing, when the file does
-    not load."""
-    state = _check_checkpoint_sharding(path, read_checkpoint(path), "none")
-    policy.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    method.load_state_dict(state["method"])
-    restore_rng_states(state)
-    return int(state["step"])
-
-
-def rng_states() -> dict[str, torch.Tensor]:
-    """The random number generators a step draws from (dropout): the CPU's, and the current CUDA
-    device's when CUDA is in use (under several processes, rank 0's, as for the CPU's)."""
-    states = {"torch_rng": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda_rng"] = torch.cuda.get_rng_state()
-    return states
-
-
-def restore_rng_states(state: dict[str, Any]) -> None:
-    """Set the generators ``rng_states`` saved; a CUDA state is restored when CUDA is here (a checkpoint
-    written on the CPU leaves the CUDA generator as it is, one written on CUDA read on the CPU too)."""
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda_rng"])
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's content; `UnreadableCheckpointError` naming the file when it does not load."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torn zip archive, truncated pickle, a disk error: all mean "not usable"
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UnreadableCheckpointError(
-            f"the checkpoint {path} cannot be read ({type(error).__name__}: {first_line}); it is discarded"
-        ) from error
-    if not isinstance(state, dict) or "step" not in state:
-        raise UnreadableCheckpointError(f"the checkpoint {path} holds no training state; it is discarded")
-    return state
-
-
-def _drop_metrics_after(metrics_path: Path, step: int) -> list[dict[str, Any]]:
-    """Remove metric lines of steps after ``step`` (written after the checkpoint a run resumes from),
-    and any line that is not a complete record (a torn last line of a killed run), with a warning
-    naming the file and the line; returns the records kept (the last one is the run's latest
-    metrics, should it resume at its last step)."""
-    if not metrics_path.exists():
-        return []
-    kept, records = [], []
-    for number, line in enumerate(metrics_path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            logged_step = record["step"] if isinstance(record, dict) else None
-        except json.JSONDecodeError:
-            logged_step = None
-        if not isinstance(logged_step, int):
-            logger.warning("%s, line %d is not a complete metrics record (%.60s); dropped", metrics_path, number, line)
-            continue
-        if logged_step <= step:
-            kept.append(line)
-            records.append(record)
-    metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    return records

@@ -24,8 +24,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from noisypref.benchmark.config.metrics import declare
 from noisypref.benchmark.config.sections import EvaluationSettings
-from noisypref.benchmark.engine.logps import SequenceLogps, sequence_logps
-from noisypref.benchmark.engine.reference import ReferenceLogps, forward_pairs, per_token_terms
+from noisypref.benchmark.engine.logps import (
+    SequenceLogps,
+    forward_pairs,
+    per_token_terms,
+    summed_response_logps,
+)
+from noisypref.benchmark.engine.reference import ReferenceLogps
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.evaluation.alpaca_eval import NothingToFit, length_controlled_minimal_winrate
 from noisypref.benchmark.testbed import GoldReward, sample_responses
@@ -304,8 +309,8 @@ def kl_estimate(
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     prompt_ids = [bos + ids for ids in tokenizer(repeated_prompts, add_special_tokens=False)["input_ids"]]
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    policy_logps = sequence_logps(policy, prompt_ids, response_ids, pad_token_id).double()
-    reference_logps = sequence_logps(reference_model, prompt_ids, response_ids, pad_token_id).double()
+    policy_logps = summed_response_logps(policy, prompt_ids, response_ids, pad_token_id).double()
+    reference_logps = summed_response_logps(reference_model, prompt_ids, response_ids, pad_token_id).double()
     log_ratio = reference_logps - policy_logps  # log r
     return float((torch.expm1(log_ratio) - log_ratio).mean())  # k3 = (r − 1) − log r, expm1 for small |log r|
 

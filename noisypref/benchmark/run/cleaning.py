@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 
 from noisypref.benchmark.config.run_config import RunConfig
 from noisypref.benchmark.engine import distributed
-from noisypref.benchmark.engine.models import apply_lora, load_causal_lm
+from noisypref.benchmark.engine.models import apply_lora, load_configured_model
 from noisypref.benchmark.engine.reference import ReferenceLogps, reference_logps
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.engine.train import train
@@ -111,9 +111,7 @@ class EnginePairModels:
         self, train_rows: np.ndarray, score_rows: np.ndarray, steps: int, beta: float, seed: int
     ) -> dict:
         config = self.config
-        model, _ = load_causal_lm(
-            self.location, config.model.dtype, attn_implementation=config.model.attn_implementation, device=self.device
-        )
+        model, _ = load_configured_model(self.location, config.model, self.device)
         if config.model.lora is not None:
             torch.manual_seed(seed)
             apply_lora(model, config.model.lora)

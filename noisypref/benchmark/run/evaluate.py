@@ -19,7 +19,7 @@ from noisypref.benchmark.config.metrics import declare
 from noisypref.benchmark.config.references import CLEAN_ONLY
 from noisypref.benchmark.config.run_config import RunConfig
 from noisypref.benchmark.engine import distributed
-from noisypref.benchmark.engine.models import load_causal_lm
+from noisypref.benchmark.engine.models import load_configured_model
 from noisypref.benchmark.engine.tokenization import TokenizedPairs
 from noisypref.benchmark.evaluation.cleaning_metrics import cleaning_quality, training_flips
 from noisypref.benchmark.evaluation.metrics import (
@@ -84,7 +84,7 @@ def evaluate_run(
             run.policy, run.method, run.train_tokens, run.train_reference, run.pad_token_id, batch_size,
             progress.advance,
         )  # fmt: skip
-    if pairs_path is not None and _is_main_process():
+    if pairs_path is not None and distributed.is_main_process():
         write_pair_diagnostics(pairs_path, run.train_tokens.pair_ids, trained_flips, train_outputs)
     # Pairs whose two responses are the same tokens carry no preference: no metric counts them.
     informative = informative_pairs(run.train_tokens)
@@ -149,12 +149,7 @@ def evaluate_run(
         def load_reference() -> PreTrainedModel:
             nonlocal reference_model
             if reference_model is None:
-                reference_model, _ = load_causal_lm(
-                    location,
-                    config.model.dtype,
-                    attn_implementation=config.model.attn_implementation,
-                    device=device,
-                )
+                reference_model, _ = load_configured_model(location, config.model, device)
             return reference_model
 
         with phase(f"gold-reward evaluation on {len(prompts)} prompts"):
@@ -176,7 +171,7 @@ def evaluate_run(
     not_finite = {name: value for name, value in metrics.items() if not math.isfinite(value)}
     if not_finite:
         raise ValueError(f"non-finite evaluation metrics: {not_finite}")
-    if items_path is not None and _is_main_process():
+    if items_path is not None and distributed.is_main_process():
         write_items(items_path, items)
     return metrics
 
@@ -263,8 +258,3 @@ def write_pair_diagnostics(
         columns["gamma"] = outputs["gamma"]
     with atomic_path(path) as temporary:
         pd.DataFrame(columns).to_parquet(temporary, index=False)
-
-
-
-def _is_main_process() -> bool:
-    return distributed.is_main_process()

@@ -55,6 +55,7 @@ from noisypref.benchmark.config.references import NO_REFERENCE, symbolic_hyperpa
 from noisypref.benchmark.config.run_config import RunConfig, parse_run_config
 from noisypref.benchmark.config.sections import TESTBED
 from noisypref.benchmark.engine import distributed
+from noisypref.benchmark.engine.models import default_device
 from noisypref.benchmark.engine.reference import LiveReference
 from noisypref.benchmark.engine.train import train
 from noisypref.benchmark.evaluation.chat_benchmarks import run_benchmarks
@@ -134,7 +135,7 @@ def execute_run(
     started = time.perf_counter()
     config = parse_run_config(run_config)
     run_dir, cache_dir = Path(run_dir), Path(cache_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     if device == "cpu" and config.model.attn_implementation == "flex_attention":
         raise ValueError(
             "model.attn_implementation = 'flex_attention' trains on CUDA only (PyTorch has no CPU backward "
@@ -142,7 +143,7 @@ def execute_run(
         )
     distributed.init_from_environment()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if _is_main_process():
+    if distributed.is_main_process():
         (run_dir / "result.json").unlink(missing_ok=True)
         write_json_atomic(run_dir / "config.json", config.raw)
     seed_text = f"seed {config.seed}" + (
@@ -161,7 +162,7 @@ def execute_run(
     )
     threads = 1 if device == "cpu" and config.model.name == TESTBED else torch.get_num_threads()
     try:
-        beating = run_dir / HEARTBEAT_FILE if _is_main_process() else None
+        beating = run_dir / HEARTBEAT_FILE if distributed.is_main_process() else None
         with torch_threads(threads), heartbeat(beating):
             metrics, details = _train_and_evaluate(config, run_dir, cache_dir, torch.device(device))
     except torch.cuda.OutOfMemoryError as error:
@@ -182,7 +183,7 @@ def execute_run(
         "wall_time_s": time.perf_counter() - started,
         **details,
     }
-    if _is_main_process():
+    if distributed.is_main_process():
         write_json_atomic(run_dir / "result.json", result)
         checkpoint_dir = run_dir / CHECKPOINT_FOLDER
         if checkpoint_dir.is_dir() and not config.training.keep_checkpoint:  # a finished run never resumes
@@ -202,7 +203,7 @@ def _train_and_evaluate(
     prepared = prepare_run(config, run_dir, cache_dir, device)
     metrics_path = run_dir / "metrics.jsonl"
     checkpoint_dir = run_dir / CHECKPOINT_FOLDER if config.training.checkpoint_every else None
-    if (checkpoint_dir is None or not checkpoint_dir.exists()) and _is_main_process():
+    if (checkpoint_dir is None or not checkpoint_dir.exists()) and distributed.is_main_process():
         metrics_path.unlink(missing_ok=True)  # a fresh run; a resumed one keeps its earlier steps
     training = train(
         prepared.policy,
@@ -217,7 +218,7 @@ def _train_and_evaluate(
         device=device.type,
         gradient_checkpointing=config.model.gradient_checkpointing,
     )
-    if not _is_main_process():  # rank 0 evaluates the trained model and writes the run's files
+    if not distributed.is_main_process():  # rank 0 evaluates the trained model and writes the run's files
         return {
             "final_loss": training.final_metrics.get("loss", math.nan),
             "realised_flip_rate": prepared.flips.realised_rate,
@@ -252,7 +253,7 @@ def _train_and_evaluate(
         prepared.tokenizer.save_pretrained(run_dir / "model")
         make_files_shareable(run_dir / "model")
     benchmark_details: dict[str, Any] = {}
-    if config.evaluation.benchmarks and _is_main_process():
+    if config.evaluation.benchmarks and distributed.is_main_process():
         benchmark_metrics, benchmark_details = run_benchmarks(
             config.evaluation.benchmarks,
             prepared.policy,
@@ -311,7 +312,3 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _is_main_process() -> bool:
-    return distributed.is_main_process()

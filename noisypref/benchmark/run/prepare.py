@@ -25,13 +25,14 @@ from noisypref.benchmark.config.sections import TESTBED, resolve_hyperparameters
 from noisypref.benchmark.data.hub import hub_lookup
 from noisypref.benchmark.data.loaders import load_preferences, split_heldout
 from noisypref.benchmark.engine import distributed
-from noisypref.benchmark.engine.models import adapters_disabled, apply_lora, load_causal_lm, resolve_model
-from noisypref.benchmark.engine.reference import (
-    LiveReference,
-    ReferenceLogps,
-    per_token_terms,
-    reference_logps,
+from noisypref.benchmark.engine.logps import per_token_terms
+from noisypref.benchmark.engine.models import (
+    adapters_disabled,
+    apply_lora,
+    load_configured_model,
+    resolve_model,
 )
+from noisypref.benchmark.engine.reference import LiveReference, ReferenceLogps, reference_logps
 from noisypref.benchmark.engine.tokenization import TokenizedPairs, tokenize_pairs
 from noisypref.benchmark.evaluation.chat_benchmarks import check_runnable
 from noisypref.benchmark.progress import phase
@@ -81,7 +82,7 @@ def prepare_run(config: RunConfig, run_dir: Path, cache_dir: Path, device: torch
 
     def load() -> tuple:
         with distributed.main_process_first():
-            if _is_main_process():  # rank 0 runs the benchmarks: a missing file or API key fails now
+            if distributed.is_main_process():  # rank 0 runs the benchmarks: a missing file or API key fails now
                 check_runnable(config.evaluation.benchmarks)
             return load_data_model_and_tokens(config, run_dir, cache_dir, device)
 
@@ -173,11 +174,8 @@ def unsharded_policy(
     config: RunConfig, data: RunData, state: dict[str, torch.Tensor], cache_dir: Path, device: torch.device
 ) -> PreTrainedModel:
     """A fresh policy (with adapters under LoRA) holding the trained weights ``state``, for evaluation."""
-    policy, _ = load_causal_lm(
-        reference_model_location(config, data, cache_dir),
-        config.model.dtype,
-        attn_implementation=config.model.attn_implementation,
-        device=device,
+    policy, _ = load_configured_model(
+        reference_model_location(config, data, cache_dir), config.model, device
     )
     if config.model.lora is not None:
         apply_lora(policy, config.model.lora)
@@ -196,7 +194,7 @@ def load_data_model_and_tokens(
     noisy_pairs, flips = inject(
         data.train_pairs, config.noise.model, config.noise.rate, config.seed, **config.noise.options
     )
-    if _is_main_process():
+    if distributed.is_main_process():
         with atomic_path(run_dir / "flips.csv") as temporary:
             flips.to_csv(temporary)
     policy, tokenizer, identity = load_model_and_tokenizer(config, data, cache_dir, device)
@@ -210,7 +208,7 @@ def load_data_model_and_tokens(
             pad_token_id, cache_dir, device,
         )  # fmt: skip
         noisy_pairs, cleaning = clean_training_pairs(config, noisy_pairs, flips, models, cache_dir)
-        if _is_main_process():
+        if distributed.is_main_process():
             with atomic_path(run_dir / "cleaning.csv") as temporary:
                 cleaning.to_csv(temporary)
     train_tokens = tokenize_pairs(training_pairs(config, noisy_pairs, flips), tokenizer, cache_dir=cache_dir, **lengths)
@@ -264,11 +262,8 @@ def live_reference(
     """The reference model kept in memory: a LoRA policy with its adapters off, else a second copy."""
     if config.model.lora is not None:
         return LiveReference(policy, pad_token_id, context=lambda: adapters_disabled(policy))
-    reference_model, _ = load_causal_lm(
-        reference_model_location(config, data, cache_dir),
-        config.model.dtype,
-        attn_implementation=config.model.attn_implementation,
-        device=device,
+    reference_model, _ = load_configured_model(
+        reference_model_location(config, data, cache_dir), config.model, device
     )
     reference_model.requires_grad_(False)
     return LiveReference(reference_model, pad_token_id)
@@ -306,9 +301,7 @@ def load_model_and_tokenizer(
     """The policy (initialised as the reference model), its tokenizer, and the reference model's identity
     for the reference log-prob cache (weights, dtype, attention and device type)."""
     location = reference_model_location(config, data, cache_dir)
-    policy, tokenizer = load_causal_lm(
-        location, config.model.dtype, attn_implementation=config.model.attn_implementation, device=device
-    )
+    policy, tokenizer = load_configured_model(location, config.model, device)
     if data.testbed is not None and config.model.name == TESTBED:
         weights = f"testbed-reference-{data.testbed.config.reference_policy_key()}"
     else:
@@ -336,8 +329,3 @@ def checkpoint_identity(name_or_path: str) -> str:
     with hub_lookup("model", name_or_path):
         config_file = transformers.utils.cached_file(name_or_path, "config.json")
     return json.dumps({"hub": name_or_path, "snapshot": Path(config_file).parent.name})
-
-
-
-def _is_main_process() -> bool:
-    return distributed.is_main_process()

@@ -67,10 +67,11 @@ class Testbed:
 
     def load_reference_model(self) -> PreTrainedModel:
         """A fresh copy of the SFT reference policy in eval mode."""
-        return load_causal_lm(self.reference_model_dir)
+        return _load_reference_policy(self.reference_model_dir)
 
 
-def load_causal_lm(model_dir: Path) -> PreTrainedModel:
+def _load_reference_policy(model_dir: Path) -> PreTrainedModel:
+    """The SFT reference policy saved in ``model_dir``: float32, on the CPU, in eval mode."""
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
@@ -138,7 +139,7 @@ def _build_pairs(config: TestbedConfig, reference_model_dir: Path, output_dir: P
     logger.info("sampling the testbed preference pairs (key %s)", config.content_key()[:12])
     gold_reward = GoldReward(config)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(reference_model_dir)
-    model = load_causal_lm(reference_model_dir)
+    model = _load_reference_policy(reference_model_dir)
 
     train = sample_scored_pairs(
         model,
