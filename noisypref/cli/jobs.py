@@ -13,7 +13,8 @@ from pathlib import Path
 
 from noisypref.cli import UserError
 
-SLURM_JOB_OPTIONS = ("--workers", "1", "--no-report")  # a Slurm job: its one run in its own process, no report
+# a Slurm job computes its one run in its own process, and writes no report
+SLURM_JOB_OPTIONS = ("--workers", "1", "--no-report")
 
 
 class JobFailed(RuntimeError):
