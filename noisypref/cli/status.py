@@ -24,9 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from noisypref.benchmark.folder_layout import RUNS_FOLDER
     from noisypref.benchmark.progress import HEARTBEAT_FILE, describe_heartbeat, read_heartbeat
     from noisypref.benchmark.study import StudyFolder
-    from noisypref.benchmark.study.folder import DONE, FAILED, PENDING, RUNNING, RUNS_FOLDER, STATES
+    from noisypref.benchmark.study.folder import DONE, FAILED, PENDING, RUNNING, STATES
 
     folder = StudyFolder(args.out)
     name, runs = folder.planned_runs()

@@ -1,17 +1,6 @@
 """A study's output folder, its run folders, and the lock that claims a run.
 
-DIR/study.yaml              the resolved study (every default filled in)
-DIR/plan.json               its runs (id, config, place in the grid), written with study.yaml: read by
-                            `status` and `collect`, which thus need no plugin code
-DIR/runs/<run_id>/          one folder per run
-    .lock                   flock-ed by the process computing the run (released by the OS if it dies)
-    config.json, metrics.jsonl, flips.csv, ...      written by the engine
-    run.log                 the run's log messages
-    result.json             written last, atomically: the run is complete only when it exists
-    failure.json            reason and traceback, when the run failed
-DIR/results.parquet         one row per run (`noisypref collect`)
-DIR/metrics.json            what each metric of the table means: direction, bounds, ...
-DIR/superseded/<time>/      a previous study's study.yaml, results.parquet and run folders, moved by --force
+What the folder holds, and the name of each file, is in ``noisypref.benchmark.folder_layout``.
 """
 
 from __future__ import annotations
@@ -30,24 +19,23 @@ from typing import Any
 import yaml
 
 from noisypref.benchmark.config.sections import DatasetSettings
+from noisypref.benchmark.folder_layout import (
+    CHECKPOINT_FOLDER,
+    FAILURE_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    METRICS_LOG_FILE,
+    PLAN_FILE,
+    RESULT_FILE,
+    RESULTS_TABLE,
+    RUNS_FOLDER,
+    STUDY_FILE,
+    SUPERSEDED_FOLDER,
+)
 from noisypref.benchmark.storage import file_lock, is_locked, write_text_atomic
 from noisypref.benchmark.study.grid import PlannedRun, plan_runs
 from noisypref.benchmark.study.schema import Study, load_study, parse_study
 from noisypref.benchmark.study.yaml_io import read_yaml
-
-STUDY_FILE = "study.yaml"
-PLAN_FILE = "plan.json"
-RUNS_FOLDER = "runs"
-RESULT_FILE = "result.json"
-FAILURE_FILE = "failure.json"
-LOCK_FILE = ".lock"
-LOG_FILE = "run.log"
-RESULTS_TABLE = "results.parquet"
-METRICS_FILE = "metrics.json"  # the declarations of the results' metrics (noisypref.benchmark.config.metrics)
-SUPERSEDED_FOLDER = "superseded"  # DIR/superseded/<UTC time>/: what --force moved aside
-
-CHECKPOINT_FOLDER = "checkpoint"  # the engine's mid-run checkpoint (noisypref.benchmark.run.execute)
-METRICS_LOG_FILE = "metrics.jsonl"
 
 logger = logging.getLogger(__name__)
 

@@ -39,11 +39,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from noisypref.benchmark.config.sections import TrackingSettings
+from noisypref.benchmark.folder_layout import FAILURE_FILE, LOG_FILE, RESULT_FILE
 from noisypref.benchmark.storage import write_json_atomic
 from noisypref.benchmark.study.folder import (
-    FAILURE_FILE,
-    LOG_FILE,
-    RESULT_FILE,
     OutputNotWritable,
     StudyFolder,
     claim_run,
