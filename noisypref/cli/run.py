@@ -14,6 +14,8 @@ from pathlib import Path
 from noisypref.cli import UserError, make_output_folder
 from noisypref.cli.jobs import check_slurm_launch, job_command, plugin_folders, submit_to_slurm
 
+COMMAND = "run"
+HELP = "run a study (default: the embedded default study)"  # the line of `noisypref --help`
 EXECUTOR_VARIABLE = "NOISYPREF_EXECUTOR"  # "module:function" replacing the engine's execute_run
 INTERRUPTED_STATUS = 128 + signal.SIGINT
 
@@ -22,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "run",
-        help="run a study (default: the embedded default study)",
+        COMMAND,
+        help=HELP,
         description=(
             "Run every run of a study into OUT/runs/<run_id>/, write OUT/results.parquet and the report "
             "OUT/report/report.html (and report.md). Without a "

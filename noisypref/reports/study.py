@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-from noisypref.benchmark.folder_layout import (
+from noisypref.folder_layout import (
     ITEMS_FILE,
     METRICS_LOG_FILE,
     PAIRS_FILE,

@@ -58,14 +58,6 @@ from noisypref.benchmark.engine import distributed
 from noisypref.benchmark.engine.reference import LiveReference
 from noisypref.benchmark.engine.train import train
 from noisypref.benchmark.evaluation.chat_benchmarks import parse_benchmarks, run_benchmarks
-from noisypref.benchmark.folder_layout import (
-    CHECKPOINT_FOLDER,
-    CONFIG_FILE,
-    ITEMS_FILE,
-    METRICS_LOG_FILE,
-    PAIRS_FILE,
-    RESULT_FILE,
-)
 from noisypref.benchmark.progress import HEARTBEAT_FILE, heartbeat
 from noisypref.benchmark.run.evaluate import evaluate_run
 from noisypref.benchmark.run.prepare import (
@@ -76,6 +68,14 @@ from noisypref.benchmark.run.prepare import (
     unsharded_policy,
 )
 from noisypref.benchmark.storage import make_files_shareable, write_json_atomic
+from noisypref.folder_layout import (
+    CHECKPOINT_FOLDER,
+    CONFIG_FILE,
+    ITEMS_FILE,
+    METRICS_LOG_FILE,
+    PAIRS_FILE,
+    RESULT_FILE,
+)
 
 logger = logging.getLogger(__name__)
 

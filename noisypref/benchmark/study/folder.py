@@ -1,6 +1,6 @@
 """A study's output folder, its run folders, and the lock that claims a run.
 
-What the folder holds, and the name of each file, is in ``noisypref.benchmark.folder_layout``.
+What the folder holds, and the name of each file, is in ``noisypref.folder_layout``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ from typing import Any
 import yaml
 
 from noisypref.benchmark.config.sections import DatasetSettings
-from noisypref.benchmark.folder_layout import (
+from noisypref.benchmark.storage import file_lock, is_locked, write_text_atomic
+from noisypref.benchmark.study.grid import PlannedRun, plan_runs
+from noisypref.benchmark.study.schema import Study, load_study, parse_study
+from noisypref.benchmark.study.yaml_io import read_yaml
+from noisypref.folder_layout import (
     CHECKPOINT_FOLDER,
     FAILURE_FILE,
     LOCK_FILE,
@@ -32,10 +36,6 @@ from noisypref.benchmark.folder_layout import (
     STUDY_FILE,
     SUPERSEDED_FOLDER,
 )
-from noisypref.benchmark.storage import file_lock, is_locked, write_text_atomic
-from noisypref.benchmark.study.grid import PlannedRun, plan_runs
-from noisypref.benchmark.study.schema import Study, load_study, parse_study
-from noisypref.benchmark.study.yaml_io import read_yaml
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,6 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from noisypref.benchmark.config.sections import TrackingSettings
-from noisypref.benchmark.folder_layout import FAILURE_FILE, LOG_FILE, RESULT_FILE
 from noisypref.benchmark.storage import write_json_atomic
 from noisypref.benchmark.study.folder import (
     OutputNotWritable,
@@ -52,6 +51,7 @@ from noisypref.benchmark.study.grid import PlannedRun, plan_runs
 from noisypref.benchmark.study.results import collect_results
 from noisypref.benchmark.study.schema import Study
 from noisypref.benchmark.study.tracking import LiveTracking, finish_trackers
+from noisypref.folder_layout import FAILURE_FILE, LOG_FILE, RESULT_FILE
 from noisypref.plugins import import_plugins
 
 logger = logging.getLogger(__name__)

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from noisypref.benchmark.config.sections import TrackingSettings
-from noisypref.benchmark.folder_layout import METRICS_LOG_FILE, RESULT_FILE
 from noisypref.benchmark.study.folder import read_json
+from noisypref.folder_layout import METRICS_LOG_FILE, RESULT_FILE
 
 logger = logging.getLogger(__name__)
 
