@@ -1,6 +1,7 @@
-"""The names of what a study folder holds: the one definition that the study runner, the engine, tracking
-and the reports use. A leaf (it imports nothing), so that the reports, which never import torch, can
-use it too.
+"""The names of what a study folder holds -- its files, and the labels its plan.json and results.parquet
+give runs without noise, runs without cleaning and references: the one definition that the
+configuration, the study runner, the engine, tracking and the reports use. A leaf (it imports nothing):
+the reports, which import neither torch nor noisypref.benchmark, and `noisypref status` use it too.
 
 DIR/study.yaml              the resolved study (every default filled in)
 DIR/plan.json               its runs (id, config, place in the grid), written with study.yaml: read by
@@ -37,3 +38,10 @@ ITEMS_FILE = "items.parquet"
 LOG_FILE = "run.log"
 RESULT_FILE = "result.json"
 FAILURE_FILE = "failure.json"
+
+# Labels of runs, in plan.json, in results.parquet and in a run config's sections
+NO_NOISE_LABEL = "none"  # the noise model shown for rate-0 runs, which stand for every noise model
+NO_CLEANING = "none"  # the cleaning label of the runs that train on the noisy pairs as they are
+NO_REFERENCE = "none"  # the reference kind of a competitor (noisypref.benchmark.config.references)
+CLEAN_ONLY = "clean_only"  # the oracle reference: trained on the noisy pairs minus the flipped ones
+KNOWN_RATE = "known_rate"  # a reference given its run's realised flip rate

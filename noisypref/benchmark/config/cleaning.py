@@ -15,8 +15,6 @@ from typing import Any
 from noisypref.benchmark.config.checks import Invalid, Section, choice, optional, setting, text
 from noisypref.cleaning import JUDGES, TREATMENTS, Budget, get_judge
 
-NO_CLEANING = "none"  # the label of the runs that train on the noisy pairs as they are
-
 
 def _judge_check(value: Any) -> str:
     return choice(sorted(JUDGES))(value)

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from noisypref.benchmark.config.checks import ErrorList, load_settings
-from noisypref.benchmark.config.cleaning import NO_CLEANING, CleaningSettings
+from noisypref.benchmark.config.cleaning import CleaningSettings
 from noisypref.benchmark.study.entries import as_list
 from noisypref.cleaning import JUDGES
+from noisypref.folder_layout import NO_CLEANING
 
 CLEANING_KEYS = ("label", "judge", "options", "treatment", "budget")
 

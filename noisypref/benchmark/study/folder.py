@@ -1,6 +1,10 @@
 """A study's output folder, its run folders, and the lock that claims a run.
 
 What the folder holds, and the name of each file, is in ``noisypref.folder_layout``.
+
+`noisypref status` reads a folder through this module, and must answer at once: reading plan.json and
+the run folders needs neither torch nor the study schema, so what writes a folder for a study
+(``prepare``) or reads its study.yaml imports the schema and the grid where it uses them.
 """
 
 from __future__ import annotations
@@ -14,14 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from noisypref.benchmark.config.sections import DatasetSettings
 from noisypref.benchmark.storage import file_lock, is_locked, write_text_atomic
-from noisypref.benchmark.study.grid import PlannedRun, plan_runs
-from noisypref.benchmark.study.schema import Study, load_study, parse_study
+from noisypref.benchmark.study.plan import PlannedRun
 from noisypref.benchmark.study.yaml_io import read_yaml
 from noisypref.folder_layout import (
     CHECKPOINT_FOLDER,
@@ -36,6 +38,9 @@ from noisypref.folder_layout import (
     STUDY_FILE,
     SUPERSEDED_FOLDER,
 )
+
+if TYPE_CHECKING:
+    from noisypref.benchmark.study.schema import Study
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +117,8 @@ class StudyFolder:
 
     def _write_plan(self, study: Study) -> None:
         """plan.json: the study.yaml it belongs to (as read back) and every planned run."""
+        from noisypref.benchmark.study.grid import plan_runs
+
         plan = {
             "study": _plain(read_yaml(self.study_file)),
             "runs": [dataclasses.asdict(run) for run in plan_runs(study)],
@@ -137,6 +144,8 @@ class StudyFolder:
         plan = self._read_plan()
         if plan is not None:
             return plan
+        from noisypref.benchmark.study.grid import plan_runs
+
         study = self.load_study()
         return study.name, plan_runs(study)
 
@@ -144,6 +153,8 @@ class StudyFolder:
         """Move what belongs to the study in the folder and not to `study` -- its study.yaml, its
         results.parquet and the run folders `study` does not have -- into superseded/<UTC time>/.
         Nothing is deleted; a run folder whose lock is held (a run computing now) stays."""
+        from noisypref.benchmark.study.grid import plan_runs
+
         kept = {run.run_id for run in plan_runs(study)}
         runs_dir = self.root / RUNS_FOLDER
         entries = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
@@ -171,6 +182,8 @@ class StudyFolder:
         )  # fmt: skip
 
     def load_study(self) -> Study:
+        from noisypref.benchmark.study.schema import load_study
+
         if not self.study_file.is_file():
             raise FileNotFoundError(f"{self.root} is not a study folder: it has no {STUDY_FILE}")
         return load_study(self.study_file, check_files=False)  # data files matter only when running
@@ -200,6 +213,9 @@ class StudyFolder:
 def _resolved_again(existing: Any) -> Any:
     """A study.yaml read back through the loader, so that one written before a section was added
     (e.g. ``report``) compares equal to the same study resolved today."""
+    from noisypref.benchmark.config.sections import DatasetSettings
+    from noisypref.benchmark.study.schema import parse_study
+
     try:
         resolved = parse_study(existing, check_files=False).to_dict()
     except (ValueError, TypeError):
