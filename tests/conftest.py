@@ -9,6 +9,15 @@ import torch
 
 from noisypref.benchmark.testbed import Testbed, TestbedConfig, build_testbed
 
+# The tiny random Llama of the tests: 16 wide, one layer of two heads (what each test changes, it names)
+TINY_LLAMA = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+}
+
 
 @pytest.fixture
 def one_torch_thread():
@@ -29,3 +38,25 @@ def engine_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def default_testbed(engine_cache_dir: Path) -> Testbed:
     """The default testbed of DESIGN §6, built once per session (about 15 s)."""
     return build_testbed(TestbedConfig(), engine_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_config():
+    """Builds the config of a tiny random Llama: ``tiny_llama_config(vocab_size, **settings)``, the sizes
+    of ``TINY_LLAMA`` unless ``settings`` give others, and any other LlamaConfig setting (token ids,
+    ``num_labels``, ``max_position_embeddings``) as given. ``tokenizer=`` takes the vocabulary size and
+    the pad, bos and eos token ids from a tokenizer instead."""
+    from transformers import LlamaConfig
+
+    def build(vocab_size: int | None = None, *, tokenizer=None, **settings) -> LlamaConfig:
+        if tokenizer is not None:
+            vocab_size = len(tokenizer)
+            settings = {
+                "pad_token_id": tokenizer.pad_token_id,
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+                **settings,
+            }
+        return LlamaConfig(vocab_size=vocab_size, **{**TINY_LLAMA, **settings})
+
+    return build

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForSequenceClassification
+from transformers import LlamaForSequenceClassification
 
 from noisypref.benchmark.evaluation import alpaca_eval
 from noisypref.benchmark.evaluation.alpaca_eval import (
@@ -277,18 +277,12 @@ def test_annotate_pairs_checks_its_inputs():
         annotate_pairs(reference, [{"instruction": "a", "output": "y", "generator": "m"}], lambda *_: 3.0)
 
 
-def test_hf_reward_model_scores_like_a_plain_forward_pass(tmp_path):
+def test_hf_reward_model_scores_like_a_plain_forward_pass(tmp_path, tiny_llama_config):
     tokenizer = build_word_tokenizer(num_topics=4, num_words=16)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        num_labels=1,
+    config = tiny_llama_config(
+        len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
-    )
+    )  # fmt: skip
     torch.manual_seed(0)
     LlamaForSequenceClassification(config).save_pretrained(tmp_path / "reward_model")
     tokenizer.save_pretrained(tmp_path / "reward_model")

@@ -42,6 +42,7 @@ HEADLINES = {  # dotted paths into the JSON line ("*": every element or value) t
     "benchmarks/throughput.py": ["models.*.systems.*.pairs_per_second", "models.*.gamma.margin_solve_seconds"],
     "benchmarks/engine_vs_trl.py": ["steady_engine", "steady_trl", "steady_cpu_trl_precomputed_reference_trl"],
     "benchmarks/margin_solver.py": ["exact_256_ms.cpu.*"],
+    "benchmarks/cli_startup.py": ["commands.*.wall_s", "commands.*.cpu_s", "cli_import_modules"],
     "benchmarks/study_cost.py": ["per_run_total.default", "per_run_total.before", "runs_measured"],
     "benchmarks/study_power.py": ["runs"],
     "scripts/check_wheels.py": ["wheels", "total_mib"],

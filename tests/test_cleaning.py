@@ -187,19 +187,16 @@ def test_reward_model_folds_depend_on_the_pair_set_not_on_the_row_order():
     assert fold_of_each_pair(pair_ids, 3, seed=5).tolist() != fold_of_each_pair(pair_ids, 3, seed=4).tolist()
 
 
-def test_a_reward_model_folder_scores_prompt_and_response_as_a_direct_forward_pass_does(tmp_path):
+def test_a_reward_model_folder_scores_prompt_and_response_as_a_direct_forward_pass_does(tmp_path, tiny_llama_config):
     import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     from noisypref.benchmark.testbed import build_word_tokenizer
 
     tokenizer = build_word_tokenizer(2, 8)
     vocabulary = [token for token in tokenizer.get_vocab() if not token.startswith(("<", "["))][:6]
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    config = tiny_llama_config(len(tokenizer), num_labels=1, pad_token_id=tokenizer.pad_token_id)
     model = LlamaForSequenceClassification(config).eval()
     model.save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_helpers import cli
 
 from noisypref.benchmark.storage import write_json_atomic
-from noisypref.cli import main
 
 STUDY = {
     "name": "devices",
@@ -40,13 +40,6 @@ def study_file(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    status = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return status, out, err
-
-
 def pretend_cuda(monkeypatch, device_count: int) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: device_count)
@@ -55,7 +48,7 @@ def pretend_cuda(monkeypatch, device_count: int) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without a visible CUDA device")
 def test_devices_on_a_torch_without_cuda_is_refused_before_anything_is_written(study_file, tmp_path, capsys):
     out = tmp_path / "out"
-    status, _, err = run_cli(capsys, "run", study_file, "--out", out, "--devices", "0")
+    status, _, err = cli(capsys, "run", study_file, "--out", out, "--devices", "0")
     assert status == 2, err
     assert "--devices 0" in err and "CUDA" in err and "drop --devices" in err, err
     assert not out.exists()
@@ -65,7 +58,7 @@ def test_devices_on_a_torch_without_cuda_is_refused_before_anything_is_written(s
 def test_devices_beyond_the_visible_ones_are_refused_naming_them(study_file, tmp_path, capsys, monkeypatch):
     pretend_cuda(monkeypatch, device_count=1)
     out = tmp_path / "out"
-    status, _, err = run_cli(capsys, "run", study_file, "--out", out, "--devices", "0,1,3")
+    status, _, err = cli(capsys, "run", study_file, "--out", out, "--devices", "0,1,3")
     assert status == 2, err
     assert "--devices 0,1,3" in err and "device(s) 1, 3 do not exist" in err and "0 to 0" in err, err
     assert not out.exists()
@@ -77,7 +70,7 @@ def test_one_device_runs_with_the_default_worker_count_on_a_many_core_machine(
     pretend_cuda(monkeypatch, device_count=2)
     monkeypatch.setattr("os.cpu_count", lambda: 16)  # the default worker count used to be this
     out = tmp_path / "out"
-    status, stdout, err = run_cli(capsys, "run", study_file, "--out", out, "--devices", "1", "--no-report")
+    status, stdout, err = cli(capsys, "run", study_file, "--out", out, "--devices", "1", "--no-report")
     assert status == 0, err
     assert "1 succeeded" in stdout
     # One process (this one) ran the study, on the listed device.
@@ -90,7 +83,7 @@ def test_an_explicit_worker_count_that_disagrees_with_the_devices_is_still_refus
 ):
     pretend_cuda(monkeypatch, device_count=2)
     out = tmp_path / "out"
-    status, _, err = run_cli(capsys, "run", study_file, "--out", out, "--devices", "0", "--workers", "2")
+    status, _, err = cli(capsys, "run", study_file, "--out", out, "--devices", "0", "--workers", "2")
     assert status == 2, err
     assert "--workers 2 with --devices 0" in err
     assert not (out / "runs").exists()

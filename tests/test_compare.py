@@ -6,21 +6,9 @@ and a path that is a file. Mistakes exit 2 naming the path; nothing is written.
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 import yaml
+from cli_helpers import cli
 from test_report_findings import STUDY_YAML, make_study
-
-from noisypref.cli import main
-
-
-def cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
-    try:
-        status = main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err, err
-    return status, out, err
 
 
 def with_settings(**sections) -> str:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.stats import mannwhitneyu
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from noisypref.benchmark.config.sections import EvaluationSettings
 from noisypref.benchmark.engine.reference import reference_logps
@@ -138,24 +138,22 @@ def test_evaluation_config_names_the_field_of_a_bad_value() -> None:
 # Metrics of a model
 
 
-def tiny_llama(vocab_size: int, seed: int, *, bos: int | None, eos: int, pad: int, sharpness: float = 1.0):
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        bos_token_id=bos,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(sharpness)
-    return model
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_llama_config):
+    """``tiny_llama(vocab_size, seed, *, bos, eos, pad, sharpness=1.0)``: a random one-layer Llama whose
+    output weights are scaled by ``sharpness`` (sharper next-token distributions)."""
+
+    def build(vocab_size: int, seed: int, *, bos: int | None, eos: int, pad: int, sharpness: float = 1.0):
+        config = tiny_llama_config(
+            vocab_size, max_position_embeddings=32, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad
+        )
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config).eval()
+        with torch.no_grad():
+            model.lm_head.weight.mul_(sharpness)
+        return model
+
+    return build
 
 
 def plain_logp(model, token_ids: list[int], prompt_length: int) -> float:
@@ -167,7 +165,7 @@ def plain_logp(model, token_ids: list[int], prompt_length: int) -> float:
     )
 
 
-def test_heldout_accuracy_uses_the_methods_own_rewards() -> None:
+def test_heldout_accuracy_uses_the_methods_own_rewards(tiny_llama) -> None:
     tokenizer = build_word_tokenizer(num_topics=2, num_words=6)
     model = tiny_llama(
         len(tokenizer),
@@ -217,7 +215,7 @@ def test_heldout_accuracy_uses_the_methods_own_rewards() -> None:
     assert preference_accuracy(dpo["chosen_reward"], dpo["rejected_reward"]) == 0.5
 
 
-def enumerable_kl_setup():
+def enumerable_kl_setup(tiny_llama):
     """Two tiny models over 3 words and eos whose responses (at most 3 tokens) can all be listed:
     (policy, reference, tokenizer, max_new_tokens, probability of each response under the policy,
     its log π − log π_ref)."""
@@ -243,8 +241,8 @@ def enumerable_kl_setup():
     return policy, reference, tokenizer, max_new_tokens, probabilities, policy_logps - reference_logps_
 
 
-def test_kl_estimate_matches_the_exact_kl_of_an_enumerable_model() -> None:
-    policy, reference, tokenizer, max_new_tokens, probabilities, log_ratio = enumerable_kl_setup()
+def test_kl_estimate_matches_the_exact_kl_of_an_enumerable_model(tiny_llama) -> None:
+    policy, reference, tokenizer, max_new_tokens, probabilities, log_ratio = enumerable_kl_setup(tiny_llama)
     exact_kl = float(np.sum(probabilities * log_ratio))
     # the estimator's terms, k3 = (r − 1) − log r with r = π_ref/π: their mean under π is the KL
     k3 = np.expm1(-log_ratio) + log_ratio
@@ -265,9 +263,9 @@ def test_kl_estimate_matches_the_exact_kl_of_an_enumerable_model() -> None:
     assert estimate == pytest.approx(exact_kl, abs=4 * standard_deviation / math.sqrt(samples))
 
 
-def test_kl_estimate_is_never_negative_even_from_one_sample() -> None:
+def test_kl_estimate_is_never_negative_even_from_one_sample(tiny_llama) -> None:
     # A sample whose log π − log π_ref is negative made the plain mean negative; k3 is ≥ 0 per sample.
-    policy, reference, tokenizer, max_new_tokens, probabilities, log_ratio = enumerable_kl_setup()
+    policy, reference, tokenizer, max_new_tokens, probabilities, log_ratio = enumerable_kl_setup(tiny_llama)
     negative_share = float(probabilities[log_ratio < 0].sum())
     assert negative_share > 0.2  # the plain estimate from one sample is negative this often
     estimates = [

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from noisypref.benchmark.config.benchmarks import GenerationSettings, published_settings
 from noisypref.benchmark.evaluation import generation
@@ -20,23 +20,13 @@ GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=6)
 
 
 @pytest.fixture(scope="module")
-def tiny_chat_model(tmp_path_factory):
+def tiny_chat_model(tmp_path_factory, tiny_llama_config):
     """A random-initialised two-layer Llama and the testbed's word tokenizer with a chat template,
     round-tripped through save_pretrained / from_pretrained."""
     folder = tmp_path_factory.mktemp("tiny_chat_model")
     tokenizer = build_word_tokenizer(num_topics=4, num_words=16)
     tokenizer.chat_template = CHAT_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = tiny_llama_config(tokenizer=tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noisypref.methods import PairLogps, available_methods, build, hyperparameter_defaults
+from noisypref.methods import PairLogps, PreferenceMethod, available_methods, build, hyperparameter_defaults
 
 ALL_METHODS = [
     "dpo", "cdpo", "robust_dpo", "ipo", "hinge", "simpo", "length_dpo",
@@ -39,6 +40,33 @@ def pair_logps(requires_grad: bool = False) -> PairLogps:
         reference_chosen=tensor(REFERENCE_CHOSEN),
         reference_rejected=tensor(REFERENCE_REJECTED),
     )
+
+
+def gradcheck_method(
+    make_method: Callable[[], PreferenceMethod],
+    logps: tuple[list[float], list[float], list[float], list[float]],
+    chosen_length: list[int],
+    rejected_length: list[int],
+) -> bool:
+    """``torch.autograd.gradcheck`` of a method's per-pair loss and objective in the four log-probs
+    (policy chosen, policy rejected, reference chosen, reference rejected; float64), the lengths fixed.
+    ``make_method()`` gives the method at every evaluation of the function."""
+
+    def objective(policy_chosen, policy_rejected, reference_chosen, reference_rejected):
+        output = make_method()(
+            PairLogps(
+                policy_chosen=policy_chosen,
+                policy_rejected=policy_rejected,
+                chosen_length=torch.tensor(chosen_length, dtype=torch.float64),
+                rejected_length=torch.tensor(rejected_length, dtype=torch.float64),
+                reference_chosen=reference_chosen,
+                reference_rejected=reference_rejected,
+            )
+        )
+        return output.loss, output.objective
+
+    inputs = tuple(torch.tensor(values, dtype=torch.float64, requires_grad=True) for values in logps)
+    return torch.autograd.gradcheck(objective, inputs)
 
 
 def log_sigmoid(x: float) -> float:
@@ -185,24 +213,8 @@ def test_beta_dpo_state_round_trip_continues_identically():
 @pytest.mark.parametrize(("name", "hp"), CASES)
 def test_gradcheck(name, hp):
     method = build(name, **hp)
-
-    def objective(pc, pr, rc, rr):
-        logps = PairLogps(
-            policy_chosen=pc,
-            policy_rejected=pr,
-            chosen_length=torch.tensor(CHOSEN_LENGTH, dtype=torch.float64),
-            rejected_length=torch.tensor(REJECTED_LENGTH, dtype=torch.float64),
-            reference_chosen=rc,
-            reference_rejected=rr,
-        )
-        output = method(logps)
-        return output.loss, output.objective
-
-    inputs = tuple(
-        torch.tensor(values, dtype=torch.float64, requires_grad=True)
-        for values in (POLICY_CHOSEN, POLICY_REJECTED, REFERENCE_CHOSEN, REFERENCE_REJECTED)
-    )
-    assert torch.autograd.gradcheck(objective, inputs)
+    logps = (POLICY_CHOSEN, POLICY_REJECTED, REFERENCE_CHOSEN, REFERENCE_REJECTED)
+    assert gradcheck_method(lambda: method, logps, CHOSEN_LENGTH, REJECTED_LENGTH)
 
 
 def test_gamma_methods_reduce_to_base_when_tau_is_large():

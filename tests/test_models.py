@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from noisypref.benchmark.engine import models
 from noisypref.benchmark.engine.models import (
@@ -78,17 +78,9 @@ def test_find_packaged_file_does_not_need_the_package_importable_by_name(tmp_pat
     assert find_packaged_file("no_such_package_for_noisypref", SMOLLM2.filename) is None
 
 
-def test_load_causal_lm_dtype_and_device(tmp_path):
+def test_load_causal_lm_dtype_and_device(tmp_path, tiny_llama_config):
     tokenizer = build_word_tokenizer(num_topics=2, num_words=8)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = tiny_llama_config(len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
 

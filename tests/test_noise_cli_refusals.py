@@ -1,7 +1,8 @@
 """`noisypref noise` mistakes: a failed command leaves --out as it found it (no empty folder, no part of
 an output), and an option given twice is refused instead of the last one silently winning (a file type
-given as a second --format is pointed to --file-type). Exit status 2, one message naming the option
-and both values or the file.
+given as a second --format is pointed to --file-type); --split on a local file, a seed outside the study
+bound and an --out holding an earlier output are refused. Exit status 2, one message naming the option
+and both values or the file. A noise model whose realised rate is far from the target warns and says why.
 """
 
 from __future__ import annotations
@@ -10,18 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from noisypref.cli import main
-
-
-def cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
-    try:
-        status = main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err, err
-    return status, out, err
+from cli_helpers import assert_user_error, cli, write_pairs
 
 
 @pytest.fixture
@@ -89,3 +79,57 @@ def test_two_file_types_are_refused(tmp_path, capsys, pairs):
                          "--format", "parquet", "--file-type", "jsonl")  # fmt: skip
     assert status == 2 and "--format parquet and --file-type jsonl name two file types" in err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags a run would trip on, and a realised rate far from the target (issue 19)
+
+
+def noise(capsys, data: Path, out: Path, *flags: object) -> tuple[int, str, str]:
+    return cli(capsys, "noise", "--data", data, "--model", "symmetric", "--rate", 0.2, "--out", out, *flags)
+
+
+def test_noise_split_on_a_local_file_is_refused(tmp_path, capsys):
+    data = write_pairs(tmp_path / "pairs.jsonl", 20)
+    status, _, err = noise(capsys, data, tmp_path / "out", "--split", "test")
+    assert_user_error(status, err, "--split 'test'", data, "hub dataset")
+    assert not (tmp_path / "out").exists()
+
+
+def test_noise_seed_outside_the_study_bound_is_refused(tmp_path, capsys):
+    data = write_pairs(tmp_path / "pairs.jsonl", 20)
+    for seed in (-1, 2**32):
+        status, _, err = noise(capsys, data, tmp_path / "out", "--seed", seed)
+        assert_user_error(status, err, f"--seed {seed}", ">= 0 and <= 4294967295")
+    assert not (tmp_path / "out").exists()
+    assert noise(capsys, data, tmp_path / "out", "--seed", 2**32 - 1)[0] == 0
+
+
+def test_noise_out_onto_an_earlier_output_is_refused_unless_forced(tmp_path, capsys):
+    data = write_pairs(tmp_path / "pairs.jsonl", 40)
+    out = tmp_path / "out"
+    assert noise(capsys, data, out, "--seed", 1)[0] == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    status, _, err = noise(capsys, data, out, "--seed", 2)
+    assert_user_error(status, err, out / "noisy.jsonl", out / "flips.csv", out / "flips.json", "--force")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert noise(capsys, data, out, "--seed", 2, "--force")[0] == 0
+    assert json.loads((out / "flips.json").read_text())["seed"] == 2
+
+
+def test_annotators_far_from_the_target_rate_warn_and_say_why(tmp_path, capsys):
+    data = write_pairs(tmp_path / "pairs.jsonl", 400)
+    status, out, err = cli(
+        capsys, "noise", "--data", data, "--model", "annotators", "--rate", 0.2, "--option", "accuracy=0.3",
+        "--out", tmp_path / "annotators",
+    )  # fmt: skip
+    assert status == 0, err
+    # Three annotators wrong with probability 0.7 each: the majority errs with 3 * 0.7^2 * 0.3 + 0.7^3.
+    expected_rate = 3 * 0.7**2 * 0.3 + 0.7**3
+    assert "warning: the realised flip rate" in err and "far from the target 0.2 (400 pairs)" in err, err
+    assert "3 annotator(s) with accuracy 0.3" in err and f"expected rate is {expected_rate:.4f}" in err, err
+    realised = json.loads((tmp_path / "annotators" / "flips.json").read_text())["realised_rate"]
+    assert f"{realised:.4f}" in err
+    # A calibrated model gives no warning.
+    status, _, err = noise(capsys, data, tmp_path / "symmetric", "--option", "mode=exact")
+    assert status == 0 and "warning" not in err, err

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface, LlamaForCausalLM
 
 import noisypref.benchmark.engine.logps as logps_module
 from noisypref.benchmark.engine.batches import sequence_batch
@@ -61,15 +61,21 @@ def flash_stand_in(module, query, key, value, attention_mask, dropout=0.0, scali
 AttentionInterface.register(STAND_IN, flash_stand_in)
 
 
-def tiny_llama(attention: str) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, attn_implementation="sdpa",
-    )  # fmt: skip
-    model = LlamaForCausalLM(config).eval()
-    model.config._attn_implementation = attention
-    return model
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_llama_config):
+    """``tiny_llama(attention)``: the tests' random two-layer Llama, seed 0, under that attention."""
+
+    def build(attention: str) -> LlamaForCausalLM:
+        torch.manual_seed(0)
+        config = tiny_llama_config(
+            64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=128, attn_implementation="sdpa",
+        )  # fmt: skip
+        model = LlamaForCausalLM(config).eval()
+        model.config._attn_implementation = attention
+        return model
+
+    return build
 
 
 def random_sequences(count: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
@@ -101,7 +107,7 @@ def test_the_segments_are_where_the_flattened_position_ids_restart() -> None:
     assert int(lengths.sum()) == batch.input_ids.numel()
 
 
-def test_flash_attention_implementations_are_told_the_boundaries() -> None:
+def test_flash_attention_implementations_are_told_the_boundaries(tiny_llama) -> None:
     assert needs_varlen_boundaries(tiny_llama(STAND_IN))
     assert not needs_varlen_boundaries(tiny_llama("sdpa"))
     model = tiny_llama("sdpa")
@@ -109,7 +115,7 @@ def test_flash_attention_implementations_are_told_the_boundaries() -> None:
     assert needs_varlen_boundaries(model)
 
 
-def test_packed_log_probs_under_flash_attention_equal_padded_ones_under_sdpa() -> None:
+def test_packed_log_probs_under_flash_attention_equal_padded_ones_under_sdpa(tiny_llama) -> None:
     flash, sdpa = tiny_llama(STAND_IN), tiny_llama("sdpa")
     prompts, responses = random_sequences(24)
     flash_logps = SequenceLogps(flash)
@@ -122,7 +128,7 @@ def test_packed_log_probs_under_flash_attention_equal_padded_ones_under_sdpa() -
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_without_the_boundaries_several_packed_rows_leak_and_the_probe_falls_back_to_padding(monkeypatch) -> None:
+def test_without_the_boundaries_several_packed_rows_leak_and_the_probe_falls_back_to_padding(monkeypatch, tiny_llama) -> None:
     flash, sdpa = tiny_llama(STAND_IN), tiny_llama("sdpa")
     prompts, responses = random_sequences(24)
     packed = sequence_batch(prompts, responses, pad_token_id=0, pack=True)
@@ -148,11 +154,11 @@ def test_without_the_boundaries_several_packed_rows_leak_and_the_probe_falls_bac
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_the_probe_still_accepts_attention_that_reads_position_ids(attention) -> None:
+def test_the_probe_still_accepts_attention_that_reads_position_ids(attention, tiny_llama) -> None:
     assert SequenceLogps(tiny_llama(attention)).supports_packing
 
 
-def test_the_probe_accepts_bf16_rounding_but_not_a_leak_in_bf16() -> None:
+def test_the_probe_accepts_bf16_rounding_but_not_a_leak_in_bf16(tiny_llama) -> None:
     # bf16 weights under SDPA differ from the sequence alone by bf16 rounding only (about 5e-3)
     assert SequenceLogps(tiny_llama("sdpa").to(torch.bfloat16)).supports_packing
     leaking = tiny_llama(STAND_IN).to(torch.bfloat16)

@@ -13,12 +13,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
+from cli_helpers import cli
 from test_study import TINY_TESTBED
 
 from noisypref import plugins
-from noisypref.cli import main
 from noisypref.methods.base import METHODS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,16 +32,6 @@ class LabDPO(DPO):
     source = "tests/test_plugin_folders.py"
     summary = "DPO under another name"
 """
-
-
-def cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
-    try:
-        status = main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err, err
-    return status, out, err
 
 
 def forget_plugin(folder: Path, module: str, method: str) -> None:

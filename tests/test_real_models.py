@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 from test_study import TINY_TESTBED  # the engine's tiny testbed
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
 from noisypref.benchmark.config.benchmarks import PUBLISHED_SETTINGS, parse_benchmarks
 from noisypref.benchmark.config.run_config import default_run_config, parse_run_config
@@ -296,22 +296,21 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path):
         assert checkpointed["metrics"][name] == pytest.approx(value, abs=1e-5), name
 
 
-def tiny_llama(vocab_size: int, pad_token_id: int, seed: int = 0, **config) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    settings = dict(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(
-        LlamaConfig(vocab_size=vocab_size, pad_token_id=pad_token_id, **{**settings, **config})
-    )
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_llama_config):
+    """``tiny_llama(vocab_size, pad_token_id, seed=0, **config)``: a random two-layer Llama."""
+
+    def build(vocab_size: int, pad_token_id: int, seed: int = 0, **config) -> LlamaForCausalLM:
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(
+            tiny_llama_config(vocab_size, pad_token_id=pad_token_id, **{"num_hidden_layers": 2, **config})
+        )
+
+    return build
 
 
 @needs_peft
-def test_lora_trains_only_the_adapters_from_the_reference_model():
+def test_lora_trains_only_the_adapters_from_the_reference_model(tiny_llama):
     from noisypref.benchmark.engine.models import apply_lora
 
     model = tiny_llama(vocab_size=40, pad_token_id=0)
@@ -409,7 +408,7 @@ def test_benchmarks_are_off_by_default_and_validated(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_chat_models(tmp_path_factory):
+def tiny_chat_models(tmp_path_factory, tiny_llama, tiny_llama_config):
     """A random two-layer chat Llama and a random reward model on the testbed's word tokenizer."""
     folder = tmp_path_factory.mktemp("tiny_models")
     tokenizer = build_word_tokenizer(num_topics=4, num_words=16)
@@ -423,8 +422,7 @@ def tiny_chat_models(tmp_path_factory):
     policy.save_pretrained(folder / "policy")
     tokenizer.save_pretrained(folder / "policy")
     torch.manual_seed(1)
-    reward_config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                num_attention_heads=2, num_key_value_heads=2, num_labels=1, **special)  # fmt: skip
+    reward_config = tiny_llama_config(len(tokenizer), num_labels=1, **special)
     LlamaForSequenceClassification(reward_config).save_pretrained(folder / "reward")
     tokenizer.save_pretrained(folder / "reward")
     return folder
@@ -603,7 +601,7 @@ def smollm2_missing_reason() -> str | None:
 )
 @pytest.mark.skipif(smollm2_missing_reason() is not None, reason=str(smollm2_missing_reason()))
 def test_smollm2_hh_slice_trains_evaluates_and_scores_alpaca_eval_on_the_cpu(
-    tmp_path, monkeypatch, one_torch_thread
+    tmp_path, monkeypatch, one_torch_thread, tiny_llama_config
 ):
     """One run of configs/smollm2_hh.yaml shrunk to 8 training and 4 held-out pairs of the local HH file,
     2 steps, gamma-DPO at 20 % flips, seed 0; then AlpacaEval on 3 prompts, judged locally and scored.
@@ -623,6 +621,7 @@ def test_smollm2_hh_slice_trains_evaluates_and_scores_alpaca_eval_on_the_cpu(
     # A local judge: a random-initialised reward model on SmolLM2's tokenizer (a stand-in, not a real judge).
     cache_dir = tmp_path / "cache"
     judge_dir = make_random_reward_model(
+        tiny_llama_config,
         models.resolve_model("smollm2-135m-instruct", cache_dir), tmp_path / "judge"
     )
     raw["evaluation"]["benchmarks"] = {
@@ -651,15 +650,14 @@ def test_smollm2_hh_slice_trains_evaluates_and_scores_alpaca_eval_on_the_cpu(
     print(f"SmolLM2 HH slice end to end: {seconds:.0f} s")
 
 
-def make_random_reward_model(tokenizer_source: str, folder: Path) -> Path:
+def make_random_reward_model(tiny_llama_config, tokenizer_source: str, folder: Path) -> Path:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-    )  # fmt: skip
+    config = tiny_llama_config(
+        len(tokenizer), num_labels=1, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id
+    )
     LlamaForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

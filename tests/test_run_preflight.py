@@ -12,22 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import cli
 
 from noisypref import plugins
 from noisypref.benchmark.study import slurm
-from noisypref.cli import main
 
 STUDY = {"name": "preflight", "noise": [{"model": "symmetric", "rates": [0.2]}], "methods": [{"name": "dpo"}]}
-
-
-def cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
-    try:
-        status = main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err, err
-    return status, out, err
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 from noisypref.benchmark.storage import write_json_atomic
 from noisypref.benchmark.study import StudyFolder, parse_study, plan_runs
 from noisypref.cli import main
+from noisypref.cli.jobs import run_job
 
 submitit = pytest.importorskip("submitit", reason="submitit (the slurm extra) is not installed")
 
@@ -82,7 +83,7 @@ def test_jobs_run_the_runs_a_failure_is_recorded_and_a_killed_run_is_finished_by
     executor = submitit.LocalExecutor(folder=str(out / slurm.SUBMITIT_FOLDER))
     executor.update_parameters(timeout_min=10)
     run_ids = [runs[label].run_id for label in ("dpo", "broken", "slow")]
-    jobs = dict(zip(("dpo", "broken", "slow"), slurm.submit_runs(executor, folder.study_file, out, cache, run_ids), strict=True))
+    jobs = dict(zip(("dpo", "broken", "slow"), slurm.submit_runs(executor, run_job, folder.study_file, out, cache, run_ids), strict=True))
 
     _wait_for(markers / "slow.pid")
     os.kill(int((markers / "slow.pid").read_text()), signal.SIGKILL)  # the job dies mid-run
@@ -103,7 +104,7 @@ def test_jobs_run_the_runs_a_failure_is_recorded_and_a_killed_run_is_finished_by
 
     # Submitting again takes up the unfinished runs only: the killed one completes.
     (markers / "hold").unlink()
-    again = slurm.submit_runs(executor, folder.study_file, out, cache, [runs["slow"].run_id])
+    again = slurm.submit_runs(executor, run_job, folder.study_file, out, cache, [runs["slow"].run_id])
     assert again[0].result() == 0
     assert folder.is_done(runs["slow"].run_id)
 

@@ -12,24 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import cli
 
 from noisypref.benchmark.study import load_study
 from noisypref.benchmark.study.yaml_io import MAX_NESTING, MAX_STUDY_FILE_BYTES, MAX_VALUES
 from noisypref.checks import SHOWN_VALUE_CHARACTERS, show
-from noisypref.cli import main
 
 VALID_TAIL = "noise: [{model: symmetric, rates: [0.2]}]\nmethods: [{name: dpo}]\n"
-
-
-def cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of `noisypref ARGV`, run in this process."""
-    try:
-        status = main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err, err
-    return status, out, err
 
 
 def refused_quickly(path: Path) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import cli
 
 from noisypref.benchmark.config.dataset import DatasetSettings
 from noisypref.benchmark.config.run_config import make_run_config, parse_run_config
@@ -20,18 +21,7 @@ from noisypref.benchmark.config.sections import EvaluationSettings, ModelSetting
 from noisypref.benchmark.engine.train import train
 from noisypref.benchmark.run.prepare import resolve_dataset
 from noisypref.benchmark.study import load_study
-from noisypref.cli import main
 from noisypref.methods import build
-
-
-def cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
-    try:
-        status = main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err, err
-    return status, out, err
 
 
 def write_study(path: Path, **sections) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datasets
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, PrinterCallback
+from transformers import AutoModelForCausalLM, PrinterCallback
 
 from noisypref.benchmark.config.sections import TrainingSettings
 from noisypref.benchmark.engine.batches import pair_batch
@@ -42,21 +42,19 @@ def tokenizer():
     return build_word_tokenizer(num_topics=3, num_words=WORDS)
 
 
-def tiny_llama(tokenizer, seed: int):
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+@pytest.fixture(scope="module")
+def tiny_llama(tokenizer, tiny_llama_config):
+    """``tiny_llama(seed)``: the tests' random two-layer Llama on the tokenizer's ids."""
+
+    def build(seed: int):
+        config = tiny_llama_config(
+            tokenizer=tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=64,
+        )  # fmt: skip
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+
+    return build
 
 
 def random_pairs(count: int) -> datasets.Dataset:
@@ -79,7 +77,7 @@ def random_pairs(count: int) -> datasets.Dataset:
     )
 
 
-def trl_trainer(tokenizer, pairs: datasets.Dataset, output_dir, **config):
+def trl_trainer(tiny_llama, tokenizer, pairs: datasets.Dataset, output_dir, **config):
     """TRL's DPOTrainer on ``pairs`` in order, policy seed 0, reference model seed 1 (live).
 
     TRL gets "<bos> prompt" and " response", so that it tokenises [bos] + prompt + response + [eos]
@@ -109,8 +107,8 @@ def trl_trainer(tokenizer, pairs: datasets.Dataset, output_dir, **config):
         **config,
     )
     trainer = trl.DPOTrainer(
-        model=tiny_llama(tokenizer, seed=0).train(),
-        ref_model=tiny_llama(tokenizer, seed=1),
+        model=tiny_llama(seed=0).train(),
+        ref_model=tiny_llama(seed=1),
         args=args,
         train_dataset=text,
         processing_class=tokenizer,
@@ -132,9 +130,9 @@ def assert_same_sequences(trainer, tokens, order: list[int]) -> None:
         assert example["rejected_ids"] == rejected
 
 
-def test_loss_on_one_batch_matches_trl_sigmoid_dpo(tokenizer, tmp_path) -> None:
+def test_loss_on_one_batch_matches_trl_sigmoid_dpo(tokenizer, tiny_llama, tmp_path) -> None:
     pairs = random_pairs(PAIRS_PER_STEP)
-    trainer = trl_trainer(tokenizer, pairs, tmp_path, max_steps=1, learning_rate=LEARNING_RATE)
+    trainer = trl_trainer(tiny_llama, tokenizer, pairs, tmp_path, max_steps=1, learning_rate=LEARNING_RATE)
     tokens = engine_tokens(tokenizer, pairs)
     assert_same_sequences(trainer, tokens, list(range(len(pairs))))
 
@@ -143,9 +141,9 @@ def test_loss_on_one_batch_matches_trl_sigmoid_dpo(tokenizer, tmp_path) -> None:
     with torch.no_grad():
         trl_loss = float(trainer.compute_loss(trainer.model, batch))
 
-    policy = tiny_llama(tokenizer, seed=0)
+    policy = tiny_llama(seed=0)
     reference = reference_logps(
-        tiny_llama(tokenizer, seed=1),
+        tiny_llama(seed=1),
         tokens,
         model_identity="seed-1",
         cache_dir=None,
@@ -177,13 +175,14 @@ def test_loss_on_one_batch_matches_trl_sigmoid_dpo(tokenizer, tmp_path) -> None:
     assert engine_loss == pytest.approx(trl_loss, abs=TOLERANCE)
 
 
-def test_first_training_steps_match_trl(tokenizer, tmp_path) -> None:
+def test_first_training_steps_match_trl(tokenizer, tiny_llama, tmp_path) -> None:
     """Both train 3 steps (AdamW, lr 1e-2 with cosine decay, clipping 1.0) on the same batches."""
     pairs = random_pairs(PAIRS_PER_STEP * STEPS)
     order = PairOrder(len(pairs), PAIRS_PER_STEP, seed=0)
     engine_order = [int(index) for step in range(1, STEPS + 1) for index in order.step_pairs(step)]
 
     trainer = trl_trainer(
+        tiny_llama,
         tokenizer,
         pairs.select(engine_order),
         tmp_path,
@@ -201,7 +200,7 @@ def test_first_training_steps_match_trl(tokenizer, tmp_path) -> None:
     trl_losses = [record["loss"] for record in trainer.state.log_history if "loss" in record]
 
     reference = reference_logps(
-        tiny_llama(tokenizer, seed=1),
+        tiny_llama(seed=1),
         tokens,
         model_identity="seed-1",
         cache_dir=None,
@@ -209,7 +208,7 @@ def test_first_training_steps_match_trl(tokenizer, tmp_path) -> None:
     )
     engine_losses: list[float] = []
     train(
-        tiny_llama(tokenizer, seed=0),
+        tiny_llama(seed=0),
         build("dpo", beta=BETA),
         tokens,
         TrainingSettings(

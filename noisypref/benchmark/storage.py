@@ -3,7 +3,8 @@
 A file written here is either absent or complete: it is written to a temporary file in the same
 folder, flushed to disk and renamed over the target (``os.replace`` is atomic on POSIX). A cached
 file is built under an exclusive ``fcntl.flock`` on ``<file>.lock``, so concurrent processes build it
-once and the others load it.
+once and the others load it. torch is imported only where a torch file is saved or loaded: `noisypref
+status` reads run folders and their locks through this module, and imports no torch.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
-
-import torch
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +53,8 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 
 def torch_save_atomic(path: Path, value: Any) -> None:
+    import torch
+
     with atomic_path(path) as temporary:
         torch.save(value, temporary)
 
@@ -111,6 +112,8 @@ def cached_torch_file(path: Path, build: Callable[[], T], description: str) -> T
 
     ``build`` runs at most once across concurrent processes; the others wait for the lock and load.
     """
+    import torch
+
     if path.exists():
         logger.info("%s: cache hit %s", description, path)
         return torch.load(path, weights_only=True)

@@ -1,8 +1,14 @@
 """The `noisypref` command line.
 
-Each sub-command is one module in this package exposing ``register(subparsers)``, which adds
-its parser and sets ``func`` (called with the parsed arguments, returning an exit status).
-Adding a command is adding a module and one line to ``COMMAND_MODULES``.
+Each sub-command is one module in this package exposing ``COMMAND`` (its name), ``HELP`` (its line in
+`noisypref --help`) and ``register(subparsers)``, which adds its parser and sets ``func`` (called with
+the parsed arguments, returning an exit status). Adding a command is adding a module and one line to
+``COMMAND_MODULES``.
+
+The command line answers at once: a command module imports only the standard library at its top; what
+a command needs (torch, datasets, the registries its options list) it imports in ``register`` and in
+the function that runs it, and only the command named on the command line is registered in full --
+`noisypref --help`, `--version` and `status` import no torch.
 """
 
 from __future__ import annotations
@@ -80,7 +86,9 @@ def make_output_folder(path: Path, what: str) -> None:
         raise UserError(f"{what} {path} cannot be written: {reason}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of the command line; ``command``'s module adds its options, the other commands
+    are listed by name and help line (their options are parsed only when they are named)."""
     parser = argparse.ArgumentParser(
         prog="noisypref",
         description=(
@@ -94,12 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+        module = importlib.import_module(module_name)
+        if module.COMMAND == command:
+            module.register(subparsers)
+        else:
+            subparsers.add_parser(module.COMMAND, help=module.HELP)
     return parser
 
 
+def named_command(argv: list[str]) -> str | None:
+    """The command an argument list names: its first word that is not an option (none of the options
+    before the command takes a value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(named_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -6,11 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
+COMMAND = "alpacaeval"
+HELP = "score AlpacaEval 2 annotations: win rate, standard error, length-controlled win rate"  # the line of `noisypref --help`
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "alpacaeval",
-        help="score AlpacaEval 2 annotations: win rate, standard error, length-controlled win rate",
+        COMMAND,
+        help=HELP,
         description=(
             "Score an annotations.json in the alpaca-eval package's format with its own metric functions: "
             "the leaderboard's win rate and standard error, and a length-controlled win rate. The LC "

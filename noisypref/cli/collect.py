@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+COMMAND = "collect"
+HELP = "write DIR/results.parquet: one row per run of a study"  # the line of `noisypref --help`
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "collect",
-        help="write DIR/results.parquet: one row per run of a study",
+        COMMAND,
+        help=HELP,
         description=(
             "Write DIR/results.parquet with one row per run of the study in DIR: study, run_id, dataset, "
             "noise_model, target_flip_rate, realised_flip_rate, method_label, method_name, "

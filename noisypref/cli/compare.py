@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+COMMAND = "compare"
+HELP = "put the findings of two or more study folders side by side"  # the line of `noisypref --help`
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "compare",
-        help="put the findings of two or more study folders side by side",
+        COMMAND,
+        help=HELP,
         description=(
             "Compute the findings of each study folder as `noisypref report` does (each method against the "
             "baseline at each flip rate and on the robustness AUC: difference, 95 % interval, Holm p, "

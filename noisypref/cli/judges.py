@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+COMMAND = "judges"
+HELP = "list the registered data-cleaning judges"  # the line of `noisypref --help`
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "judges",
-        help="list the registered data-cleaning judges",
+        COMMAND,
+        help=HELP,
         description=(
             "List every registered cleaning judge: what it scores, its source, whether it needs a model, and "
             "each option with its default. Use these names and options in the `cleaning:` section of a study "

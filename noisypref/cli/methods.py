@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+COMMAND = "methods"
+HELP = "list the registered preference-optimisation methods"  # the line of `noisypref --help`
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "methods",
-        help="list the registered preference-optimisation methods",
+        COMMAND,
+        help=HELP,
         description=(
             "List every registered method: its loss, its source, whether it needs a reference "
             "model, each hyperparameter with its default, the base method of a method that adds a "

@@ -9,19 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from noisypref.benchmark.config.sections import MAX_SEED, seed_check
-from noisypref.benchmark.data.loaders import (
-    load_preferences,
-    source_records,
-    swap_record_labels,
-    write_preferences,
-    write_records,
-)
-from noisypref.checks import Invalid
 from noisypref.cli import StoreOnce, UserError, make_output_folder
-from noisypref.noise_injection import NOISE_MODELS, get_noise_model, inject
-from noisypref.noise_injection.base import realised_rate_warning
 
+COMMAND = "noise"
+HELP = "inject label flips into a preference dataset"  # the line of `noisypref --help`
 NOISY_DATA_STEM = "noisy"
 FLIP_TABLE_NAME = "flips.csv"
 FLIP_SUMMARY_NAME = "flips.json"
@@ -42,9 +33,12 @@ class FormatOnce(StoreOnce):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from noisypref.benchmark.config.sections import MAX_SEED
+    from noisypref.noise_injection import NOISE_MODELS
+
     parser = subparsers.add_parser(
-        "noise",
-        help="inject label flips into a preference dataset",
+        COMMAND,
+        help=HELP,
         description=(
             "Flip chosen/rejected on a controlled share of the pairs of a preference dataset and write "
             f"OUT/{NOISY_DATA_STEM}.jsonl (or .parquet), OUT/{FLIP_TABLE_NAME} (pair_id, is_flipped, "
@@ -102,6 +96,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_noise(args: argparse.Namespace) -> int:
+    from noisypref.benchmark.config.sections import seed_check
+    from noisypref.checks import Invalid
+    from noisypref.noise_injection import get_noise_model
+
     if args.list:
         print(describe_noise_models())
         return 0
@@ -153,6 +151,16 @@ def run_noise(args: argparse.Namespace) -> int:
 def write_noisy_data(args: argparse.Namespace, written: list[Path]) -> int:
     """Load, inject and write the noisy data, the flip table and summary (each path added to
     ``written`` before it is written)."""
+    from noisypref.benchmark.data.loaders import (
+        load_preferences,
+        source_records,
+        swap_record_labels,
+        write_preferences,
+        write_records,
+    )
+    from noisypref.noise_injection import inject
+    from noisypref.noise_injection.base import realised_rate_warning
+
     dataset = load_preferences(args.data, args.split, **parse_key_values(args.data_option, "--data-option"))
     try:
         noisy, record = inject(
@@ -226,6 +234,8 @@ def parse_key_values(pairs: list[str], flag: str) -> dict[str, Any]:
 
 
 def describe_noise_models() -> str:
+    from noisypref.noise_injection import NOISE_MODELS
+
     lines = []
     for name in sorted(NOISE_MODELS):
         noise_model = NOISE_MODELS[name]

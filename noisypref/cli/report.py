@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+COMMAND = "report"
+HELP = "write the report of a study folder (findings, curves, tables, tests) into DIR/report/"  # the line of `noisypref --help`
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "report",
-        help="write the report of a study folder (findings, curves, tables, tests) into DIR/report/",
+        COMMAND,
+        help=HELP,
         description=(
             "Read DIR/results.parquet (plus DIR/metrics.json, DIR/study.yaml and DIR/runs/<run_id>/ where "
             "present) and write DIR/report/: report.html (one self-contained file), report.md, figures/ "

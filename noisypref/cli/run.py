@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import logging
 import os
 import shlex
@@ -13,7 +12,10 @@ import sys
 from pathlib import Path
 
 from noisypref.cli import UserError, make_output_folder
+from noisypref.cli.jobs import check_slurm_launch, job_command, plugin_folders, submit_to_slurm
 
+COMMAND = "run"
+HELP = "run a study (default: the embedded default study)"  # the line of `noisypref --help`
 EXECUTOR_VARIABLE = "NOISYPREF_EXECUTOR"  # "module:function" replacing the engine's execute_run
 INTERRUPTED_STATUS = 128 + signal.SIGINT
 
@@ -22,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "run",
-        help="run a study (default: the embedded default study)",
+        COMMAND,
+        help=HELP,
         description=(
             "Run every run of a study into OUT/runs/<run_id>/, write OUT/results.parquet and the report "
             "OUT/report/report.html (and report.md). Without a "
@@ -217,57 +219,6 @@ def disable_library_progress_bars() -> None:
     huggingface_hub.utils.disable_progress_bars()
 
 
-def submit_to_slurm(study, out: Path, cache_dir: Path, args: argparse.Namespace) -> int:
-    """Submit the unfinished runs (of --run-id, if given) as Slurm jobs and print their ids."""
-    from noisypref.benchmark.study import StudyFolder, plan_runs
-    from noisypref.benchmark.study.scheduler import select_runs
-    from noisypref.benchmark.study.slurm import SUBMITIT_FOLDER, SlurmSettings, slurm_executor, submit_runs
-
-    folder = StudyFolder(out)
-    folder.prepare(study, force=args.force)
-    runs = plan_runs(study) if args.run_id is None else select_runs(plan_runs(study), args.run_id)
-    pending = [run.run_id for run in runs if not folder.is_done(run.run_id)]
-    settings = SlurmSettings(args.slurm_partition, args.slurm_gpus_per_job, args.slurm_time)
-    executor = slurm_executor(out / SUBMITIT_FOLDER, settings)
-    jobs = submit_runs(
-        executor, folder.study_file, out, cache_dir, pending, array=not args.slurm_no_array,
-        plugin_folders=plugin_folders(study, args),
-    )  # fmt: skip
-    for run_id, job in zip(pending, jobs, strict=True):
-        print(f"{run_id}  job {job.job_id}")
-    print(
-        f"submitted {len(jobs)} job(s) for the unfinished runs of study {study.name!r} (logs: {out / SUBMITIT_FOLDER}); "
-        f"watch them with `noisypref status {out}`, then `noisypref collect {out}` and `noisypref report {out}`"
-    )
-    return 0
-
-
-def check_slurm_launch(args: argparse.Namespace) -> None:
-    """Everything --launcher slurm needs, before any folder is written: options that fit together,
-    submitit, and a Slurm installation on this machine."""
-    if args.emit_jobs:
-        raise UserError(
-            "--launcher slurm and --emit-jobs do not go together: --launcher slurm submits the jobs itself, "
-            "--emit-jobs prints their commands for you to submit; give one of them"
-        )
-    if args.slurm_gpus_per_job < 0 or args.slurm_time < 1:
-        raise UserError(
-            f"--slurm-gpus-per-job {args.slurm_gpus_per_job} --slurm-time {args.slurm_time}: the GPUs per "
-            "job must be >= 0 and the time limit >= 1 minute"
-        )
-    if importlib.util.find_spec("submitit") is None:
-        raise UserError("--launcher slurm needs submitit: pip install 'noisypref[slurm]'")
-    from noisypref.benchmark.study.slurm import missing_slurm_commands
-
-    missing = missing_slurm_commands()
-    if missing:
-        raise UserError(
-            f"--launcher slurm: this machine has no Slurm ({' and '.join(missing)} not found on PATH); "
-            "run the command on a login node of the cluster, or print one job command per unfinished run "
-            "with --emit-jobs (instead of --launcher slurm) and submit them yourself"
-        )
-
-
 def write_study_report(out: Path) -> Path | None:
     """Write OUT/report/ and print the path of report.html; a failure is logged, never raised, so the
     exit status stays the study's."""
@@ -386,21 +337,3 @@ def check_devices_visible(devices: list[str]) -> None:
             f"{listed}: device(s) {', '.join(beyond)} do not exist; {visible} CUDA device(s) are visible, "
             f"so the allowed indices are 0 to {visible - 1}"
         )
-
-
-def plugin_folders(study, args: argparse.Namespace) -> list[Path]:
-    """Where a job finds the study's plugin modules: a job reads the study folder's copy of the study
-    file, so the original file's folder (and --plugin-path) travel with it."""
-    if not study.plugins or args.study is None:
-        return []
-    return [Path(args.study).resolve().parent, *(Path(folder).resolve() for folder in args.plugin_path or ())]
-
-
-def job_command(study_file: Path, out: Path, cache_dir: Path, run_id: str, plugin_folders: list[Path] = ()) -> str:
-    """A shell command computing one run, with absolute paths so it runs from any folder."""
-    parts = [
-        sys.executable, "-m", "noisypref", "run", str(Path(study_file).resolve()),
-        "--out", str(Path(out).resolve()), "--cache-dir", str(Path(cache_dir).resolve()), "--run-id", run_id,
-        *(part for folder in plugin_folders for part in ("--plugin-path", str(folder))),
-    ]  # fmt: skip
-    return shlex.join(parts)

@@ -6,11 +6,14 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+COMMAND = "status"
+HELP = "show the done, running, failed and pending runs of a study folder"  # the line of `noisypref --help`
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "status",
-        help="show the done, running, failed and pending runs of a study folder",
+        COMMAND,
+        help=HELP,
         description=(
             "Count the runs of the study in DIR (its study.yaml) by state: done (result.json in place), "
             "running (a process holds the run's lock), failed (failure.json; the reason is shown) and "
@@ -26,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_status(args: argparse.Namespace) -> int:
     from noisypref.benchmark.progress import HEARTBEAT_FILE, describe_heartbeat, read_heartbeat
     from noisypref.benchmark.study import StudyFolder
-    from noisypref.benchmark.study.folder import DONE, FAILED, PENDING, RUNNING, RUNS_FOLDER, STATES
+    from noisypref.benchmark.study.folder import DONE, FAILED, PENDING, RUNNING, STATES
+    from noisypref.folder_layout import RUNS_FOLDER
 
     folder = StudyFolder(args.out)
     name, runs = folder.planned_runs()

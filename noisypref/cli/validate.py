@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+COMMAND = "validate"
+HELP = "check a study file and print its grid of runs"  # the line of `noisypref --help`
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "validate",
-        help="check a study file and print its grid of runs",
+        COMMAND,
+        help=HELP,
         description=(
             "Load and validate a study file (every problem is reported at once, with its field path) "
             "and read its local data files, then print the expanded grid: how many runs, the competitors and "

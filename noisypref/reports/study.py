@@ -17,17 +17,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
+from noisypref.folder_layout import (
+    ITEMS_FILE,
+    METRICS_LOG_FILE,
+    PAIRS_FILE,
+    RESULT_FILE,
+    RESULTS_TABLE,
+    RUNS_FOLDER,
+    STUDY_FILE,
+)
+
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.parquet"
-STUDY_FILE = "study.yaml"
-RUNS_FOLDER = "runs"
-METRICS_LOG_FILE = "metrics.jsonl"
-PAIRS_FILE = "pairs.parquet"
-ITEMS_FILE = "items.parquet"
 ITEM_COLUMNS = ("metric", "item", "value")
-CONFIG_FILE = "config.json"
-RESULT_FILE = "result.json"
 
 # A condition is everything but the method and the seed that decides which pairs are flipped and
 # what is trained: runs of one condition, rate and seed see the same flipped pairs.
@@ -121,7 +123,7 @@ def load_study_results(study_dir: str | Path) -> StudyResults:
     directory = Path(study_dir)
     if not directory.is_dir():
         raise FileNotFoundError(f"study folder {directory} does not exist")
-    results_path = directory / RESULTS_FILE
+    results_path = directory / RESULTS_TABLE
     if not results_path.is_file():
         raise FileNotFoundError(
             f"{results_path} not found: a report needs the collected results of a study "

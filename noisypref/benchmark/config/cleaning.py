@@ -16,8 +16,6 @@ from noisypref.checks import Invalid, choice, optional, text
 from noisypref.cleaning import JUDGES, TREATMENTS, Budget, get_judge
 from noisypref.settings import Section, setting
 
-NO_CLEANING = "none"  # the label of the runs that train on the noisy pairs as they are
-
 
 def _judge_check(value: Any) -> str:
     return choice(sorted(JUDGES))(value)

@@ -22,10 +22,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from noisypref import methods as method_registry
+from noisypref.folder_layout import CLEAN_ONLY, KNOWN_RATE, NO_REFERENCE
 
-NO_REFERENCE = "none"
-CLEAN_ONLY = "clean_only"
-KNOWN_RATE = "known_rate"
 REFERENCE_KINDS = (NO_REFERENCE, CLEAN_ONLY, KNOWN_RATE)
 GIVEN_REFERENCES = (NO_REFERENCE, CLEAN_ONLY)  # what a method entry or run config states; known_rate is read
 REALISED_FLIP_RATE = "realised_flip_rate"  # the symbolic hyperparameter value

@@ -69,10 +69,17 @@ from noisypref.benchmark.run.prepare import (
     unsharded_policy,
 )
 from noisypref.benchmark.storage import make_files_shareable, write_json_atomic
+from noisypref.folder_layout import (
+    CHECKPOINT_FOLDER,
+    CONFIG_FILE,
+    ITEMS_FILE,
+    METRICS_LOG_FILE,
+    PAIRS_FILE,
+    RESULT_FILE,
+)
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FOLDER = "checkpoint"  # the mid-run checkpoint; removed once the run succeeds (training.keep_checkpoint)
 
 declare("final_loss", "final training loss", "none", noisy_labels=True, comparable=False,
         description="the method's loss at the last logged step, on the noisy training labels (scales differ by method)")
@@ -144,8 +151,8 @@ def execute_run(
     distributed.init_from_environment()
     run_dir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main_process():
-        (run_dir / "result.json").unlink(missing_ok=True)
-        write_json_atomic(run_dir / "config.json", config.raw)
+        (run_dir / RESULT_FILE).unlink(missing_ok=True)
+        write_json_atomic(run_dir / CONFIG_FILE, config.raw)
     seed_text = f"seed {config.seed}" + (
         f", training seed {config.training.seed}" if config.training.seed is not None else ""
     )
@@ -184,7 +191,7 @@ def execute_run(
         **details,
     }
     if distributed.is_main_process():
-        write_json_atomic(run_dir / "result.json", result)
+        write_json_atomic(run_dir / RESULT_FILE, result)
         checkpoint_dir = run_dir / CHECKPOINT_FOLDER
         if checkpoint_dir.is_dir() and not config.training.keep_checkpoint:  # a finished run never resumes
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -201,7 +208,7 @@ def _train_and_evaluate(
     config: RunConfig, run_dir: Path, cache_dir: Path, device: torch.device
 ) -> tuple[dict[str, float], dict[str, Any]]:
     prepared = prepare_run(config, run_dir, cache_dir, device)
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run_dir / METRICS_LOG_FILE
     checkpoint_dir = run_dir / CHECKPOINT_FOLDER if config.training.checkpoint_every else None
     if (checkpoint_dir is None or not checkpoint_dir.exists()) and distributed.is_main_process():
         metrics_path.unlink(missing_ok=True)  # a fresh run; a resumed one keeps its earlier steps
@@ -243,8 +250,8 @@ def _train_and_evaluate(
             prepared,
             cache_dir,
             device,
-            pairs_path=run_dir / "pairs.parquet",
-            items_path=run_dir / "items.parquet",
+            pairs_path=run_dir / PAIRS_FILE,
+            items_path=run_dir / ITEMS_FILE,
             missing=missing,
         ),
     }

@@ -25,9 +25,6 @@ from typing import Any
 from noisypref.benchmark.config.sections import TrackingSettings
 from noisypref.benchmark.storage import write_json_atomic
 from noisypref.benchmark.study.folder import (
-    FAILURE_FILE,
-    LOG_FILE,
-    RESULT_FILE,
     OutputNotWritable,
     claim_run,
     clear_run_dir,
@@ -35,6 +32,7 @@ from noisypref.benchmark.study.folder import (
 )
 from noisypref.benchmark.study.tracking import LiveTracking
 from noisypref.benchmark.study.workers import worker_device, worker_stderr
+from noisypref.folder_layout import FAILURE_FILE, LOG_FILE, RESULT_FILE
 from noisypref.plugins import import_plugins
 
 STDERR_FILE = "stderr.log"  # a worker's stderr while it computes the run

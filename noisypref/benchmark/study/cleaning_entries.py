@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from noisypref.benchmark.config.cleaning import NO_CLEANING, CleaningSettings
+from noisypref.benchmark.config.cleaning import CleaningSettings
 from noisypref.benchmark.study.entries import as_list
 from noisypref.cleaning import JUDGES
+from noisypref.folder_layout import NO_CLEANING
 from noisypref.settings import ErrorList, load_settings
 
 CLEANING_KEYS = ("label", "judge", "options", "treatment", "budget")

@@ -1,17 +1,10 @@
 """A study's output folder, its run folders, and the lock that claims a run.
 
-DIR/study.yaml              the resolved study (every default filled in)
-DIR/plan.json               its runs (id, config, place in the grid), written with study.yaml: read by
-                            `status` and `collect`, which thus need no plugin code
-DIR/runs/<run_id>/          one folder per run
-    .lock                   flock-ed by the process computing the run (released by the OS if it dies)
-    config.json, metrics.jsonl, flips.csv, ...      written by the engine
-    run.log                 the run's log messages
-    result.json             written last, atomically: the run is complete only when it exists
-    failure.json            reason and traceback, when the run failed
-DIR/results.parquet         one row per run (`noisypref collect`)
-DIR/metrics.json            what each metric of the table means: direction, bounds, ...
-DIR/superseded/<time>/      a previous study's study.yaml, results.parquet and run folders, moved by --force
+What the folder holds, and the name of each file, is in ``noisypref.folder_layout``.
+
+`noisypref status` reads a folder through this module, and must answer at once: reading plan.json and
+the run folders needs neither torch nor the study schema, so what writes a folder for a study
+(``prepare``) or reads its study.yaml imports the schema and the grid where it uses them.
 """
 
 from __future__ import annotations
@@ -25,29 +18,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from noisypref.benchmark.config.dataset import DatasetSettings
 from noisypref.benchmark.storage import file_lock, is_locked, write_text_atomic
-from noisypref.benchmark.study.grid import PlannedRun, plan_runs
-from noisypref.benchmark.study.schema import Study, load_study, parse_study
+from noisypref.benchmark.study.plan import PlannedRun
 from noisypref.benchmark.study.yaml_io import read_yaml
+from noisypref.folder_layout import (
+    CHECKPOINT_FOLDER,
+    FAILURE_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    METRICS_LOG_FILE,
+    PLAN_FILE,
+    RESULT_FILE,
+    RESULTS_TABLE,
+    RUNS_FOLDER,
+    STUDY_FILE,
+    SUPERSEDED_FOLDER,
+)
 
-STUDY_FILE = "study.yaml"
-PLAN_FILE = "plan.json"
-RUNS_FOLDER = "runs"
-RESULT_FILE = "result.json"
-FAILURE_FILE = "failure.json"
-LOCK_FILE = ".lock"
-LOG_FILE = "run.log"
-RESULTS_TABLE = "results.parquet"
-METRICS_FILE = "metrics.json"  # the declarations of the results' metrics (noisypref.benchmark.config.metrics)
-SUPERSEDED_FOLDER = "superseded"  # DIR/superseded/<UTC time>/: what --force moved aside
-
-CHECKPOINT_FOLDER = "checkpoint"  # the engine's mid-run checkpoint (noisypref.benchmark.run.execute)
-METRICS_LOG_FILE = "metrics.jsonl"
+if TYPE_CHECKING:
+    from noisypref.benchmark.study.schema import Study
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +117,8 @@ class StudyFolder:
 
     def _write_plan(self, study: Study) -> None:
         """plan.json: the study.yaml it belongs to (as read back) and every planned run."""
+        from noisypref.benchmark.study.grid import plan_runs
+
         plan = {
             "study": _plain(read_yaml(self.study_file)),
             "runs": [dataclasses.asdict(run) for run in plan_runs(study)],
@@ -149,6 +144,8 @@ class StudyFolder:
         plan = self._read_plan()
         if plan is not None:
             return plan
+        from noisypref.benchmark.study.grid import plan_runs
+
         study = self.load_study()
         return study.name, plan_runs(study)
 
@@ -156,6 +153,8 @@ class StudyFolder:
         """Move what belongs to the study in the folder and not to `study` -- its study.yaml, its
         results.parquet and the run folders `study` does not have -- into superseded/<UTC time>/.
         Nothing is deleted; a run folder whose lock is held (a run computing now) stays."""
+        from noisypref.benchmark.study.grid import plan_runs
+
         kept = {run.run_id for run in plan_runs(study)}
         runs_dir = self.root / RUNS_FOLDER
         entries = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
@@ -183,6 +182,8 @@ class StudyFolder:
         )  # fmt: skip
 
     def load_study(self) -> Study:
+        from noisypref.benchmark.study.schema import load_study
+
         if not self.study_file.is_file():
             raise FileNotFoundError(f"{self.root} is not a study folder: it has no {STUDY_FILE}")
         return load_study(self.study_file, check_files=False)  # data files matter only when running
@@ -212,6 +213,9 @@ class StudyFolder:
 def _resolved_again(existing: Any) -> Any:
     """A study.yaml read back through the loader, so that one written before a section was added
     (e.g. ``report``) compares equal to the same study resolved today."""
+    from noisypref.benchmark.config.dataset import DatasetSettings
+    from noisypref.benchmark.study.schema import parse_study
+
     try:
         resolved = parse_study(existing, check_files=False).to_dict()
     except (ValueError, TypeError):

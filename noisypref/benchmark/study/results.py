@@ -23,13 +23,13 @@ from typing import Any
 
 import pandas as pd
 
-from noisypref.benchmark.config.cleaning import NO_CLEANING
 from noisypref.benchmark.config.metrics import declarations_document
 from noisypref.benchmark.config.references import symbolic_hyperparameters, with_symbols_replaced
 from noisypref.benchmark.storage import atomic_path, write_json_atomic
 from noisypref.benchmark.study.folder import OutputNotWritable, StudyFolder
 from noisypref.benchmark.study.grid import PlannedRun, plan_runs
 from noisypref.benchmark.study.schema import Study
+from noisypref.folder_layout import NO_CLEANING
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Submitting a study's runs to a cluster through submitit (``pip install "noisypref[slurm]"``).
 
-Each job executes one run: ``noisypref run STUDY --out OUT --cache-dir CACHE --run-id ID``, in the
-job's own process, exactly as a person would type it. The study folder on shared storage stays the
+Each job executes one run through the job function the command line passes in
+(``noisypref.cli.jobs.run_job``: ``noisypref run STUDY --out OUT --cache-dir CACHE --run-id ID`` in the
+job's own process, exactly as a person would type it). The study folder on shared storage stays the
 only coordination (the run's lock, result.json, failure.json), so a job that fails or is killed leaves
 the run failed or pending, and running the study again (here, on the cluster, or with --launcher
 slurm) takes it up; `noisypref status OUT` works as it does for local runs. The jobs go out as one
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,6 @@ logger = logging.getLogger(__name__)
 
 SUBMITIT_FOLDER = "slurm"  # inside the study folder: submitit's pickles and the jobs' stdout/stderr
 SLURM_COMMANDS = ("sbatch", "srun")  # submitit submits with sbatch, and refuses to start without srun
-
-
-class JobFailed(RuntimeError):
-    """A job's run did not succeed (the run's failure.json says why)."""
 
 
 @dataclass(frozen=True)
@@ -39,29 +36,6 @@ class SlurmSettings:
 def missing_slurm_commands() -> list[str]:
     """The Slurm commands submitting needs that this machine does not have on its PATH."""
     return [command for command in SLURM_COMMANDS if shutil.which(command) is None]
-
-
-def run_command(
-    study_file: Path, out: Path, cache_dir: Path, run_id: str, plugin_folders: Sequence[Path] = ()
-) -> list[str]:
-    """The `noisypref run` arguments a job executes (``plugin_folders``: where the study's plugin
-    modules are, for a study file that is the study folder's copy)."""
-    return [
-        "run", str(Path(study_file).resolve()), "--out", str(Path(out).resolve()),
-        "--cache-dir", str(Path(cache_dir).resolve()), "--run-id", run_id, "--workers", "1", "--no-report",
-        *(part for folder in plugin_folders for part in ("--plugin-path", str(Path(folder).resolve()))),
-    ]  # fmt: skip
-
-
-def execute_job(arguments: list[str]) -> int:
-    """What a job runs: `noisypref ARGUMENTS` in this process; raises when the run did not succeed, so
-    that the scheduler marks the job failed."""
-    from noisypref.cli import main
-
-    status = main(arguments)
-    if status != 0:
-        raise JobFailed(f"noisypref {' '.join(arguments)} exited with status {status}")
-    return status
 
 
 def slurm_executor(folder: Path, settings: SlurmSettings) -> Any:
@@ -86,6 +60,7 @@ def slurm_executor(folder: Path, settings: SlurmSettings) -> Any:
 
 def submit_runs(
     executor: Any,
+    job: Callable[..., int],
     study_file: Path,
     out: Path,
     cache_dir: Path,
@@ -94,14 +69,19 @@ def submit_runs(
     array: bool = True,
     plugin_folders: Sequence[Path] = (),
 ) -> list[Any]:
-    """Submit one job per run (a job array when ``array``); returns the submitit jobs, in run order."""
-    commands = [run_command(study_file, out, cache_dir, run_id, plugin_folders) for run_id in run_ids]
-    if not commands:
+    """Submit one job per run (a job array when ``array``); returns the submitit jobs, in run order. Each
+    job calls ``job(study_file, out, cache_dir, run_id, plugin_folders)``, the paths absolute (resolved
+    here, where they were given), and fails when it raises: the command line passes
+    ``noisypref.cli.jobs.run_job``, which executes `noisypref run --run-id ID`."""
+    folders = tuple(Path(folder).resolve() for folder in plugin_folders)
+    paths = (Path(study_file).resolve(), Path(out).resolve(), Path(cache_dir).resolve())
+    arguments = [(*paths, run_id, folders) for run_id in run_ids]
+    if not arguments:
         return []
     if array:
-        jobs = executor.map_array(execute_job, commands)
+        jobs = executor.map_array(job, *zip(*arguments, strict=True))
     else:
-        jobs = [executor.submit(execute_job, command) for command in commands]
-    for run_id, job in zip(run_ids, jobs, strict=True):
-        logger.info("run %s: job %s", run_id, job.job_id)
+        jobs = [executor.submit(job, *job_arguments) for job_arguments in arguments]
+    for run_id, submitted in zip(run_ids, jobs, strict=True):
+        logger.info("run %s: job %s", run_id, submitted.job_id)
     return jobs

@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from noisypref.benchmark.config.sections import TrackingSettings
-from noisypref.benchmark.study.folder import RESULT_FILE, read_json
+from noisypref.benchmark.study.folder import read_json
+from noisypref.folder_layout import METRICS_LOG_FILE, RESULT_FILE
 
 logger = logging.getLogger(__name__)
 
-METRICS_LOG_FILE = "metrics.jsonl"
 TENSORBOARD_FOLDER = "tensorboard"
 POLL_INTERVAL_S = 0.5  # how often metrics.jsonl is read for new steps while a run trains
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from noisypref.benchmark.study.folder import LOG_FILE
+from noisypref.folder_layout import LOG_FILE
 
 logger = logging.getLogger(__name__)
 

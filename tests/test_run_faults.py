@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, LlamaConfig
+from cli_helpers import cli
+from transformers import AutoModelForCausalLM
 
 import noisypref.benchmark.run.execute as run_module
 import noisypref.benchmark.run.prepare as prepare_module
@@ -68,9 +69,15 @@ class FaultAtStep:
 
 
 @pytest.fixture(scope="module")
-def tiny_training():
-    """A tiny policy's tokenizer, token ids and reference log-probs."""
+def tiny_training(tiny_llama_config):
+    """A tiny random policy (``tiny_policy()``, seed 0), its token ids and reference log-probs."""
     tokenizer = build_word_tokenizer(num_topics=2, num_words=8)
+
+    def tiny_policy():
+        torch.manual_seed(0)
+        config = tiny_llama_config(len(tokenizer), max_position_embeddings=64)
+        return AutoModelForCausalLM.from_config(config).eval()
+
     generator = torch.Generator().manual_seed(0)
     words = [f"w{index}" for index in range(8)]
 
@@ -91,27 +98,16 @@ def tiny_training():
         }
     )
     tokens = tokenize_pairs(pairs, tokenizer, max_length=32, max_prompt_length=8)
-    reference = reference_logps(
-        tiny_policy(tokenizer), tokens, model_identity="tiny", cache_dir=None, pad_token_id=0
-    )
-    return tokenizer, tokens, reference
-
-
-def tiny_policy(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
-    return AutoModelForCausalLM.from_config(config).eval()
+    reference = reference_logps(tiny_policy(), tokens, model_identity="tiny", cache_dir=None, pad_token_id=0)
+    return tiny_policy, tokens, reference
 
 
 def train_with(tiny_training, method, tmp_path: Path, **settings):
-    tokenizer, tokens, reference = tiny_training
+    tiny_policy, tokens, reference = tiny_training
     config = TrainingSettings(
         **{"steps": 8, "batch_size": 8, "learning_rate": 1e-2, "log_every": 1, **settings}
     )
-    policy = tiny_policy(tokenizer)
+    policy = tiny_policy()
     tmp_path.mkdir(parents=True, exist_ok=True)
     metrics_path = tmp_path / "metrics.jsonl"
     result = train(
@@ -341,13 +337,6 @@ def fake_execute(run_config: dict, run_dir: Path, cache_dir: Path, device: str |
     return result
 
 
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    status = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return status, out, err
-
-
 def finished(out: Path) -> dict[str, int]:
     return {path.parent.name: path.stat().st_mtime_ns for path in (out / "runs").glob("*/result.json")}
 
@@ -366,7 +355,7 @@ def test_a_full_disk_stops_the_study_and_leaves_no_half_written_result(tmp_path,
         return len(results_written) == 3
 
     monkeypatch.setattr(Path, "write_text", failing_after_half(third_result))
-    status, _, err = run_cli(capsys, "run", study_file, "--out", out, "--workers", "1")
+    status, _, err = cli(capsys, "run", study_file, "--out", out, "--workers", "1")
     full_run = results_written[2].parent
     assert status == 2
     assert f"run {full_run.name} stopped: cannot write {results_written[2]}: No space left on device." in err
@@ -381,7 +370,7 @@ def test_a_full_disk_stops_the_study_and_leaves_no_half_written_result(tmp_path,
     monkeypatch.undo()  # space freed
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NOISYPREF_EXECUTOR", f"{Path(__file__).stem}:fake_execute")
-    status, out_text, err = run_cli(capsys, "run", study_file, "--out", out, "--workers", "1")
+    status, out_text, err = cli(capsys, "run", study_file, "--out", out, "--workers", "1")
     assert status == 0, err
     assert "2 succeeded, 0 failed, 2 skipped as already done" in out_text
     assert {run_id: finished(out)[run_id] for run_id in kept} == kept and len(finished(out)) == RUNS
@@ -397,7 +386,7 @@ def test_a_full_disk_when_writing_results_parquet_keeps_the_runs(tmp_path, monke
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
-    status, _, err = run_cli(capsys, "run", study_file, "--out", out, "--workers", "1")
+    status, _, err = cli(capsys, "run", study_file, "--out", out, "--workers", "1")
     assert status == 2
     assert f"cannot write {out / 'results.parquet'}" in err and f"noisypref collect {out}" in err
     assert len(finished(out)) == RUNS and not (out / "results.parquet").exists()
@@ -413,7 +402,7 @@ def test_an_output_folder_that_cannot_be_written_fails_before_any_run(tmp_path, 
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(out))
 
     monkeypatch.setattr("noisypref.cli.tempfile.TemporaryFile", read_only)
-    status, _, err = run_cli(capsys, "run", study_file, "--out", out, "--workers", "1")
+    status, _, err = cli(capsys, "run", study_file, "--out", out, "--workers", "1")
     assert status == 2
     assert f"the output folder (--out) {out} cannot be written: Read-only file system" in err
     assert not (out / "runs").exists()

@@ -353,9 +353,9 @@ def _reference_in_child(model, tokens, cache_dir: str, marker: str) -> None:
     torch.save({"a": logps.logp_a, "b": logps.logp_b}, f"{cache_dir}/seen-by-{os.getpid()}.pt")
 
 
-def test_two_processes_building_one_reference_cache_write_one_valid_file(tmp_path):
+def test_two_processes_building_one_reference_cache_write_one_valid_file(tmp_path, tiny_llama_config):
     import datasets
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM
 
     from noisypref.benchmark.engine.tokenization import tokenize_pairs
     from noisypref.benchmark.testbed import build_word_tokenizer
@@ -372,15 +372,7 @@ def test_two_processes_building_one_reference_cache_write_one_valid_file(tmp_pat
     tokens = tokenize_pairs(pairs, tokenizer, max_length=32, max_prompt_length=16)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )  # fmt: skip
+        tiny_llama_config(len(tokenizer), max_position_embeddings=64)
     ).eval()
     marker = tmp_path / "computed.txt"
     processes = [

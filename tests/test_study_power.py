@@ -1,4 +1,4 @@
-"""The default study of issue 14 and the power arithmetic of benchmarks/study_power.py."""
+"""The power arithmetic of benchmarks/study_power.py (issue 14), against scipy's noncentral t distribution."""
 
 from __future__ import annotations
 
