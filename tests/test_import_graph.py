@@ -1,4 +1,5 @@
-"""The arrows between noisypref's modules (issue 25): no import cycle, and nothing imports the command line.
+"""The arrows between noisypref's modules (issue 25): no import cycle, nothing imports the command line, and
+each room imports only the rooms below it (docs/architecture.md, "The arrows").
 
 The imports are read from the source with ``ast``, not by importing. ``from a.b import c`` is an import
 of the module ``a.b.c`` when there is one, else of ``a.b`` (as import-linter reads it); the packages
@@ -178,4 +179,80 @@ def test_nothing_outside_the_command_line_imports_it() -> None:
     assert not upward, (
         "the command line calls the library, never the other way round; pass what the library needs "
         "(a function, a value) in from the command line:\n" + "\n".join(upward)
+    )
+
+
+# The rooms of docs/architecture.md and what each may import ("The arrows"). A room may always import
+# its own modules; imports of every kind count, for an import inside a function still ties the rooms.
+LEAVES = "leaves"
+LEAF_MODULES = {
+    "noisypref",  # __version__
+    "noisypref.checks",
+    "noisypref.settings",
+    "noisypref.report_settings",
+    "noisypref.folder_layout",
+    "noisypref.plugins",
+    "noisypref.collectives",
+    "noisypref.sampling",
+}
+ALLOWED_ARROWS = {
+    LEAVES: {LEAVES},
+    "methods": {LEAVES},
+    "noise_injection": {LEAVES},
+    "cleaning": {LEAVES, "noise_injection"},
+    "reports": {LEAVES},
+    "integrations": {LEAVES, "methods"},
+    "benchmark": set(),
+    "benchmark.storage": {LEAVES},
+    "benchmark.progress": {LEAVES, "benchmark.storage"},
+    "benchmark.data": {LEAVES},
+    "benchmark.testbed": {LEAVES, "benchmark.storage"},
+    "benchmark.config": {LEAVES, "methods", "noise_injection", "cleaning", "benchmark.testbed"},
+}
+# the benchmark's rooms from the engine up: each may import what the one below it may, and that room
+ALLOWED_ARROWS["benchmark.engine"] = {
+    LEAVES, "methods", "benchmark.storage", "benchmark.progress", "benchmark.data", "benchmark.config"
+}  # fmt: skip
+ALLOWED_ARROWS["benchmark.evaluation"] = ALLOWED_ARROWS["benchmark.engine"] | {
+    "noise_injection", "cleaning", "benchmark.testbed", "benchmark.engine"
+}  # fmt: skip
+ALLOWED_ARROWS["benchmark.run"] = ALLOWED_ARROWS["benchmark.evaluation"] | {"benchmark.evaluation"}
+ALLOWED_ARROWS["benchmark.study"] = ALLOWED_ARROWS["benchmark.run"] | {"benchmark.run"}
+
+
+def room(module: str) -> str:
+    """The room of a module: a leaf, a top-level package, or one of noisypref.benchmark's rooms;
+    ``noisypref.__main__`` belongs to the command line, whose entry point it is."""
+    if module in LEAF_MODULES:
+        return LEAVES
+    if module in CLI_ENTRY_POINTS:
+        return "cli"
+    parts = module.split(".")
+    return ".".join(parts[1:3]) if parts[1] == "benchmark" else parts[1]
+
+
+def test_every_module_belongs_to_a_room_the_arrows_name() -> None:
+    rooms = {room(module) for module in MODULES}
+    assert rooms == {*ALLOWED_ARROWS, "cli"}, (
+        f"rooms without arrows: {sorted(rooms - {*ALLOWED_ARROWS, 'cli'})} (a new leaf goes into LEAF_MODULES, "
+        "a new room into ALLOWED_ARROWS and docs/architecture.md)"
+    )
+    assert room("noisypref.benchmark.evaluation.alpaca_eval.judges") == "benchmark.evaluation"
+    assert room("noisypref.methods.margins.exact") == "methods"
+
+
+def test_each_room_imports_only_the_rooms_below_it() -> None:
+    """docs/architecture.md's arrows: leaves import only leaves; methods and noise_injection only leaves;
+    reports nothing of the benchmark; each benchmark room only the rooms below it; cli anything."""
+    upward = [
+        f"{MODULES[item.importer].relative_to(PACKAGE.parent)}:{item.line} ({room(item.importer)}) imports "
+        f"{item.imported} ({room(item.imported)}, {item.kind})"
+        for item in IMPORTS
+        if room(item.importer) != "cli"
+        and room(item.imported) != room(item.importer)
+        and room(item.imported) not in ALLOWED_ARROWS.get(room(item.importer), set())
+    ]
+    assert not upward, (
+        "an import against the arrows of docs/architecture.md; move the code to the room that may use "
+        "it, or change the arrows there and here on purpose:\n" + "\n".join(upward)
     )
