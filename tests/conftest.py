@@ -40,23 +40,25 @@ def default_testbed(engine_cache_dir: Path) -> Testbed:
     return build_testbed(TestbedConfig(), engine_cache_dir)
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_config():
-    """Builds the config of a tiny random Llama: ``tiny_llama_config(vocab_size, **settings)``, the sizes
-    of ``TINY_LLAMA`` unless ``settings`` give others, and any other LlamaConfig setting (token ids,
-    ``num_labels``, ``max_position_embeddings``) as given. ``tokenizer=`` takes the vocabulary size and
-    the pad, bos and eos token ids from a tokenizer instead."""
+def tiny_llama_config_of(vocab_size: int | None = None, *, tokenizer=None, **settings):
+    """The config of a tiny random Llama: the sizes of ``TINY_LLAMA`` unless ``settings`` give others,
+    and any other LlamaConfig setting (token ids, ``num_labels``, ``max_position_embeddings``) as given.
+    ``tokenizer=`` takes the vocabulary size and the pad, bos and eos token ids from a tokenizer instead.
+    A plain function, so that worker processes (tests/test_distributed.py) can import it."""
     from transformers import LlamaConfig
 
-    def build(vocab_size: int | None = None, *, tokenizer=None, **settings) -> LlamaConfig:
-        if tokenizer is not None:
-            vocab_size = len(tokenizer)
-            settings = {
-                "pad_token_id": tokenizer.pad_token_id,
-                "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id,
-                **settings,
-            }
-        return LlamaConfig(vocab_size=vocab_size, **{**TINY_LLAMA, **settings})
+    if tokenizer is not None:
+        vocab_size = len(tokenizer)
+        settings = {
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            **settings,
+        }
+    return LlamaConfig(vocab_size=vocab_size, **{**TINY_LLAMA, **settings})
 
-    return build
+
+@pytest.fixture(scope="session")
+def tiny_llama_config():
+    """``tiny_llama_config(vocab_size, **settings)``: ``tiny_llama_config_of`` as a fixture."""
+    return tiny_llama_config_of

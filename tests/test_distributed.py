@@ -26,7 +26,8 @@ from noisypref.methods import build
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_study import TINY_TESTBED as STUDY_TINY_TESTBED  # noqa: E402
-from test_train import random_pairs, tiny_llama  # noqa: E402
+from test_train import build_tiny_llama as tiny_llama  # noqa: E402
+from test_train import random_pairs  # noqa: E402
 
 SETTINGS = dict(steps=6, batch_size=8, gradient_accumulation=2, learning_rate=5e-2, log_every=1)
 

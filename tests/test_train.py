@@ -13,6 +13,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from conftest import tiny_llama_config_of
 from transformers import AutoModelForCausalLM
 
 from noisypref.benchmark.config.sections import TrainingSettings
@@ -36,16 +37,18 @@ def tokenizer():
     return build_word_tokenizer(num_topics=3, num_words=WORDS)
 
 
+def build_tiny_llama(tokenizer, seed: int = 0):
+    """The tests' random two-layer Llama on the tokenizer's ids (a plain function: test_distributed's
+    worker processes import it)."""
+    config = tiny_llama_config_of(tokenizer=tokenizer, num_hidden_layers=2, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
 @pytest.fixture(scope="module")
-def tiny_llama(tokenizer, tiny_llama_config):
-    """``tiny_llama(seed=0)``: the tests' random two-layer Llama on the tokenizer's ids."""
-
-    def build(seed: int = 0):
-        config = tiny_llama_config(tokenizer=tokenizer, num_hidden_layers=2, max_position_embeddings=64)
-        torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config).eval()
-
-    return build
+def tiny_llama(tokenizer):
+    """``tiny_llama(seed=0)``: ``build_tiny_llama`` on the module's tokenizer."""
+    return lambda seed=0: build_tiny_llama(tokenizer, seed)
 
 
 def random_pairs(count: int, seed: int = 0) -> datasets.Dataset:
