@@ -16,7 +16,8 @@ from noisypref.benchmark.engine.logps import SequenceLogps
 from noisypref.benchmark.engine.tokenization import tokenize_pairs
 from noisypref.benchmark.evaluation.metrics import gold_reward_metrics
 from noisypref.benchmark.testbed import GoldReward, TestbedConfig, build_word_tokenizer, sample_responses
-from tests.test_train import plain_sequence_logp, random_pairs, tiny_llama, train_tiny
+from tests.test_train import build_tiny_llama as tiny_llama
+from tests.test_train import plain_sequence_logp, random_pairs, train_tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -294,10 +294,10 @@ def test_concurrent_processes_build_a_cached_file_once(tmp_path) -> None:
 # The loop
 
 
-def train_tiny(tiny_llama, tokenizer, tmp_path: Path, name: str, *, method=None, seed: int = 0, **overrides):
+def train_tiny(tokenizer, tmp_path: Path, name: str, *, method=None, seed: int = 0, **overrides):
     pairs = random_pairs(48)
     tokens = tokenize_pairs(pairs, tokenizer, max_length=64, max_prompt_length=32)
-    model = tiny_llama()
+    model = build_tiny_llama(tokenizer)
     reference = reference_logps(model, tokens, model_identity="tiny", cache_dir=None, pad_token_id=0)
     settings = dict(steps=12, batch_size=8, learning_rate=1e-2, log_every=1)
     settings.update(overrides.pop("config", {}))
@@ -322,10 +322,10 @@ def without_timing(records: list[dict]) -> list[dict]:
     return [{key: value for key, value in record.items() if key != "pairs_per_second"} for record in records]
 
 
-def test_training_is_deterministic_on_cpu_for_a_seed(tokenizer, tiny_llama, tmp_path) -> None:
-    model_a, _, records_a = train_tiny(tiny_llama, tokenizer, tmp_path, "a", seed=5)
-    model_b, _, records_b = train_tiny(tiny_llama, tokenizer, tmp_path, "b", seed=5)
-    _, _, records_c = train_tiny(tiny_llama, tokenizer, tmp_path, "c", seed=6)
+def test_training_is_deterministic_on_cpu_for_a_seed(tokenizer, tmp_path) -> None:
+    model_a, _, records_a = train_tiny(tokenizer, tmp_path, "a", seed=5)
+    model_b, _, records_b = train_tiny(tokenizer, tmp_path, "b", seed=5)
+    _, _, records_c = train_tiny(tokenizer, tmp_path, "c", seed=6)
     assert without_timing(records_a) == without_timing(records_b)
     for parameter_a, parameter_b in zip(model_a.parameters(), model_b.parameters(), strict=True):
         assert torch.equal(parameter_a, parameter_b)
@@ -347,9 +347,9 @@ def test_training_is_deterministic_on_cpu_for_a_seed(tokenizer, tiny_llama, tmp_
     assert records_a[-1]["loss"] < records_a[0]["loss"]
 
 
-def test_learning_rate_follows_warmup_then_cosine(tokenizer, tiny_llama, tmp_path) -> None:
+def test_learning_rate_follows_warmup_then_cosine(tokenizer, tmp_path) -> None:
     peak, steps = 1e-2, 20  # warm-up ceil(0.1 * 20) = 2 steps
-    _, _, records = train_tiny(tiny_llama, tokenizer, tmp_path, "schedule", config=dict(steps=steps, learning_rate=peak))
+    _, _, records = train_tiny(tokenizer, tmp_path, "schedule", config=dict(steps=steps, learning_rate=peak))
     rates = {record["step"]: record["learning_rate"] for record in records}
     assert rates[1] == pytest.approx(peak / 3)
     assert rates[2] == pytest.approx(2 * peak / 3)
@@ -358,10 +358,10 @@ def test_learning_rate_follows_warmup_then_cosine(tokenizer, tiny_llama, tmp_pat
     assert rates[20] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 17 / 18)))
 
 
-def test_gradient_accumulation_gives_the_full_batch_update(tokenizer, tiny_llama, tmp_path) -> None:
-    model_full, _, records_full = train_tiny(tiny_llama, tokenizer, tmp_path, "full", config=dict(steps=4))
+def test_gradient_accumulation_gives_the_full_batch_update(tokenizer, tmp_path) -> None:
+    model_full, _, records_full = train_tiny(tokenizer, tmp_path, "full", config=dict(steps=4))
     model_accumulated, _, records_accumulated = train_tiny(
-        tiny_llama, tokenizer, tmp_path, "accumulated", config=dict(steps=4, gradient_accumulation=4)
+        tokenizer, tmp_path, "accumulated", config=dict(steps=4, gradient_accumulation=4)
     )
     # The gradient norm is scale-sensitive (Adam's update is not): the accumulated gradient is the mean.
     assert records_accumulated[0]["grad_norm"] == pytest.approx(records_full[0]["grad_norm"], rel=1e-4)
@@ -401,16 +401,15 @@ class NaNAtCall:
         self.method.load_state_dict(state)
 
 
-def test_a_non_finite_loss_raises_at_its_step(tokenizer, tiny_llama, tmp_path) -> None:
+def test_a_non_finite_loss_raises_at_its_step(tokenizer, tmp_path) -> None:
     with pytest.raises(NonFiniteLossError) as raised:
-        train_tiny(tiny_llama, tokenizer, tmp_path, "nan", method=NaNAtCall(build("dpo", beta=0.5), at=5))
+        train_tiny(tokenizer, tmp_path, "nan", method=NaNAtCall(build("dpo", beta=0.5), at=5))
     assert raised.value.step == 5
     assert raised.value.method == "dpo"
     assert raised.value.last_finite_metrics["step"] == 4
     assert "step 5" in str(raised.value)
 
     model, result, records = train_tiny(
-        tiny_llama,
         tokenizer,
         tmp_path,
         "skip",
@@ -422,18 +421,18 @@ def test_a_non_finite_loss_raises_at_its_step(tokenizer, tiny_llama, tmp_path) -
     assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
 
 
-def test_a_gamma_method_skips_a_non_finite_step_too(tokenizer, tiny_llama, tmp_path) -> None:
+def test_a_gamma_method_skips_a_non_finite_step_too(tokenizer, tmp_path) -> None:
     method = NaNAtCall(build("gamma_dpo", beta=0.5, tau=1.0), at=11)
-    model, result, records = train_tiny(tiny_llama, tokenizer, tmp_path, "gamma-skip", method=method, config=dict(nan_policy="skip"))
+    model, result, records = train_tiny(tokenizer, tmp_path, "gamma-skip", method=method, config=dict(nan_policy="skip"))
     assert result.skipped_steps == 2
     assert [record["step"] for record in records] == list(range(1, 11))
     assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
     with pytest.raises(NonFiniteLossError) as raised:
-        train_tiny(tiny_llama, tokenizer, tmp_path, "gamma-fail", method=NaNAtCall(build("gamma_dpo", beta=0.5, tau=1.0), at=5))
+        train_tiny(tokenizer, tmp_path, "gamma-fail", method=NaNAtCall(build("gamma_dpo", beta=0.5, tau=1.0), at=5))
     assert raised.value.step == 5
 
 
-def test_a_resumed_run_continues_identically(tokenizer, tiny_llama, tmp_path) -> None:
+def test_a_resumed_run_continues_identically(tokenizer, tmp_path) -> None:
     class Interrupted(Exception):
         pass
 
@@ -444,11 +443,10 @@ def test_a_resumed_run_continues_identically(tokenizer, tiny_llama, tmp_path) ->
     def beta_dpo():
         return build("beta_dpo", beta=0.5, seed=2)  # stateful: running statistics and a sampler
 
-    model_straight, _, records_straight = train_tiny(tiny_llama, tokenizer, tmp_path, "straight", method=beta_dpo())
+    model_straight, _, records_straight = train_tiny(tokenizer, tmp_path, "straight", method=beta_dpo())
     checkpoint_dir = tmp_path / "checkpoints"
     with pytest.raises(Interrupted):
         train_tiny(
-            tiny_llama,
             tokenizer,
             tmp_path,
             "resumed",
@@ -459,7 +457,6 @@ def test_a_resumed_run_continues_identically(tokenizer, tiny_llama, tmp_path) ->
         )
     assert (checkpoint_dir / "checkpoint.pt").exists()
     model_resumed, _, records_resumed = train_tiny(
-        tiny_llama,
         tokenizer,
         tmp_path,
         "resumed",
