@@ -25,6 +25,8 @@ from noisypref.report_settings import DeclaredPair
 from noisypref.reports import write_report
 from noisypref.reports.declarations import read_report_settings
 from noisypref.reports.pairs import resolve_pairs
+from noisypref.reports.premise import premise_rows, premise_table
+from noisypref.reports.statistics import curve_runs
 from noisypref.reports.study import normalise_results
 
 SEEDS = range(6)
@@ -305,6 +307,28 @@ def test_premise_says_what_could_not_be_checked_without_gold_or_oracle(tmp_path)
     assert "Headroom: not measured — the study has no clean_only reference" in findings
     assert ("Not checked: no gold reward (noise_detection_auroc_gold and label_gold_agreement absent): what a "
             "perfect reward model would detect and how many labels agree with the gold order") in findings
+
+
+def test_premise_finds_gamma_methods_by_their_gamma_auroc_not_by_their_name(tmp_path):
+    # A γ method registered under a name without the gamma_ prefix still gets its γ AUROC in the premise check;
+    # a method named gamma_* without a γ AUROC gets none.
+    directory = make_reference_study(tmp_path / "study")
+    results = pd.read_parquet(directory / "results.parquet")
+    plugin = results["method_label"] == "gamma_dpo"
+    results.loc[plugin, ["method_label", "method_name"]] = ["margin_plugin", "margin_plugin_dpo"]
+    results.loc[results["method_label"] == "gamma_simpo", "noise_detection_auroc_gamma"] = np.nan
+    runs = curve_runs(normalise_results(results))
+    premise = premise_rows(runs, "dpo")
+    gamma = premise[premise["quantity"] == "gamma_auroc"]
+    assert set(gamma["method_label"]) == {"margin_plugin", "gamma_dpo_b1"}
+    row = gamma[(gamma["method_label"] == "margin_plugin") & (gamma["noise_model"] == "symmetric")
+                & (gamma["target_flip_rate"] == 0.2)].iloc[0]  # fmt: skip
+    values = per_seed(results, "margin_plugin", "symmetric", 0.2, "noise_detection_auroc_gamma").to_numpy()
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    assert row["n_seeds"] == 6 and row["mean"] == pytest.approx(values.mean())
+    assert [row["ci_low"], row["ci_high"]] == pytest.approx([values.mean() - half, values.mean() + half])
+    table = premise_table(premise, ("testbed", "symmetric", "tiny"), "symmetric", "premise", "dpo")
+    assert "margin_plugin AUROC (γ)" in table.header and "gamma_simpo AUROC (γ)" not in table.header
 
 
 # References and the order of the findings.
