@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -18,9 +20,11 @@ from noisypref.benchmark.engine.reference import reference_logps
 from noisypref.benchmark.engine.tokenization import tokenize_pairs
 from noisypref.benchmark.evaluation.alpaca_eval import NothingToFit, length_controlled_minimal_winrate
 from noisypref.benchmark.evaluation.metrics import (
+    KLNotFinite,
     auroc,
     average_ranks,
     gold_label_metrics,
+    k3_kl_estimate,
     kl_estimate,
     method_outputs,
     noise_detection,
@@ -132,6 +136,68 @@ def test_evaluation_config_names_the_field_of_a_bad_value() -> None:
         EvaluationSettings(num_eval_prompts=0)
     with pytest.raises(ValueError, match=r"evaluation\.temperature"):
         EvaluationSettings(temperature=-1.0)
+
+
+def hand_k3_mean(log_ratios) -> float:
+    """mean of (r − 1) − log r, r = e^{log r}, in Python floats (double precision)."""
+    return sum(math.expm1(float(x)) - float(x) for x in log_ratios) / len(log_ratios)
+
+
+def test_k3_kl_estimate_is_computed_in_float64_where_float32_overflows() -> None:
+    log_ratios = np.array([100.0, 0.5, -0.3, -2.0], dtype=np.float32)  # r = e^100 overflows float32
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.expm1(log_ratios[0]))
+    expected = hand_k3_mean(log_ratios)
+    assert math.isfinite(expected)
+    assert k3_kl_estimate(log_ratios) == pytest.approx(expected, rel=1e-12)
+    small = [1e-9, -2e-9, 3e-9]  # expm1: the terms are ≈ x²/2, not lost to cancellation
+    assert k3_kl_estimate(small) == pytest.approx(sum(x * x / 2 for x in small) / 3, rel=1e-6)
+
+
+def test_k3_kl_estimate_warns_when_one_sample_dominates(caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    dominated = [3.0, 0.1, -0.1, 0.05]  # terms 16.09, 0.0052, 0.0048, 0.0013
+    assert k3_kl_estimate(dominated) == pytest.approx(hand_k3_mean(dominated), rel=1e-12)
+    share = (math.expm1(3.0) - 3.0) / (4 * hand_k3_mean(dominated))
+    assert share > 0.99 and f"{100 * share:.0f} %" in caplog.text and "one of 4 samples" in caplog.text
+    caplog.clear()
+    balanced = [0.1, -0.1, 0.12, -0.09]  # the largest term, 0.0075, is 33 % of the sum
+    assert k3_kl_estimate(balanced) == pytest.approx(hand_k3_mean(balanced), rel=1e-12)
+    assert "kl_estimate" not in caplog.text
+
+
+def test_a_kl_estimate_that_is_not_finite_is_missing_with_its_reason(monkeypatch, caplog) -> None:
+    from noisypref.benchmark.evaluation import metrics as evaluate
+
+    with pytest.raises(KLNotFinite, match=r"1 with log r .* overflows float64 \(largest 800"):
+        k3_kl_estimate([800.0, 0.1])  # e^800 > the largest float64 (e^709.78)
+    with pytest.raises(KLNotFinite, match="1 whose log r is not finite"):
+        k3_kl_estimate([float("nan"), 0.1])
+
+    # Through the gold-reward metrics of a run: two sampled responses, log r = 800 and 0.1.
+    class StubTokenizer:
+        bos_token_id, pad_token_id, eos_token_id = None, 0, 0
+
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [[1] for _ in texts]}
+
+    log_probs = {"policy": torch.tensor([-805.0, -1.0]), "reference": torch.tensor([-5.0, -0.9])}
+    monkeypatch.setattr(evaluate, "sample_responses", lambda model, tokenizer, prompts, **options: [["a"]] * len(prompts))
+    monkeypatch.setattr(evaluate, "sample_response_ids", lambda model, tokenizer, prompts, **options: [[2]] * len(prompts))
+    monkeypatch.setattr(evaluate, "summed_response_logps", lambda model, *args, **options: log_probs[model].clone())
+    gold_reward = SimpleNamespace(score_many=lambda prompts, responses: np.arange(len(responses), dtype=float))
+    settings = SimpleNamespace(samples_per_prompt=1, temperature=1.0, max_new_tokens=4, kl_samples=1)
+    caplog.set_level(logging.WARNING)
+    missing: dict[str, str] = {}
+    metrics = evaluate.gold_reward_metrics(
+        "policy", "reference", StubTokenizer(), ["p0", "p1"], gold_reward, settings, seed=0, missing=missing
+    )
+    assert "kl_estimate" not in metrics and metrics["gold_win_rate"] == 0.5
+    assert "overflows float64" in missing["kl_estimate"] and "kl_estimate is missing" in caplog.text
+    # A finite pair of log ratios gives the hand-computed estimate.
+    log_probs["policy"] = torch.tensor([-105.0, -1.0])  # log r = 100 and 0.1
+    metrics = evaluate.gold_reward_metrics("policy", "reference", StubTokenizer(), ["p0", "p1"], gold_reward, settings, seed=0)
+    assert metrics["kl_estimate"] == pytest.approx(hand_k3_mean([100.0, 0.1]), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from noisypref.reports.figures import (
 )
 from noisypref.reports.findings import findings, method_intervals
 from noisypref.reports.statistics import curve_runs
+from noisypref.reports.tables import format_pvalue
 
 RATES = (0.0, 0.2, 0.4)
 EFFECTS = {"dpo": 0.0, "gamma": 0.10, "smooth": 0.0}  # held-out accuracy over dpo, at every rate
@@ -177,6 +178,50 @@ def test_findings_differences_pvalues_and_holm_match_a_hand_computation(default_
         assert row.standard_error == pytest.approx(se) and row.df == pytest.approx(df)
         expected_p.append(expected)
     assert accuracy["t_pvalue_holm"].tolist() == pytest.approx(hand_holm(expected_p), rel=1e-6)
+
+
+def test_paired_tests_section_gives_the_findings_p_values(default_study):
+    # The "Paired tests against dpo" section and paired_tests.csv use the findings' procedure: a reader sees one p
+    # per comparison. Expected values by hand (seeds and items, Holm over rates and the AUC of one table).
+    directory = default_study
+    results = pd.read_parquet(directory / "results.parquet")
+    found = pd.read_csv(directory / "report" / "findings.csv")
+    paired = pd.read_csv(directory / "report" / "paired_tests.csv")
+    assert set(paired["metric"]) == {"heldout_accuracy", "gold_win_rate", "final_loss"}
+    keys = ["metric", "method_label", "quantity", "target_flip_rate"]
+    accuracy = paired[paired["metric"] == "heldout_accuracy"].sort_values(keys, na_position="last")
+    assert len(accuracy) == 2 * (len(RATES) + 1)
+    weights = trapezoid_weights(RATES)
+    expected_p = []
+    for row in accuracy.itertuples():
+        rates, rate_weights = ([row.target_flip_rate], [1.0]) if row.quantity == "value" else (RATES, weights)
+        differences = sum(
+            w * (per_seed(results, row.method_label, r, "heldout_accuracy") - per_seed(results, "dpo", r, "heldout_accuracy"))
+            for w, r in zip(rate_weights, rates)
+        ).to_numpy()  # fmt: skip
+        item_means = np.mean([
+            sum(w * (items_of(directory, f"{row.method_label}-r{r:.1f}-s{s}", "heldout_accuracy")
+                     - items_of(directory, f"dpo-r{r:.1f}-s{s}", "heldout_accuracy")) for w, r in zip(rate_weights, rates))
+            for s in range(6)
+        ], axis=0)  # fmt: skip
+        expected, _, _ = hand_crossed_test(differences, item_means)
+        assert row.t_pvalue == pytest.approx(expected, rel=1e-6)
+        assert row.sd_difference == pytest.approx(differences.std(ddof=1))
+        assert row.cohens_dz == pytest.approx(differences.mean() / differences.std(ddof=1))
+        expected_p.append(expected)
+    assert accuracy["t_pvalue_holm"].tolist() == pytest.approx(hand_holm(expected_p), rel=1e-6)
+    # The same numbers as the findings, row by row.
+    same = accuracy.merge(found, on=keys, suffixes=("", "_findings"))
+    assert len(same) == len(accuracy)
+    for column in ("t_pvalue", "t_pvalue_holm", "ci_low", "ci_high", "mean_difference"):
+        assert same[column].tolist() == pytest.approx(same[f"{column}_findings"].tolist(), rel=1e-12)
+    assert same["verdict"].tolist() == same["verdict_findings"].tolist()
+    # The section's table prints those p-values.
+    table = (directory / "report" / "tables" / "paired-heldout-accuracy-testbed-symmetric-tiny.md").read_text()
+    gamma_20 = next(line for line in table.splitlines() if line.startswith("| gamma | 20 %"))
+    row = accuracy[(accuracy["method_label"] == "gamma") & (accuracy["target_flip_rate"] == 0.2)].iloc[0]
+    cells = [cell.strip() for cell in gamma_20.split("|")[1:-1]]
+    assert cells[6:8] == [format_pvalue(row["t_pvalue"]), format_pvalue(row["t_pvalue_holm"])]
 
 
 def write_and_read_findings(directory: Path) -> pd.DataFrame:

@@ -23,9 +23,12 @@ from scipy import stats
 
 from noisypref.report_settings import DeclaredPair
 from noisypref.reports import write_report
-from noisypref.reports.declarations import read_report_settings
+from noisypref.reports.declarations import read_metric_declarations, read_report_settings
+from noisypref.reports.headroom import headroom
 from noisypref.reports.pairs import resolve_pairs
-from noisypref.reports.study import normalise_results
+from noisypref.reports.premise import premise_rows, premise_table
+from noisypref.reports.statistics import curve_runs
+from noisypref.reports.study import load_study_results, normalise_results
 
 SEEDS = range(6)
 RATES = (0.0, 0.1, 0.2, 0.4)
@@ -223,6 +226,43 @@ def test_share_interval_is_the_inverted_test_found_by_a_scan(study):
         assert [row["share_low"], row["share_high"]] == pytest.approx([low, high], abs=1e-6)
 
 
+def headroom_of(directory: Path) -> pd.DataFrame:
+    study = load_study_results(directory)
+    runs = curve_runs(study.results)
+    found, _ = headroom(runs, ["heldout_accuracy"], "dpo", read_metric_declarations(directory),
+                        lambda run_id, metric: (study.items(run_id) or {}).get(metric))  # fmt: skip
+    return found[found["noise_model"] == "symmetric"].set_index(["target_flip_rate", "method_label"])
+
+
+def test_a_share_over_seeds_only_says_which_side_lacks_items(tmp_path):
+    directory = make_reference_study(tmp_path / "study")
+    # cdpo lacks the items of two runs at 40 %; the oracle evaluated other items in one run at 20 %.
+    for seed in (0, 1):
+        (directory / "runs" / f"cdpo-symmetric-r0.4-s{seed}" / "items.parquet").unlink()
+    oracle_items = directory / "runs" / "clean_only-symmetric-r0.2-s3" / "items.parquet"
+    frame = pd.read_parquet(oracle_items)
+    frame.assign(item="other-" + frame["item"]).to_parquet(oracle_items, index=False)  # the same mean
+    rows = headroom_of(directory)
+
+    note = rows.loc[(0.4, "cdpo"), "note"]
+    assert note == "interval over seeds only: cdpo has no per-item values in 2 of its 6 runs"
+    assert rows.loc[(0.4, "gamma_dpo"), "note"] == "" and rows.loc[(0.4, "cdpo_known_rate"), "note"] == ""
+    for label in ("cdpo", "gamma_dpo", "cdpo_known_rate"):
+        assert rows.loc[(0.2, label), "note"] == (
+            "interval over seeds only: the oracle clean_only evaluated other items than the baseline dpo in 1 of 6 seeds"
+        )
+
+    # The seeds-only interval is Fieller's over the per-seed values alone, found by the scan.
+    results = pd.read_parquet(directory / "results.parquet")
+    dpo = per_seed(results, "dpo", "symmetric", 0.4, "heldout_accuracy").to_numpy()
+    numerator = per_seed(results, "cdpo", "symmetric", 0.4, "heldout_accuracy").to_numpy() - dpo
+    denominator = per_seed(results, "clean_only", "symmetric", 0.4, "heldout_accuracy").to_numpy() - dpo
+    no_items = np.zeros(2)
+    low, high = fieller_by_inversion(numerator, denominator, no_items, no_items, stats.t.ppf(0.975, len(dpo) - 1))
+    assert [rows.loc[(0.4, "cdpo"), "share_low"], rows.loc[(0.4, "cdpo"), "share_high"]] == pytest.approx(
+        [low, high], abs=1e-6)  # fmt: skip
+
+
 def test_share_is_undefined_where_the_headroom_interval_includes_zero(study):
     headroom = pd.read_csv(study / "report" / "headroom.csv")
     rows = headroom[headroom["noise_model"] == "adversarial"]
@@ -305,6 +345,28 @@ def test_premise_says_what_could_not_be_checked_without_gold_or_oracle(tmp_path)
     assert "Headroom: not measured — the study has no clean_only reference" in findings
     assert ("Not checked: no gold reward (noise_detection_auroc_gold and label_gold_agreement absent): what a "
             "perfect reward model would detect and how many labels agree with the gold order") in findings
+
+
+def test_premise_finds_gamma_methods_by_their_gamma_auroc_not_by_their_name(tmp_path):
+    # A γ method registered under a name without the gamma_ prefix still gets its γ AUROC in the premise check;
+    # a method named gamma_* without a γ AUROC gets none.
+    directory = make_reference_study(tmp_path / "study")
+    results = pd.read_parquet(directory / "results.parquet")
+    plugin = results["method_label"] == "gamma_dpo"
+    results.loc[plugin, ["method_label", "method_name"]] = ["margin_plugin", "margin_plugin_dpo"]
+    results.loc[results["method_label"] == "gamma_simpo", "noise_detection_auroc_gamma"] = np.nan
+    runs = curve_runs(normalise_results(results))
+    premise = premise_rows(runs, "dpo")
+    gamma = premise[premise["quantity"] == "gamma_auroc"]
+    assert set(gamma["method_label"]) == {"margin_plugin", "gamma_dpo_b1"}
+    row = gamma[(gamma["method_label"] == "margin_plugin") & (gamma["noise_model"] == "symmetric")
+                & (gamma["target_flip_rate"] == 0.2)].iloc[0]  # fmt: skip
+    values = per_seed(results, "margin_plugin", "symmetric", 0.2, "noise_detection_auroc_gamma").to_numpy()
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    assert row["n_seeds"] == 6 and row["mean"] == pytest.approx(values.mean())
+    assert [row["ci_low"], row["ci_high"]] == pytest.approx([values.mean() - half, values.mean() + half])
+    table = premise_table(premise, ("testbed", "symmetric", "tiny"), "symmetric", "premise", "dpo")
+    assert "margin_plugin AUROC (γ)" in table.header and "gamma_simpo AUROC (γ)" not in table.header
 
 
 # References and the order of the findings.

@@ -245,24 +245,31 @@ def test_mean_interval_of_one_value_has_no_spread():
 
 
 def test_paired_tests_match_scipy_and_a_hand_holm_correction():
+    # Without items the procedure of the findings is scipy's paired t-test over seeds; Holm runs over the table
+    # of one metric in one condition: both methods, every rate and the AUC (the findings' family).
     results = make_results(seeds=range(8))
     paired = paired_tests(results, "dpo", ["heldout_accuracy"])
-    assert len(paired) == 2 * len(RATES)
-    expected_t, expected_w = [], []
+    assert len(paired) == 2 * (len(RATES) + 1)
+    assert "wilcoxon_pvalue" not in paired.columns  # one test per comparison
+    x = results.groupby("target_flip_rate")["realised_flip_rate"].mean().sort_index().to_numpy()
+    expected_t = []
     for row in paired.itertuples():
-        method = cell(results, row.method_label, row.target_flip_rate, "heldout_accuracy")
-        baseline = cell(results, "dpo", row.target_flip_rate, "heldout_accuracy")
+        if row.quantity == "auc":
+            def auc(label):
+                values = np.column_stack([cell(results, label, rate, "heldout_accuracy") for rate in RATES])
+                return pd.Series(np.trapezoid(values, x, axis=1) / (x[-1] - x[0]))
+            method, baseline = auc(row.method_label), auc("dpo")
+        else:
+            method = cell(results, row.method_label, row.target_flip_rate, "heldout_accuracy")
+            baseline = cell(results, "dpo", row.target_flip_rate, "heldout_accuracy")
         differences = (method - baseline).to_numpy()
         assert row.n_pairs == 8
         assert row.mean_difference == pytest.approx(differences.mean())
+        assert row.sd_difference == pytest.approx(differences.std(ddof=1))
         assert row.cohens_dz == pytest.approx(differences.mean() / differences.std(ddof=1))
-        assert row.t_meaningful and row.wilcoxon_meaningful and row.note == ""
         assert row.t_pvalue == pytest.approx(stats.ttest_rel(method, baseline).pvalue)
-        assert row.wilcoxon_pvalue == pytest.approx(stats.wilcoxon(method, baseline).pvalue)
         expected_t.append(row.t_pvalue)
-        expected_w.append(row.wilcoxon_pvalue)
     assert paired["t_pvalue_holm"].tolist() == pytest.approx(hand_holm(expected_t))
-    assert paired["wilcoxon_pvalue_holm"].tolist() == pytest.approx(hand_holm(expected_w))
 
 
 def test_holm_adjustment_of_a_worked_example():
@@ -273,16 +280,14 @@ def test_holm_adjustment_of_a_worked_example():
     assert holm_adjust([0.5, 0.6]).tolist() == [1.0, 1.0]
 
 
-def test_too_few_seeds_mark_the_tests_not_meaningful(tmp_path):
+def test_too_few_seeds_give_no_p_value(tmp_path):
     two = paired_tests(make_results(seeds=(0, 1)), "dpo", ["heldout_accuracy"])
-    assert not two["t_meaningful"].any() and not two["wilcoxon_meaningful"].any()
     assert two["t_pvalue"].isna().all() and two["t_pvalue_holm"].isna().all()
+    assert (two["verdict"] == "too few seeds").all()
     assert two["note"].str.contains("too few for a t-test").all()
 
-    four = paired_tests(make_results(seeds=range(4)), "dpo", ["heldout_accuracy"])
-    assert four["t_meaningful"].all() and not four["wilcoxon_meaningful"].any()
-    assert four["wilcoxon_pvalue"].isna().all()
-    assert four["note"].str.contains("too few for a Wilcoxon test").all()
+    three = paired_tests(make_results(seeds=range(3)), "dpo", ["heldout_accuracy"])
+    assert three["t_pvalue"].notna().all()
 
     # The report shows no p-value for them.
     write_study(tmp_path / "study", make_results(seeds=(0, 1)), with_run_files=False)
@@ -291,10 +296,10 @@ def test_too_few_seeds_mark_the_tests_not_meaningful(tmp_path):
         tmp_path / "study/report/tables/paired-heldout-accuracy-testbed-symmetric-tiny-llama.md"
     ).read_text()
     rows = [line for line in table.splitlines() if line.startswith("| cdpo") or line.startswith("| γ-DPO")]
-    assert len(rows) == 6
+    assert len(rows) == 2 * (len(RATES) + 1)
     for line in rows:
-        t_cell, wilcoxon_cell = [text.strip() for text in line.split("|")[6:8]]
-        assert t_cell == "—" and wilcoxon_cell == "—"
+        p_cell, holm_cell = [text.strip() for text in line.split("|")[7:9]]
+        assert p_cell == "—" and holm_cell == "—"
         assert "too few" in line
 
 
@@ -305,7 +310,7 @@ def test_constant_differences_give_no_t_test():
     results.loc[other, "heldout_accuracy"] = results.loc[dpo, "heldout_accuracy"].to_numpy() + 0.01
     paired = paired_tests(results, "dpo", ["heldout_accuracy"])
     constant = paired[paired["method_label"] == "cdpo (ε 0.2)"]
-    assert not constant["t_meaningful"].any()
+    assert constant["t_pvalue"].isna().all()
     assert constant["note"].str.contains("constant differences").all()
 
 

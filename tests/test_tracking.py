@@ -15,14 +15,23 @@ from test_study import TINY_TESTBED  # the engine's tiny testbed
 from noisypref.benchmark.config.sections import TrackingSettings
 from noisypref.benchmark.storage import write_json_atomic
 from noisypref.benchmark.study import parse_study, plan_runs, run_study
-from noisypref.benchmark.study.tracking import read_curve, run_name
+from noisypref.benchmark.study.tracking import run_name
 from noisypref.cli import main
+from noisypref.folder_layout import METRICS_LOG_FILE
 
 STUDY = {
     "name": "tracked",
     "noise": [{"model": "symmetric", "rates": [0.2]}],
     "methods": [{"name": "dpo"}, {"label": "gamma", "name": "gamma_dpo"}],
 }
+
+
+def read_curve(run_dir: Path) -> list[dict[str, float]]:
+    """The logged steps of a run's metrics.jsonl, read whole (an absent file: none)."""
+    path = run_dir / METRICS_LOG_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def curve_of(run_config: dict) -> list[dict[str, float]]:

@@ -6,18 +6,18 @@ runs/<run_id>/...) into DIR/report/, findings first. The numbers behind it are D
 seeds, Holm, the interval at each test's Holm level, verdicts), ``pair_findings`` (with and without a
 margin estimator), ``headroom`` (oracle − baseline and the share each method recovers),
 ``premise_rows`` (can the models locate the flips), ``method_intervals``, ``summarise(results)`` and
-``paired_tests(results, baseline)``. ``compare_studies([DIR_A, DIR_B])`` puts studies side by side.
+``paired_tests(results, baseline)`` (the findings' procedure over every comparable metric). ``compare_studies([DIR_A, DIR_B])`` puts studies side by side.
 See docs/reports.md.
 """
 
 from noisypref.reports.compare import compare_studies
 from noisypref.reports.declarations import read_metric_declarations, read_report_settings
-from noisypref.reports.findings import findings, method_intervals
+from noisypref.reports.findings import findings, method_intervals, paired_tests
 from noisypref.reports.headroom import headroom
 from noisypref.reports.pairs import pair_findings, resolve_pairs
 from noisypref.reports.premise import premise_rows
 from noisypref.reports.report import write_report
-from noisypref.reports.statistics import curve_runs, holm_adjust, mean_interval, paired_tests, summarise
+from noisypref.reports.statistics import curve_runs, holm_adjust, mean_interval, summarise
 from noisypref.reports.study import load_study_results, metric_columns, normalise_results
 
 __all__ = [

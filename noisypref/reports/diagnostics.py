@@ -18,11 +18,18 @@ from noisypref.reports.figures import (
     training_figure,
 )
 from noisypref.reports.statistics import summarise
-from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, SEED, percent
+from noisypref.reports.study import (
+    CONDITION_KEYS,
+    GAMMA_AUROC,
+    METHOD,
+    RATE,
+    SEED,
+    gamma_method_labels,
+    percent,
+)
 from noisypref.reports.tables import Table, condition_rows, format_number
 
-GAMMA_PREFIX = "gamma_"
-GAMMA_AUROC, GAP_AUROC = "noise_detection_auroc_gamma", "noise_detection_auroc"
+GAP_AUROC = "noise_detection_auroc"
 SAME_AUROC = 1e-3  # two AUROCs this close in every run tell the same story
 TRAINING_QUANTITIES = ("loss", "heldout_accuracy")
 
@@ -35,12 +42,10 @@ def rate_for(builder, condition_runs: pd.DataFrame) -> float:
     return matching[0] if matching else float("nan")
 
 def gamma_sections(builder) -> list[ReportSection]:
-    gamma_labels = sorted(
-        set(builder.results.loc[builder.results["method_name"].str.startswith(GAMMA_PREFIX), METHOD])
-    )
+    gamma_labels = gamma_method_labels(builder.results)
     section = ReportSection("γ diagnostics", level=3)
     if not gamma_labels:
-        section.blocks.append(Note("No γ method (method name starting with 'gamma_') in the study."))
+        section.blocks.append(Note(f"No γ method (no run with a value of {GAMMA_AUROC}) in the study."))
         return [section]
     gamma_runs = builder.runs[builder.runs[METHOD].isin(gamma_labels)]
     section.blocks.append(_gamma_auroc(builder, gamma_runs, gamma_labels))

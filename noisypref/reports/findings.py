@@ -18,6 +18,10 @@ pairs (the with/without comparisons of ``pairs``).
   when the interval excludes 0 on that side (direction from metrics.json); *differs* for a metric
   without a declared direction; *no detectable difference* otherwise.
 
+``paired_tests`` is the same procedure over every comparable metric (not only the primary ones), from
+the results table, with two descriptive columns beside it: the standard deviation of the per-seed
+differences and Cohen's d_z; on a primary metric its rows are the findings' rows.
+
 ``method_intervals`` gives every method's own mean with a hierarchical bootstrap interval (at each rate
 and on the AUC): the bands of the figures and the ranking. Bounded metrics keep their intervals inside
 their bounds (percentiles of means of bounded values cannot leave them).
@@ -44,8 +48,17 @@ from noisypref.reports.procedure import (
     paired_t,
     sample,
 )
-from noisypref.reports.statistics import holm_adjust, rate_axis
-from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, REALISED_RATE, SEED, competitor_runs
+from noisypref.reports.statistics import curve_runs, holm_adjust, rate_axis
+from noisypref.reports.study import (
+    CONDITION_KEYS,
+    METHOD,
+    RATE,
+    REALISED_RATE,
+    SEED,
+    competitor_runs,
+    metric_columns,
+    normalise_results,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +77,7 @@ FINDINGS_COLUMNS = [
     "df", "ci_method", "seeds_with_items", "seed_variance", "item_variance", "dominant_source",
     "t_pvalue", "t_pvalue_holm", "verdict", "note",
 ]  # fmt: skip
+PAIRED_COLUMNS = [*FINDINGS_COLUMNS[:-1], "sd_difference", "cohens_dz", "note"]
 INTERVAL_COLUMNS = [
     *CONDITION_KEYS, METHOD, "metric", "quantity", RATE, REALISED_RATE, "n_seeds", "mean",
     "ci_low", "ci_high", "ci_method", "seeds_with_items", "dominant_source",
@@ -297,6 +311,37 @@ def findings(
                 continue
             rows += [{**key, **row} for row in compare_family(condition_runs, metric, pairs, declaration, items)]
     return pd.DataFrame(rows, columns=FINDINGS_COLUMNS)
+
+
+def paired_tests(
+    results: pd.DataFrame, baseline: str, metrics: list[str] | None = None,
+    declarations: MetricDeclarations | None = None, items: ItemsLookup = no_items,
+) -> pd.DataFrame:  # fmt: skip
+    """``findings`` of every comparable metric from the results table: each competing method label against
+    ``baseline`` per condition, metric, rate and on the AUC, by the one procedure of every verdict (the same
+    test, the same Holm family, the same numbers as the findings of a primary metric).
+
+    ``results``: one row per run (failed and pending runs are left out, the runs without flips are the 0 %
+    point of every noise model: ``statistics.curve_runs``); ``metrics``: default every metric with a value;
+    ``declarations``: default none (every metric comparable, direction ``none``); ``items``: the per-item
+    values of the runs, as for ``findings``. Columns ``PAIRED_COLUMNS``: ``FINDINGS_COLUMNS`` plus
+    ``sd_difference`` (standard deviation, ddof 1, of the per-seed differences) and ``cohens_dz`` (their
+    mean over that: Cohen's effect size for paired data). Raises ``ValueError`` for a baseline that is not
+    a method label of the results.
+    """
+    results = normalise_results(results)
+    labels = set(results[METHOD])
+    if baseline not in labels:
+        raise ValueError(
+            f"baseline method label {baseline!r} is not in the results (labels: {', '.join(sorted(labels))})"
+        )
+    metrics = list(metrics) if metrics is not None else metric_columns(results)
+    found = findings(curve_runs(results), metrics, baseline, declarations or MetricDeclarations(), items)
+    # seed_variance is var_s(d_s)/S (procedure.Sample), so the sd of the differences is √(S·seed_variance)
+    sd = np.sqrt(found["seed_variance"].astype(float) * found["n_pairs"].astype(float))
+    found["sd_difference"] = sd
+    found["cohens_dz"] = (found["mean_difference"] / sd).where(sd > 0)
+    return found[PAIRED_COLUMNS]
 
 
 def verdict(row: dict, declaration: MetricDeclaration) -> str:

@@ -122,9 +122,11 @@ def headroom(
                 rows.append({**base, METHOD: oracle, REFERENCE: CLEAN_ONLY, "n_seeds": test.n,
                              "method_mean": base["oracle_mean"], "recovered": test.mean, "share": 1.0 if defined else np.nan,
                              "share_low": np.nan, "share_high": np.nan, "note": test.note})  # fmt: skip
+                labelled = {"method": None, "baseline": (baseline, cells[baseline]), "oracle": (oracle, cells[oracle])}
                 for label in others:
+                    labelled["method"] = (label, cells[label])
                     rows.append({**base, METHOD: label, REFERENCE: kinds[label],
-                                 **_share(cells[label], cells[baseline], cells[oracle], rate, defined)})  # fmt: skip
+                                 **_share(labelled, rate, defined, len(seeds))})  # fmt: skip
     return pd.DataFrame(rows, columns=HEADROOM_COLUMNS), notes
 
 
@@ -132,7 +134,10 @@ def _mean(cells: Cells, seeds: list, rate: float) -> float:
     return float(np.mean([cells.value[(seed, rate)] for seed in seeds]))
 
 
-def _share(method: Cells, baseline: Cells, oracle: Cells, rate: float, defined: bool) -> dict:
+def _share(labelled: dict[str, tuple[str, Cells]], rate: float, defined: bool, headroom_seeds: int) -> dict:
+    """The recovered share of one method; ``labelled``: "method", "baseline" and "oracle" -> (label, cells).
+    ``headroom_seeds``: the seeds of the headroom's own interval."""
+    (_, method), (_, baseline), (_, oracle) = (labelled[side] for side in ("method", "baseline", "oracle"))
     seeds = common_seeds([method, baseline, oracle], [rate])
     empty = {"n_seeds": len(seeds), "method_mean": np.nan, "recovered": np.nan, "share": np.nan,
              "share_low": np.nan, "share_high": np.nan}  # fmt: skip
@@ -140,17 +145,54 @@ def _share(method: Cells, baseline: Cells, oracle: Cells, rate: float, defined: 
         return {**empty, "note": "no seed shared with the baseline and the oracle"}
     numerator, numerator_items, _ = paired_sample(method, baseline, seeds, {rate: 1.0})
     denominator, denominator_items, _ = paired_sample(oracle, baseline, seeds, {rate: 1.0})
-    if numerator_items is None or denominator_items is None or not numerator_items.index.equals(denominator_items.index):
+    seeds_only = ""
+    if numerator_items is not None and denominator_items is not None:
+        # both are item ids of the baseline's runs (paired_sample): the same set, aligned for the covariance
+        denominator = sample(denominator.values, denominator_items.reindex(numerator_items.index).to_numpy())
+    else:
         numerator, denominator = sample(numerator.values), sample(denominator.values)  # seeds only, for both
+        seeds_only = _items_lacking(labelled, seeds, rate)
     row = {**empty, "method_mean": _mean(method, seeds, rate), "recovered": numerator.mean}
+    notes = [f"interval over seeds only: {seeds_only}"] if seeds_only else []
     if len(seeds) < MIN_SEEDS:
         return {**row, "note": f"{len(seeds)} seed(s): too few for an interval (needs {MIN_SEEDS})"}
     if not defined:
         return {**row, "note": "headroom not distinguishable from zero: share undefined"}
     ratio = fieller_interval(numerator, denominator, CONFIDENCE)
-    if not ratio.defined:  # the seeds shared with this method leave the headroom's interval around 0
-        return {**row, "note": f"on the {len(seeds)} seeds this method shares, the headroom includes 0: undefined"}
-    return {**row, "share": ratio.estimate, "share_low": ratio.low, "share_high": ratio.high, "note": ""}
+    if not ratio.defined:  # the headroom's interval, on this method's seeds and terms, includes 0
+        causes = []
+        if len(seeds) < headroom_seeds:
+            causes.append(f"on the {len(seeds)} of the headroom's {headroom_seeds} seeds this method shares")
+        if seeds_only:
+            causes.append("without the item term (" + seeds_only + ")")
+        where = " and ".join(causes) or f"on the {len(seeds)} seeds this method shares"
+        return {**row, "note": f"{where}, the headroom's interval includes 0: share undefined"}
+    return {**row, "share": ratio.estimate, "share_low": ratio.low, "share_high": ratio.high, "note": "; ".join(notes)}
+
+
+def _items_lacking(labelled: dict[str, tuple[str, Cells]], seeds: list, rate: float) -> str:
+    """Why the share's interval has no item term, naming the side that lacks what: the runs (method,
+    baseline or oracle) without per-item values, else the side whose item ids differ from the baseline's."""
+    baseline = labelled["baseline"][0]
+    runs = {side: [cells.run_items(seed, rate) for seed in seeds] for side, (_, cells) in labelled.items()}
+
+    def name(side: str) -> str:
+        label = labelled[side][0]
+        return label if side == "method" else f"the {side} {label}"
+
+    reasons = []
+    for side in labelled:
+        lacking = sum(items is None for items in runs[side])
+        if lacking:
+            reasons.append(f"{name(side)} has no per-item values in {lacking} of its {len(seeds)} runs")
+    if reasons:
+        return "; ".join(reasons)
+    for side in ("method", "oracle"):
+        differing = sum(set(items.index) != set(base.index) for items, base in zip(runs[side], runs["baseline"]))
+        if differing:
+            reasons.append(f"{name(side)} evaluated other items than the baseline {baseline} in {differing} of "
+                           f"{len(seeds)} seeds")  # fmt: skip
+    return "; ".join(reasons) or "the held-out items differ from seed to seed"
 
 
 def format_share(value: float) -> str:

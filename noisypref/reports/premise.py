@@ -4,8 +4,8 @@ Every robust loss acts on one signal: that a flipped pair looks different (a sma
 gap, a small γ) from a clean one. Per condition and target rate the check shows
 
 - the baseline's flip-detection AUROC: how well its final reward gap separates flipped from clean
-  training pairs (``noise_detection_auroc``; 0.5 = chance), and γ's for the γ methods
-  (``noise_detection_auroc_gamma``);
+  training pairs (``noise_detection_auroc``; 0.5 = chance), and γ's for the γ methods (the methods with
+  a value of ``noise_detection_auroc_gamma``, whatever their name);
 - the gold reward's AUROC (``noise_detection_auroc_gold``): what a perfect reward model would reach;
 - the share of the training labels, after injection, that agree with the gold order
   (``label_gold_agreement``).
@@ -27,21 +27,21 @@ import pandas as pd
 from noisypref.reports.statistics import mean_interval
 from noisypref.reports.study import (
     CONDITION_KEYS,
+    GAMMA_AUROC,
     METHOD,
     RATE,
     REALISED_RATE,
     SEED,
     competitor_runs,
+    gamma_method_labels,
     percent,
 )
 from noisypref.reports.tables import DASH, Table, condition_rows, format_interval, format_number
 
 AUROC_RULE = 0.6
 GAP_AUROC = "noise_detection_auroc"
-GAMMA_AUROC = "noise_detection_auroc_gamma"
 GOLD_AUROC = "noise_detection_auroc_gold"
 AGREEMENT = "label_gold_agreement"
-GAMMA_PREFIX = "gamma_"
 PREMISE_COLUMNS = [*CONDITION_KEYS, RATE, REALISED_RATE, "quantity", METHOD, "n_seeds", "mean", "ci_low", "ci_high"]
 
 
@@ -55,7 +55,7 @@ def premise_rows(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
         key = dict(zip(CONDITION_KEYS, condition))
         baseline_runs = condition_runs[condition_runs[METHOD] == baseline]
         shared = baseline_runs if not baseline_runs.empty else condition_runs.drop_duplicates([SEED, RATE])
-        gamma_labels = sorted(set(condition_runs.loc[condition_runs["method_name"].str.startswith(GAMMA_PREFIX), METHOD]))
+        gamma_labels = gamma_method_labels(condition_runs)
         sources = [("agreement", AGREEMENT, shared, ""), ("gold_auroc", GOLD_AUROC, shared, ""),
                    ("gap_auroc", GAP_AUROC, baseline_runs, baseline)]  # fmt: skip
         sources += [("gamma_auroc", GAMMA_AUROC, condition_runs[condition_runs[METHOD] == label], label)

@@ -42,9 +42,9 @@ from noisypref.reports.document import (
     render_markdown,
 )
 from noisypref.reports.figures import method_styles, robustness_figure, save_figure, save_pdf
-from noisypref.reports.findings import BOOTSTRAP_RESAMPLES, method_intervals
+from noisypref.reports.findings import BOOTSTRAP_RESAMPLES, method_intervals, paired_tests
 from noisypref.reports.findings_section import FINDINGS_TITLE, findings_sections
-from noisypref.reports.statistics import curve_runs, paired_tests, summarise
+from noisypref.reports.statistics import curve_runs, summarise
 from noisypref.reports.study import (
     CONDITION_KEYS,
     METHOD,
@@ -359,23 +359,25 @@ class _ReportBuilder:
     def _paired(self) -> list[ReportSection]:
         if self.baseline is None:
             return []
-        paired = paired_tests(self.results, self.baseline, self.metrics, self.declarations)
+        paired = paired_tests(self.results, self.baseline, self.metrics, self.declarations, self.items)
         paired.to_csv(self.report_dir / "paired_tests.csv", index=False)
         intro = Text(
-            f"Each method against the baseline {self.baseline!r} on every metric: runs of one condition, "
-            "target rate and seed share their flipped pairs, so they are paired by seed. Paired t-test "
-            "(scipy.stats.ttest_rel) and Wilcoxon signed-rank test (scipy.stats.wilcoxon), two-sided, "
-            "Holm-corrected over each table. All values: paired_tests.csv. References and metrics that are not "
-            "comparable across methods are not tested; the verdicts of the findings rest on the t-test alone."
+            f"Each method against the baseline {self.baseline!r} on every comparable metric, by the one procedure "
+            "of the findings: runs of one condition, target rate and seed share their flipped pairs and held-out "
+            "items, so they are paired by seed; a paired t-test whose standard error also carries the item "
+            "sampling where the runs wrote items.parquet, two-sided, Holm's step-down over each table (all "
+            "methods, rates and the AUC of one metric in one condition). On a primary metric every number is the "
+            "findings' own. All values: paired_tests.csv. References and metrics that are not comparable across "
+            "methods are not tested."
         )
         sections = [ReportSection(f"Paired tests against {self.baseline}", [intro])]
         if paired.empty:
             sections[0].blocks.append(Note("No method shares a condition, rate and seed with the baseline."))
             return sections
-        meaningless = int((~paired["t_meaningful"]).sum())
-        if meaningless:
+        untested = int(paired["t_pvalue"].isna().sum())
+        if untested:
             sections[0].blocks.append(Note(
-                f"{meaningless} of {len(paired)} comparisons have too few seeds (or constant "
+                f"{untested} of {len(paired)} comparisons have too few seeds (or constant "
                 "differences) for a t-test; they carry no p-value."
             ))  # fmt: skip
         for metric in self.metrics:

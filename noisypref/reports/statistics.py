@@ -1,4 +1,4 @@
-"""Summary numbers over seeds and paired tests against a baseline method.
+"""Summary numbers over seeds, and Holm's adjustment.
 
 Every function takes the results table (one row per run, DESIGN.md §1) and returns a long
 DataFrame; failed and pending runs are left out, a missing metric value is left out of its cell,
@@ -9,11 +9,9 @@ and the runs without flips (noise model "none") count as the 0 % point of every 
 - Robustness-curve summaries, per seed then aggregated: the normalised area under the curve
   ``trapezoid(value, x) / (x_max − x_min)`` with x the mean realised flip rate of each target rate,
   and the drop ``value(lowest rate) − value(highest rate)``.
-- Paired tests: runs of the same condition, target rate and seed share their flipped pairs, so a
-  method and the baseline are paired by seed. Paired t-test and Wilcoxon signed-rank test, each
-  Holm-corrected over the table of one metric in one condition; a Wilcoxon test that cannot reach
-  p < 0.05 after that correction with its pairs gives no p-value. References (the oracle, known-rate
-  variants) and metrics not comparable across methods are not tested.
+
+The tests of one method against another are not here: every p-value of a report comes from the one
+procedure of ``procedure`` (``findings.findings`` and ``findings.paired_tests``).
 """
 
 from __future__ import annotations
@@ -26,15 +24,12 @@ import pandas as pd
 from scipy import stats
 from scipy.integrate import trapezoid
 
-from noisypref.reports.procedure import ALPHA
-from noisypref.reports.procedure import MIN_SEEDS as T_TEST_MIN_PAIRS
 from noisypref.reports.study import (
     CONDITION_KEYS,
     METHOD,
     RATE,
     REALISED_RATE,
     SEED,
-    competitor_runs,
     metric_columns,
     normalise_results,
     percent,
@@ -48,20 +43,10 @@ CONFIDENCE = 0.95
 BOOTSTRAP_MIN_SEEDS = 10
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
-# With n non-zero differences the smallest two-sided exact Wilcoxon p-value is 2 / 2**n:
-# 0.0625 for n = 5, so fewer than 6 pairs can never reach 0.05; after Holm over m tests the smallest
-# adjusted p is at least 2 / 2**n (the largest of the m), so m·2/2**n ≥ 0.05 can never reach it either.
-WILCOXON_MIN_PAIRS = 6
 
 SUMMARY_COLUMNS = [
     *CONDITION_KEYS, METHOD, "metric", "quantity", RATE, REALISED_RATE,
     "n_seeds", "mean", "std", "ci_low", "ci_high", "ci_method", "note",
-]  # fmt: skip
-PAIRED_COLUMNS = [
-    *CONDITION_KEYS, "metric", RATE, REALISED_RATE, METHOD, "baseline", "n_pairs",
-    "method_mean", "baseline_mean", "mean_difference", "sd_difference", "cohens_dz",
-    "t_statistic", "t_pvalue", "t_pvalue_holm", "t_meaningful",
-    "wilcoxon_statistic", "wilcoxon_pvalue", "wilcoxon_pvalue_holm", "wilcoxon_meaningful", "note",
 ]  # fmt: skip
 
 @dataclass(frozen=True)
@@ -231,130 +216,3 @@ def holm_adjust(pvalues) -> np.ndarray:
         running_max = max(running_max, min(1.0, (m - rank) * pvalues[index]))
         adjusted[index] = running_max
     return adjusted
-
-
-def default_baseline(results: pd.DataFrame) -> str | None:
-    labels = set(results[METHOD])
-    return "dpo" if "dpo" in labels else None
-
-
-def paired_tests(
-    results: pd.DataFrame, baseline: str, metrics: list[str] | None = None, declarations=None
-) -> pd.DataFrame:
-    """Every other competing method label against ``baseline`` at each target rate, paired by seed.
-
-    One row per (condition, metric, rate, method). ``t_meaningful`` is false below
-    ``T_TEST_MIN_PAIRS`` pairs or when the differences are constant; ``wilcoxon_meaningful`` is
-    false below ``WILCOXON_MIN_PAIRS`` non-zero differences, or where even the smallest exact p of
-    its pairs, 2/2^n, times the number of Wilcoxon tests of its table is not below 0.05 (Holm could
-    never reject it). A test that is not meaningful has no p-value (NaN), and ``note`` says why.
-    Holm's correction runs over the meaningful tests of one metric in one condition, separately for
-    each test. References get no row; with ``declarations`` (``declarations.MetricDeclarations``) a
-    metric that is not comparable across methods gets none either. Columns: ``PAIRED_COLUMNS``.
-    """
-    results = normalise_results(results)
-    if baseline not in set(results[METHOD]):
-        labels = ", ".join(sorted(set(results[METHOD])))
-        raise ValueError(f"baseline method label {baseline!r} is not in the results (labels: {labels})")
-    metrics = list(metrics) if metrics is not None else metric_columns(results)
-    if declarations is not None:
-        metrics = [name for name in metrics if declarations.get(name).comparable]
-    rows = []
-    for condition, condition_runs in competitor_runs(curve_runs(results)).groupby(list(CONDITION_KEYS), sort=True):
-        x = rate_axis(condition_runs)
-        key = dict(zip(CONDITION_KEYS, condition))
-        baseline_runs = condition_runs[condition_runs[METHOD] == baseline]
-        for metric in metrics:
-            baseline_values = _per_seed(baseline_runs, metric, x.index)
-            if baseline_values.isna().all().all():
-                continue  # the baseline does not measure this metric here
-            family = []
-            for label, method_runs in condition_runs.groupby(METHOD, sort=True):
-                if label == baseline:
-                    continue
-                method_values = _per_seed(method_runs, metric, x.index)
-                if method_values.isna().all().all():
-                    continue
-                for rate, realised in x.items():
-                    pairs = pd.concat(
-                        [method_values[rate].rename("method"), baseline_values[rate].rename("baseline")],
-                        axis=1,
-                        join="inner",
-                    ).dropna()
-                    base = {**key, "metric": metric, RATE: rate, REALISED_RATE: realised,
-                            METHOD: label, "baseline": baseline}  # fmt: skip
-                    family.append(_paired_row(base, pairs["method"].to_numpy(), pairs["baseline"].to_numpy()))
-            _unreachable_wilcoxon(family)
-            for test in ("t", "wilcoxon"):
-                adjusted = holm_adjust([row[f"{test}_pvalue"] for row in family])
-                for row, value in zip(family, adjusted):
-                    row[f"{test}_pvalue_holm"] = value
-            rows.extend(family)
-    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
-
-
-def _unreachable_wilcoxon(family: list[dict]) -> None:
-    """Drop the Wilcoxon p-values of a table that Holm could never bring below ``ALPHA``: with n
-    non-zero differences the exact two-sided p is at least 2/2^n, and Holm rejects nothing unless
-    m·p_(1) < ALPHA (Holm 1979), so a table of m tests whose most pairs are n_max needs
-    m·2/2^n_max < ALPHA."""
-    tested = [row for row in family if row["wilcoxon_meaningful"]]
-    most = max((row["_nonzero"] for row in tested), default=0)
-    floor = len(tested) * 2.0 / 2.0**most
-    if tested and floor >= ALPHA:
-        for row in tested:
-            row.update(wilcoxon_statistic=np.nan, wilcoxon_pvalue=np.nan, wilcoxon_meaningful=False)
-            row["note"] = "; ".join(filter(None, [
-                row["note"],
-                f"Wilcoxon test not run: with at most {most} non-zero differences its smallest p, "
-                f"{2.0 / 2.0**most:.3g}, times the {len(tested)} tests of this table cannot go below {ALPHA}",
-            ]))  # fmt: skip
-    for row in family:
-        row.pop("_nonzero", None)
-
-
-def _paired_row(base: dict, method: np.ndarray, baseline: np.ndarray) -> dict:
-    differences = method - baseline
-    n = len(differences)
-    nonzero = int(np.count_nonzero(differences))
-    sd = float(differences.std(ddof=1)) if n > 1 else np.nan
-    row = {
-        **base,
-        "n_pairs": n,
-        "method_mean": float(method.mean()) if n else np.nan,
-        "baseline_mean": float(baseline.mean()) if n else np.nan,
-        "mean_difference": float(differences.mean()) if n else np.nan,
-        "sd_difference": sd,
-        # Cohen's d_z: mean paired difference over the standard deviation of the differences.
-        "cohens_dz": float(differences.mean()) / sd if n > 1 and sd > 0 else np.nan,
-        "t_statistic": np.nan,
-        "t_pvalue": np.nan,
-        "t_meaningful": False,
-        "wilcoxon_statistic": np.nan,
-        "wilcoxon_pvalue": np.nan,
-        "wilcoxon_meaningful": False,
-        "_nonzero": nonzero,
-    }
-    notes = []
-    if n == 0:
-        notes.append("no seed with both methods")
-    elif n < T_TEST_MIN_PAIRS:
-        notes.append(f"{n} pair(s): too few for a t-test (needs {T_TEST_MIN_PAIRS})")
-    elif not sd > 0:
-        notes.append("constant differences: t-test undefined")
-    else:
-        result = stats.ttest_rel(method, baseline)
-        row.update(t_statistic=float(result.statistic), t_pvalue=float(result.pvalue), t_meaningful=True)
-    if n and nonzero < WILCOXON_MIN_PAIRS:
-        notes.append(
-            f"{nonzero} non-zero difference(s): too few for a Wilcoxon test (needs {WILCOXON_MIN_PAIRS})"
-        )
-    elif n:
-        result = stats.wilcoxon(method, baseline)
-        row.update(
-            wilcoxon_statistic=float(result.statistic),
-            wilcoxon_pvalue=float(result.pvalue),
-            wilcoxon_meaningful=True,
-        )
-    row["note"] = "; ".join(notes)
-    return row

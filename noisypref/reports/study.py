@@ -49,6 +49,7 @@ CLEAN_ONLY = "clean_only"  # the oracle: the baseline's method trained on the no
 KNOWN_RATE = "known_rate"  # cDPO / rDPO with ε set to the run's realised flip rate
 # The label of the method variant that is this method without its margin estimator (same β), or None.
 BASE_LABEL = "base_label"
+GAMMA_AUROC = "noise_detection_auroc_gamma"  # written by every γ method's run at a nonzero rate
 
 # Columns of results.parquet that describe a run rather than measure it; every other numeric
 # column (hp_<name> aside) is a metric.
@@ -195,6 +196,15 @@ def competitor_runs(runs: pd.DataFrame) -> pd.DataFrame:
     if REFERENCE not in runs:
         return runs
     return runs[runs[REFERENCE].fillna(COMPETITOR) == COMPETITOR]
+
+
+def gamma_method_labels(runs: pd.DataFrame) -> list[str]:
+    """The labels of the methods with a dynamic target margin (γ), sorted: those with a value of the γ
+    flip-detection AUROC (``GAMMA_AUROC``) in some run. Read from the metric, not the method's name, so
+    that a γ method registered under any name counts."""
+    if GAMMA_AUROC not in runs:
+        return []
+    return sorted(set(runs.loc[runs[GAMMA_AUROC].notna(), METHOD]))
 
 
 def succeeded_runs(results: pd.DataFrame) -> pd.DataFrame:

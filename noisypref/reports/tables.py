@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from noisypref.reports.declarations import MetricDeclaration
-from noisypref.reports.statistics import T_TEST_MIN_PAIRS, WILCOXON_MIN_PAIRS
+from noisypref.reports.procedure import MIN_SEEDS
 from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, REALISED_RATE, percent
 
 DASH = "—"
@@ -212,43 +212,43 @@ def _separated_best(rows: pd.DataFrame, sign: float) -> str | None:
 
 
 def paired_table(paired: pd.DataFrame, metric: str, condition: tuple, title: str, stem: str) -> Table | None:
+    """Methods × (each rate, AUC) of ``findings.paired_tests``: the numbers of the findings' procedure,
+    its p unadjusted and Holm-adjusted over the same table as the findings."""
     rows = condition_rows(paired, condition)
-    rows = rows[rows["metric"] == metric].sort_values([METHOD, RATE])
+    rows = rows[rows["metric"] == metric]
     if rows.empty:
         return None
+    rows = rows.assign(_auc=rows["quantity"] == "auc").sort_values([METHOD, "_auc", RATE])
     baseline = rows["baseline"].iloc[0]
-    header = ["method", "rate", "pairs", "mean diff.", "d_z", "t-test p (Holm)", "Wilcoxon p (Holm)", "note"]
+    header = ["method", "rate", "pairs", "mean diff.", "d_z", "interval", "p", "p (Holm)", "verdict", "note"]
     cells = []
     for _, row in rows.iterrows():
         cells.append(
             [
                 row[METHOD],
-                percent(row[RATE]),
+                "AUC" if row["_auc"] else percent(row[RATE]),
                 str(int(row["n_pairs"])),
                 format_number(row["mean_difference"]),
                 format_number(row["cohens_dz"]),
-                _test_cell(row, "t"),
-                _test_cell(row, "wilcoxon"),
+                format_interval(row["ci_low"], row["ci_high"]),
+                format_pvalue(row["t_pvalue"]),
+                format_pvalue(row["t_pvalue_holm"]),
+                row["verdict"],
                 row["note"] or "",
             ]
         )
     caption = (
-        f"{title}: {metric}, each method minus {baseline} paired by seed (same flipped pairs). "
-        "p-values two-sided, Holm-adjusted over this table in parentheses."
+        f"{title}: {metric}, each method minus {baseline} paired by seed (same flipped pairs), by the procedure "
+        "of the findings: p two-sided, unadjusted and Holm-adjusted over this table (all methods, rates and the "
+        "AUC), the interval at the test's Holm level."
     )
     notes = [
-        f"A t-test needs ≥ {T_TEST_MIN_PAIRS} pairs with non-constant differences and a Wilcoxon test "
-        f"≥ {WILCOXON_MIN_PAIRS} non-zero differences (below that it cannot reach p < 0.05); "
-        f"where they are lacking no p-value is given ({DASH}).",
-        "d_z: Cohen's effect size for paired data, mean difference / sd of the differences.",
+        "The test: a paired t-test over seeds whose standard error also carries the item sampling of the shared "
+        f"held-out items where the runs wrote them; it needs ≥ {MIN_SEEDS} paired seeds with non-constant "
+        f"differences, and where they are lacking no p-value is given ({DASH}).",
+        "d_z: Cohen's effect size for paired data, mean difference / sd of the per-seed differences.",
     ]
-    return Table(stem=stem, caption=caption, header=header, rows=cells, notes=notes, align="lrrrrrrl")
-
-
-def _test_cell(row: pd.Series, test: str) -> str:
-    if not row[f"{test}_meaningful"]:
-        return DASH
-    return f"{format_pvalue(row[f'{test}_pvalue'])} ({format_pvalue(row[f'{test}_pvalue_holm'])})"
+    return Table(stem=stem, caption=caption, header=header, rows=cells, notes=notes, align="lrrrrrrrll")
 
 
 def format_signed(value: float) -> str:
@@ -323,7 +323,7 @@ def headline_table(
         "standard error also carries the item sampling of the shared held-out items where the runs wrote them; "
         "Holm's step-down over this table; the interval is that test's at the level Holm used for it, so it "
         "excludes 0 exactly when the verdict is better or worse.",
-        f"'too few seeds' below {T_TEST_MIN_PAIRS} paired seeds. AUC: the normalised area under the robustness curve.",
+        f"'too few seeds' below {MIN_SEEDS} paired seeds. AUC: the normalised area under the robustness curve.",
     ]
     dominant = rows["dominant_source"].replace("", pd.NA).dropna()
     if not dominant.empty:

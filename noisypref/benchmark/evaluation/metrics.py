@@ -9,12 +9,14 @@
 - **Gold reward** (testbed): responses sampled from the policy and the reference policy for the same
   prompts with the same seed; mean gold reward of each, the policy's win rate against the reference
   by the gold reward (ties ½), its length-controlled win rate (alpaca_eval's GLM, see
-  ``length_controlled_win_rate``), and a sampled estimate of KL(π‖π_ref) (k3, non-negative per sample).
+  ``length_controlled_win_rate``), and a sampled estimate of KL(π‖π_ref) (k3, non-negative per sample;
+  missing, with the reason, where it is not finite in float64).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -209,7 +211,8 @@ def gold_reward_metrics(
 
     ``items``, when given, receives the per-sample values of the metrics that are means over samples
     (``gold_win_rate``, ``gold_reward_mean``), keyed by metric: (sample ids, values); ``missing``, the
-    reason for each metric left out (``gold_lc_win_rate`` when the GLM has nothing to fit).
+    reason for each metric left out (``gold_lc_win_rate`` when the GLM has nothing to fit, ``kl_estimate``
+    when it is not finite).
     ``reference_responses``: the reference policy's samples for these prompts, settings and seed
     (``reference_samples``), when the caller has them already; ``reference_model`` is then only used
     for the KL estimate and may be None when ``config.kl_samples`` is 0."""
@@ -244,15 +247,20 @@ def gold_reward_metrics(
         items["gold_win_rate"] = (sample_ids, np.asarray(policy_wins, dtype=np.float64))
         items["gold_reward_mean"] = (sample_ids, np.asarray(policy_rewards, dtype=np.float64))
     if config.kl_samples > 0:
-        metrics["kl_estimate"] = kl_estimate(
-            policy,
-            reference_model,
-            tokenizer,
-            prompts,
-            num_samples=config.kl_samples,
-            max_new_tokens=config.max_new_tokens,
-            seed=seed + 1,
-        )
+        try:
+            metrics["kl_estimate"] = kl_estimate(
+                policy,
+                reference_model,
+                tokenizer,
+                prompts,
+                num_samples=config.kl_samples,
+                max_new_tokens=config.max_new_tokens,
+                seed=seed + 1,
+            )
+        except KLNotFinite as reason:
+            logger.warning("kl_estimate is missing: %s", reason)
+            if missing is not None:
+                missing["kl_estimate"] = str(reason)
     return metrics
 
 
@@ -294,7 +302,8 @@ def kl_estimate(
     "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html); the plain mean of
     log π − log π_ref is unbiased too but can come out negative. y is sampled at temperature 1 until
     a stop token or ``max_new_tokens``, and the sampled token ids themselves are scored (the stop
-    token included when one was sampled), so no decode/re-tokenise round trip changes y.
+    token included when one was sampled), so no decode/re-tokenise round trip changes y. The estimate
+    itself is ``k3_kl_estimate`` (float64; ``KLNotFinite`` where it is not finite).
     """
     response_ids = sample_response_ids(
         policy,
@@ -311,8 +320,52 @@ def kl_estimate(
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     policy_logps = summed_response_logps(policy, prompt_ids, response_ids, pad_token_id).double()
     reference_logps = summed_response_logps(reference_model, prompt_ids, response_ids, pad_token_id).double()
-    log_ratio = reference_logps - policy_logps  # log r
-    return float((torch.expm1(log_ratio) - log_ratio).mean())  # k3 = (r − 1) − log r, expm1 for small |log r|
+    return k3_kl_estimate((reference_logps - policy_logps).numpy())  # log r
+
+
+# A single k3 term above this share of the sum makes the estimate rest on that one sample.
+DOMINANT_SAMPLE_SHARE = 0.5
+
+
+class KLNotFinite(ValueError):
+    """The k3 KL estimate is not finite in float64; the message says why."""
+
+
+def k3_kl_estimate(log_ratio) -> float:
+    """The mean over samples of k3 = (r − 1) − log r, r = exp(``log_ratio``) = π_ref(y)/π(y), y ~ π
+    (Schulman 2020, "Approximating KL Divergence"), in float64, ``expm1`` for small |log r|.
+
+    Raises ``KLNotFinite`` where a term or the mean is not finite (log r above log of the largest float64,
+    709.78, or a log r that is itself not finite); logs a warning where one sample carries more than
+    ``DOMINANT_SAMPLE_SHARE`` of the sum of the terms (two samples or more).
+    """
+    log_ratio = np.asarray(log_ratio, dtype=np.float64).ravel()
+    if log_ratio.size == 0:
+        raise KLNotFinite("no sample to estimate the KL divergence from")
+    with np.errstate(over="ignore", invalid="ignore"):
+        terms = np.expm1(log_ratio) - log_ratio
+        estimate = float(np.sum(terms / log_ratio.size))  # divided first: a sum of finite terms may overflow
+    if not math.isfinite(estimate):
+        overflowing = int(np.sum(np.isfinite(log_ratio) & ~np.isfinite(terms)))
+        undefined = int(np.sum(~np.isfinite(log_ratio)))
+        reasons = []
+        if overflowing:
+            largest = float(np.max(log_ratio[np.isfinite(log_ratio)]))
+            reasons.append(f"{overflowing} with log r = log π_ref(y) − log π(y) so large that r overflows float64 "
+                           f"(largest {largest:.6g}; the limit is {math.log(np.finfo(np.float64).max):.6g})")
+        if undefined:
+            reasons.append(f"{undefined} whose log r is not finite (a log-prob of −∞ or NaN)")
+        detail = "; ".join(reasons) or "the terms are finite but their mean overflows float64"
+        raise KLNotFinite(f"the k3 KL estimate over {log_ratio.size} samples is not finite: {detail}")
+    total = float(np.sum(terms))
+    largest = int(np.argmax(terms))
+    if log_ratio.size > 1 and math.isfinite(total) and total > 0 and terms[largest] > DOMINANT_SAMPLE_SHARE * total:
+        logger.warning(
+            "kl_estimate: one of %d samples (log r = %.4g) carries %.0f %% of the k3 sum; the estimate rests "
+            "on that sample",
+            log_ratio.size, log_ratio[largest], 100 * terms[largest] / total,
+        )  # fmt: skip
+    return estimate
 
 
 def _flatten(nested: list[list[str]]) -> list[str]:

@@ -43,14 +43,6 @@ TENSORBOARD_FOLDER = "tensorboard"
 POLL_INTERVAL_S = 0.5  # how often metrics.jsonl is read for new steps while a run trains
 
 
-def read_curve(run_dir: Path) -> list[dict[str, float]]:
-    """The logged steps of metrics.jsonl (an absent file: none)."""
-    path = Path(run_dir) / METRICS_LOG_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def run_name(label: str, run_id: str) -> str:
     """A folder-safe tracker run name: the label, then the run id (labels repeat across seeds and noise)."""
     return f"{re.sub(r'[^A-Za-z0-9._=(),-]+', '_', label)}-{run_id}"
