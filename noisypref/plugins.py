@@ -2,7 +2,7 @@
 
 A study's ``plugins: [my_lab.losses]`` names modules to import before the study is checked; a
 module registers what it defines (``@noisypref.methods.register``,
-``noisypref.noise_injection.register``) when imported. The modules are looked up in the installed
+``@noisypref.noise_injection.register_noise_model(...)``) when imported. The modules are looked up in the installed
 packages (and PYTHONPATH) first, then in the folder of the study file, then in any folder given
 with ``noisypref run --plugin-path``: a ``my_losses.py`` beside ``study.yaml`` imports as ``my_losses``.
 Spawned worker processes inherit the search path. Installed packages can instead declare entry

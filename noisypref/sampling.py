@@ -1,4 +1,5 @@
-"""Keyed random draws and calibrated selection, shared by the noise models.
+"""Keyed random draws and calibrated selection: the noise models, the cleaning judges, the data loaders'
+held-out split and the study preflight draw through them.
 
 Every random number is a hash of (stream, seed, pair_id), never a position in a generator's
 sequence: the same pair gets the same draw whatever the row order, on any machine, and a model

@@ -1,6 +1,7 @@
 """Everything between a study file and its result files, in rooms that import only downward.
 
-    config/      the one typed run configuration: settings sections, checks, run config, run id
+    config/      the one typed run configuration: settings sections, run config, run id (the value
+                 checks and the Section machinery are the leaves noisypref/checks.py and settings.py)
     data/        preference data in: loaders for the public layouts, the held-out split
     testbed/     the synthetic gold-reward testbed (language, gold reward, reference policy, pairs)
     engine/      tokenisation, packed log-probs, reference log-probs, models, the training loop
