@@ -11,6 +11,9 @@ import pytest
 from scipy import stats
 from test_reports import write_study
 
+from noisypref.benchmark.study import parse_study
+from noisypref.benchmark.study.folder import StudyFolder
+from noisypref.benchmark.study.results import results_frame
 from noisypref.reports import write_report
 from noisypref.reports.cleaning import (
     cleaning_findings,
@@ -53,6 +56,53 @@ def cleaning_results(rates=(0.0, 0.4)) -> pd.DataFrame:
                     "wall_time_s": 1.0, "status": "succeeded", "failure_reason": None,
                 })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def pipeline_results(tmp_path, cleaning: list, methods: list, levels: dict, rates=(0.4,)) -> pd.DataFrame:
+    """results.parquet's rows as the grid and `noisypref collect` write them (every column, the reference
+    kinds, the base labels), each run then given a succeeded status and a held-out accuracy: ``levels`` maps
+    (cleaning label, method label) to its level at the rates above 0 (0.78 at rate 0), plus a per-seed
+    effect and a little noise."""
+    study = parse_study({"name": "pipeline", "noise": [{"model": "symmetric", "rates": list(rates)}],
+                         "cleaning": cleaning, "methods": methods, "seeds": list(SEEDS)})  # fmt: skip
+    frame = results_frame(StudyFolder(tmp_path / "pipeline"), study)
+    rng = np.random.default_rng(5)
+    seed_effect = {seed: 0.01 * rng.standard_normal() for seed in SEEDS}
+    frame["status"] = "succeeded"
+    frame["heldout_accuracy"] = [
+        (0.78 if rate == 0 else levels[(cleaning, method)]) + seed_effect[seed] + 0.004 * rng.standard_normal()
+        for cleaning, method, rate, seed in zip(frame["cleaning"], frame["method_label"], frame["target_flip_rate"], frame["seed"])
+    ]  # fmt: skip
+    return frame
+
+
+def test_runs_that_read_the_flip_record_or_the_realised_rate_are_never_ranked(tmp_path):
+    cleaning = ["none", {"judge": "oracle"}, {"judge": "oracle", "treatment": "flip"},
+                {"judge": "reward_model", "budget": "realised_rate"}, {"judge": "small_loss"}]  # fmt: skip
+    # the references are the best of all: a ranking that let them in would name them
+    levels = {
+        ("none", "dpo"): 0.60, ("none", "cdpo"): 0.63, ("oracle", "dpo"): 0.75, ("oracle", "cdpo"): 0.76,
+        ("oracle(flip)", "dpo"): 0.80, ("oracle(flip)", "cdpo"): 0.81,
+        ("reward_model(realised rate)", "dpo"): 0.79, ("reward_model(realised rate)", "cdpo"): 0.82,
+        ("small_loss", "dpo"): 0.66, ("small_loss", "cdpo"): 0.68,
+    }  # fmt: skip
+    results = pipeline_results(tmp_path, cleaning, [{"name": "dpo"}, {"name": "cdpo"}], levels)
+    folded = fold_cleaning_into_labels(normalise_results(results))
+    references = {"oracle+dpo", "oracle+cdpo", "oracle(flip)+dpo", "oracle(flip)+cdpo",
+                  "reward_model(realised rate)+dpo", "reward_model(realised rate)+cdpo"}  # fmt: skip
+    assert set(folded.loc[folded["reference"] != "none", "method_label"]) == references
+    assert set(ranked_runs(folded)["method_label"]) == {"dpo", "cdpo", "small_loss+dpo", "small_loss+cdpo"}
+    (finding,) = cleaning_findings(folded, "heldout_accuracy", "dpo", ACCURACY)
+    assert {role: label for role, label, _ in finding.rows} == {
+        "best cleaner": "small_loss+dpo", "best robust loss": "cdpo", "best combination": "small_loss+cdpo"
+    }  # fmt: skip
+    # the general sections of the report rank none of them either
+    folder = write_study(tmp_path / "study", results, with_run_files=False)
+    write_report(folder, resamples=100)
+    markdown = (folder / "report" / "report.md").read_text(encoding="utf-8")
+    general = markdown.split("## Cleaning against robust losses", 1)[0]
+    assert "small_loss+cdpo" in general
+    assert not any(label in general for label in ("oracle(flip)", "realised rate", "oracle+dpo"))
 
 
 def test_cleaned_runs_are_labelled_cleaner_plus_loss_and_the_oracle_is_kept_out_of_rankings():

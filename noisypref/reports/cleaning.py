@@ -33,7 +33,16 @@ import pandas as pd
 
 from noisypref.reports.declarations import MetricDeclaration
 from noisypref.reports.procedure import CONFIDENCE, excludes_zero, fieller_interval, paired_t, sample
-from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, SEED, SUCCEEDED, percent
+from noisypref.reports.study import (
+    COMPETITOR,
+    CONDITION_KEYS,
+    METHOD,
+    RATE,
+    REFERENCE,
+    SEED,
+    SUCCEEDED,
+    percent,
+)
 from noisypref.reports.tables import DASH, Table, format_number
 
 logger = logging.getLogger(__name__)
@@ -78,11 +87,23 @@ def fold_cleaning_into_labels(results: pd.DataFrame) -> pd.DataFrame:
     return results
 
 
+def cleaned_references(results: pd.DataFrame) -> pd.Series:
+    """The cleaned runs that are references: their cleaning read the flip record (the oracle judge) or the
+    realised rate (budget ``realised_rate``), as their ``reference`` kind says (`config.references`).
+    A table written before cleaned runs carried a kind: its oracle judge's runs."""
+    if CLEANING not in results:
+        return pd.Series(False, index=results.index)
+    cleaned = results[CLEANING].astype(str) != NO_CLEANING
+    reference = results[REFERENCE].astype(str) != COMPETITOR if REFERENCE in results else False
+    oracle_judge = results[CLEANING_JUDGE] == ORACLE_JUDGE if CLEANING_JUDGE in results else False
+    return (cleaned & reference) | oracle_judge
+
+
 def ranked_runs(results: pd.DataFrame) -> pd.DataFrame:
-    """The runs the general sections compare: every run but those cleaned by the oracle (a reference)."""
-    if CLEANING_JUDGE not in results:
-        return results
-    return results[results[CLEANING_JUDGE] != ORACLE_JUDGE]
+    """The runs the general sections compare: every run but the cleaned references (`cleaned_references`:
+    drawn and used for headroom in the cleaning section, never ranked). The method references of the
+    general sections (``clean_only``, ``known_rate`` methods) stay: those sections draw them, unranked."""
+    return results[~cleaned_references(results)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,14 +180,17 @@ def cleaning_findings(
     baseline and the oracle. ``results`` as `fold_cleaning_into_labels` leaves them."""
     runs = results[(results["status"] == SUCCEEDED) & results[metric].notna()] if metric in results else results.iloc[0:0]
     sign = declaration.sign() or 1.0
-    not_reference = runs["reference"].fillna("none") == "none" if "reference" in runs else pd.Series(True, index=runs.index)
+    # references (the oracle, known-rate runs, cleaned or not) are never candidates for "best"
+    not_reference = ~cleaned_references(runs)
+    if REFERENCE in runs:
+        not_reference &= runs[REFERENCE].fillna(COMPETITOR) == COMPETITOR
     found = []
     for keys, group in runs.groupby([*CONDITION_KEYS, RATE], sort=True):
         condition, rate = tuple(keys[:-1]), float(keys[-1])
         if rate <= 0:
             continue
         uncleaned = group[CLEANING_JUDGE] == NO_CLEANING
-        judged = ~uncleaned & (group[CLEANING_JUDGE] != ORACLE_JUDGE)
+        judged = ~uncleaned & not_reference.loc[group.index]
         with_baseline = group[LOSS_LABEL] == baseline
         baseline_runs = group[uncleaned & with_baseline & not_reference.loc[group.index]]
         oracle_runs = group[(group[CLEANING_JUDGE] == ORACLE_JUDGE) & with_baseline]

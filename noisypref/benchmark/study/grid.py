@@ -3,8 +3,10 @@
 Each run is a fully resolved run config (`noisypref.benchmark.config.run_config`) named by its run id. Runs whose
 configs are identical are merged: every rate-0 run means "no flips", whatever the noise model, so
 its noise section is written one way (`NO_NOISE`) and it runs once for all noise models.
-References (`noisypref.benchmark.config.references`) are left out at rate 0, where each is its own
-base run: a clean_only run has no flipped pair to remove, a known-rate one gets ε = 0.
+Method references (`noisypref.benchmark.config.references`) are left out at rate 0, where each is its own
+base run (a clean_only run has no flipped pair to remove, a known-rate one gets ε = 0), and under every
+cleaning entry but ``none``. A cleaned run whose cleaning reads the flip record (the oracle judge) or the
+realised rate (budget ``realised_rate``) is a reference of its own: its kind is the cleaning's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import itertools
 from typing import Any
 
+from noisypref.benchmark.config.references import run_reference_kind
 from noisypref.benchmark.config.run_config import make_run_config, run_id
 from noisypref.benchmark.config.sections import NoiseSettings
 from noisypref.benchmark.study.plan import PlannedRun
@@ -82,7 +85,9 @@ def plan_runs(study: Study) -> list[PlannedRun]:
             seed=seed,
             model=model.name,
             grid_points=1,
-            reference=variant.reference_kind,
+            reference=run_reference_kind(
+                variant.reference_kind, None if cleaning.settings is None else cleaning.settings.reference_kind
+            ),
             base_label=base_labels[variant.label],
             cleaning=cleaning.label,
         )
