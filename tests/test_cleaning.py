@@ -29,8 +29,8 @@ from noisypref.cleaning import (
     register_judge,
 )
 from noisypref.cleaning.estimate import anchor_flip_rate
-from noisypref.cleaning.score_margin import warn_if_scores_reveal_labels
 from noisypref.cleaning.reward_model import fold_of_each_pair
+from noisypref.cleaning.score_margin import warn_if_scores_reveal_labels
 from noisypref.noise_injection import inject
 
 # ---------------------------------------------------------------------------------------------
