@@ -21,7 +21,8 @@ from noisypref.reports.cleaning import (
     ranked_runs,
     recovered_share,
 )
-from noisypref.reports.declarations import MetricDeclaration
+from noisypref.reports.declarations import MetricDeclaration, MetricDeclarations
+from noisypref.reports.pairs import pair_findings, resolve_pairs
 from noisypref.reports.study import normalise_results
 
 ACCURACY = MetricDeclaration("heldout_accuracy", "held-out accuracy", "higher", 0.0, 1.0)
@@ -103,6 +104,32 @@ def test_runs_that_read_the_flip_record_or_the_realised_rate_are_never_ranked(tm
     general = markdown.split("## Cleaning against robust losses", 1)[0]
     assert "small_loss+cdpo" in general
     assert not any(label in general for label in ("oracle(flip)", "realised rate", "oracle+dpo"))
+
+
+def test_a_cleaned_gamma_run_is_paired_with_its_base_cleaned_the_same_way(tmp_path):
+    levels = {("none", "dpo"): 0.60, ("none", "gamma_dpo"): 0.61, ("small_loss", "dpo"): 0.70,
+              ("small_loss", "gamma_dpo"): 0.66}  # fmt: skip
+    methods = [{"name": "dpo"}, {"name": "gamma_dpo"}]
+    results = pipeline_results(tmp_path, ["none", {"judge": "small_loss"}], methods, levels)
+    assert set(results.loc[results["method_label"] == "gamma_dpo", "base_label"]) == {"dpo"}  # as the grid wrote it
+    folded = fold_cleaning_into_labels(normalise_results(results))
+    bases = folded.drop_duplicates("method_label").set_index("method_label")["base_label"]
+    assert bases["small_loss+gamma_dpo"] == "small_loss+dpo" and bases["gamma_dpo"] == "dpo"
+    assert bases[["dpo", "small_loss+dpo"]].isna().all()
+    pairs, notes = resolve_pairs(folded)
+    assert {(pair.method, pair.base) for pair in pairs} == {("gamma_dpo", "dpo"), ("small_loss+gamma_dpo", "small_loss+dpo")}
+    assert notes == []
+    found = pair_findings(folded, ["heldout_accuracy"], pairs, MetricDeclarations({"heldout_accuracy": ACCURACY}, found=True))
+    at_rate = folded[folded["target_flip_rate"] == 0.4]
+
+    def by_seed(label: str) -> pd.Series:
+        return at_rate[at_rate["method_label"] == label].set_index("seed")["heldout_accuracy"]
+
+    row = found[(found["method_label"] == "small_loss+gamma_dpo") & (found["target_flip_rate"] == 0.4)
+                & (found["quantity"] == "value")].iloc[0]  # fmt: skip
+    assert row["baseline"] == "small_loss+dpo"
+    assert row["mean_difference"] == pytest.approx((by_seed("small_loss+gamma_dpo") - by_seed("small_loss+dpo")).mean())
+    assert row["mean_difference"] == pytest.approx(-0.04, abs=0.01)  # not the +0.06 against uncleaned dpo
 
 
 def test_cleaned_runs_are_labelled_cleaner_plus_loss_and_the_oracle_is_kept_out_of_rankings():

@@ -34,6 +34,7 @@ import pandas as pd
 from noisypref.reports.declarations import MetricDeclaration
 from noisypref.reports.procedure import CONFIDENCE, excludes_zero, fieller_interval, paired_t, sample
 from noisypref.reports.study import (
+    BASE_LABEL,
     COMPETITOR,
     CONDITION_KEYS,
     METHOD,
@@ -72,8 +73,10 @@ def has_cleaning(results: pd.DataFrame) -> bool:
 
 
 def fold_cleaning_into_labels(results: pd.DataFrame) -> pd.DataFrame:
-    """``method_label`` of a cleaned run becomes ``<cleaning>+<method>``; the loss's own label is kept in
-    ``loss_label``. A table without a cleaning column (an older study) gets ``cleaning`` "none"."""
+    """``method_label`` of a cleaned run becomes ``<cleaning>+<method>`` and its ``base_label`` (the with/without
+    base, `noisypref.reports.pairs`) ``<cleaning>+<base>``, so a cleaned γ run is paired with its base
+    cleaned the same way, never with an uncleaned one; the loss's own label is kept in ``loss_label``. A
+    table without a cleaning column (an older study) gets ``cleaning`` "none"."""
     results = results.copy()
     if CLEANING not in results:
         results[CLEANING] = NO_CLEANING
@@ -84,6 +87,12 @@ def fold_cleaning_into_labels(results: pd.DataFrame) -> pd.DataFrame:
     results[LOSS_LABEL] = results[METHOD].astype(str)
     cleaned = results[CLEANING] != NO_CLEANING
     results.loc[cleaned, METHOD] = results.loc[cleaned, CLEANING] + "+" + results.loc[cleaned, LOSS_LABEL]
+    if BASE_LABEL in results:
+        with_base = cleaned & results[BASE_LABEL].notna()
+        results[BASE_LABEL] = results[BASE_LABEL].astype(object)
+        results.loc[with_base, BASE_LABEL] = (
+            results.loc[with_base, CLEANING] + "+" + results.loc[with_base, BASE_LABEL].astype(str)
+        )
     return results
 
 
