@@ -40,10 +40,14 @@ def grid_point_count(study: Study) -> int:
 
 
 def skipped_reference_points(study: Study) -> int:
-    """Grid points of references at rate 0, which `plan_runs` leaves out (each is its own base run)."""
+    """Grid points of method references that `plan_runs` leaves out: at rate 0 under every cleaning entry
+    (each is its own base run), and above rate 0 under every cleaning entry but ``none``."""
     references = [variant for variant in study.method_variants() if variant.reference_kind != NO_REFERENCE]
-    zero_rates = sum(1 for noise in study.noise for rate in noise.rates if rate == 0)
-    return len(study.datasets) * zero_rates * len(references) * len(study.seeds) * len(study.models)
+    cleaned = sum(1 for cleaning in study.cleaning if cleaning.label != NO_CLEANING)
+    skipped_cleaning = sum(
+        len(study.cleaning) if rate == 0 else cleaned for noise in study.noise for rate in noise.rates
+    )
+    return len(study.datasets) * skipped_cleaning * len(references) * len(study.seeds) * len(study.models)
 
 
 def plan_runs(study: Study) -> list[PlannedRun]:
