@@ -44,4 +44,5 @@ NO_NOISE_LABEL = "none"  # the noise model shown for rate-0 runs, which stand fo
 NO_CLEANING = "none"  # the cleaning label of the runs that train on the noisy pairs as they are
 NO_REFERENCE = "none"  # the reference kind of a competitor (noisypref.benchmark.config.references)
 CLEAN_ONLY = "clean_only"  # the oracle reference: trained on the noisy pairs minus the flipped ones
-KNOWN_RATE = "known_rate"  # a reference given its run's realised flip rate
+KNOWN_RATE = "known_rate"  # a reference given its run's realised flip rate (or a cleaner told how many pairs flipped)
+FLIP_RECORD_ORACLE = "oracle"  # a reference cleaned by the oracle judge otherwise than clean_only (flipping, a share)

@@ -5,6 +5,7 @@ the oracle."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import datasets
@@ -29,6 +30,7 @@ from noisypref.cleaning import (
 )
 from noisypref.cleaning.estimate import anchor_flip_rate
 from noisypref.cleaning.reward_model import fold_of_each_pair
+from noisypref.cleaning.score_margin import warn_if_scores_reveal_labels
 from noisypref.noise_injection import inject
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +122,26 @@ def test_the_oracle_needs_the_flip_record():
 
 # ---------------------------------------------------------------------------------------------
 # Judges against by-hand computations
+
+
+def test_score_columns_that_made_the_labels_are_warned_about_before_injection(caplog):
+    def pairs(chosen: list[float], rejected: list[float]) -> datasets.Dataset:
+        ids = [f"p{index}" for index in range(len(chosen))]
+        return datasets.Dataset.from_dict({"pair_id": ids, "prompt": ids, "chosen": ids, "rejected": ids,
+                                           "score_chosen": chosen, "score_rejected": rejected})  # fmt: skip
+
+    options = get_judge("score_margin").make_options({})
+    revealing = pairs([1.0] * 199 + [0.5], [0.0] * 199 + [0.5])  # 199 agree, one tie: (199 + 0.5) / 200
+    with caplog.at_level(logging.WARNING, logger="noisypref.cleaning.score_margin"):
+        assert warn_if_scores_reveal_labels(revealing, options) == pytest.approx(199.5 / 200)
+    assert "99.8 % of the 200 pairs before noise injection" in caplog.text
+    caplog.clear()
+    independent = pairs([1.0] * 197 + [0.0] * 3, [0.0] * 197 + [1.0] * 3)  # 197 / 200 = 98.5 %: no warning
+    with caplog.at_level(logging.WARNING, logger="noisypref.cleaning.score_margin"):
+        assert warn_if_scores_reveal_labels(independent, options) == pytest.approx(0.985)
+    assert caplog.text == ""
+    unscored = revealing.remove_columns(["score_chosen"])
+    assert warn_if_scores_reveal_labels(unscored, options) is None
 
 
 def test_score_margin_flags_the_pairs_a_by_hand_ranking_flags():

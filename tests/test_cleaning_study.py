@@ -11,6 +11,8 @@ from test_study import TINY_TESTBED  # the engine's tiny testbed
 
 from noisypref.benchmark.config.run_config import parse_run_config
 from noisypref.benchmark.study import StudyError, parse_study, plan_runs
+from noisypref.benchmark.study.folder import StudyFolder
+from noisypref.benchmark.study.results import results_frame
 from noisypref.benchmark.study.scheduler import run_study
 from noisypref.cleaning import CleaningRecord
 
@@ -57,6 +59,56 @@ def test_cleaners_are_crossed_with_methods_rates_and_seeds():
     # the resolved study reads back to the same grid
     again = parse_study(study.to_dict())
     assert [run.run_id for run in plan_runs(again)] == [run.run_id for run in runs]
+
+
+def test_cleaning_that_reads_the_flip_record_or_the_realised_rate_makes_a_reference(tmp_path):
+    cleaning = [
+        "none",
+        {"judge": "oracle"},  # removes exactly the flipped pairs: the clean_only oracle
+        {"judge": "oracle", "budget": "realised_rate"},  # the same pairs, counted from the record
+        {"judge": "oracle", "treatment": "flip"},  # reads the flip record otherwise
+        {"judge": "oracle", "budget": 0.1},
+        {"judge": "reward_model", "budget": "realised_rate"},  # told how many pairs flipped
+        {"judge": "small_loss"},  # a competitor
+        {"judge": "small_loss", "budget": 0.2},
+    ]
+    expected = {
+        "none": "none", "oracle": "clean_only", "oracle(realised rate)": "clean_only", "oracle(flip)": "oracle",
+        "oracle(top 10%)": "oracle", "reward_model(realised rate)": "known_rate", "small_loss": "none",
+        "small_loss(top 20%)": "none",
+    }  # fmt: skip
+    study = parse_study({**BASE, "cleaning": cleaning})
+    runs = plan_runs(study)
+    assert {run.cleaning: run.reference for run in runs} == expected
+    assert all(run.is_reference == (expected[run.cleaning] != "none") for run in runs)
+    # plan.json and results.parquet carry the kind (the rows `noisypref collect` writes, before any run)
+    folder = StudyFolder(tmp_path / "study")
+    frame = results_frame(folder, study)
+    assert dict(zip(frame["cleaning"], frame["reference"])) == expected
+    # the kind is not part of a run's config: the runs keep the ids they had without it
+    config = parse_run_config(next(run for run in runs if run.cleaning == "oracle(flip)").config)
+    assert "reference" not in config.raw["method"] and "reference" not in config.raw["cleaning"]
+
+
+def test_score_margin_is_refused_on_the_testbed_with_the_field_the_value_and_the_choices():
+    for cleaning, field in (
+        ([{"judge": "score_margin"}], "cleaning[0].judge = 'score_margin'"),
+        (["none", {"judge": "ensemble", "options": {"members": ["reference_margin", "score_margin"]}}],
+         "cleaning[1].options.members[1].judge = 'score_margin'"),
+    ):  # fmt: skip
+        with pytest.raises(StudyError) as caught:
+            parse_study({**BASE, "cleaning": cleaning})
+        message = str(caught.value)
+        assert field in message and "on the testbed (datasets[0])" in message
+        assert "reveal the injected flips" in message
+        assert "ensemble, oracle, reference_margin, reward_model, small_loss" in message
+    # on a data file the judge is allowed: its scores may come from another source than the labels
+    study = parse_study(
+        {**BASE, "datasets": [{"kind": "file", "source": "data/pairs.jsonl"}], "models": ["gpt2"],
+         "cleaning": [{"judge": "score_margin"}]},
+        check_files=False,
+    )  # fmt: skip
+    assert [entry.label for entry in study.cleaning] == ["score_margin"]
 
 
 def test_a_label_names_an_entry_and_does_not_change_its_runs():

@@ -263,13 +263,36 @@ def test_references_are_left_out_at_rate_0_and_leave_the_competitors_run_ids_alo
     assert main(["validate", str(write_study(tmp_path / "study.yaml", with_references))]) == 0
     output = capsys.readouterr().out
     assert "5 method setting(s) (3 competitor(s), 2 reference(s))" in output
-    assert f"= 40 grid points -> {len(runs)} runs (8 reference grid points at rate 0 skipped" in output
+    assert f"= 40 grid points -> {len(runs)} runs (8 reference grid points skipped: at rate 0" in output
     assert "competitors (ranked): dpo, gamma_dpo(tau=1), gamma_dpo(tau=10)" in output
     assert "reference oracle (clean_only, drawn, never ranked)" in output
     competitor_table, reference_table = output.split("\n\n")[1:3]
     assert len(competitor_table.splitlines()) == 1 + len(competitors)
     assert reference_table.splitlines()[0].startswith(f"reference runs ({len(references)};")
     assert len(reference_table.strip().splitlines()) == 2 + len(references)
+
+
+def test_validate_counts_the_reference_points_skipped_under_cleaning_entries(tmp_path, capsys):
+    study = {
+        **SMALL_STUDY,
+        "methods": [
+            *SMALL_STUDY["methods"],
+            {"label": "oracle", "name": "dpo", "reference": "clean_only"},
+            {"label": "cdpo_known", "name": "cdpo", "hyperparameters": {"label_smoothing": "realised_flip_rate"}},
+        ],
+        "cleaning": ["none", {"judge": "small_loss"}, {"judge": "oracle"}],
+    }
+    runs = plan_runs(parse_study(study))
+    # by hand: 4 (noise model, rate) points x 3 cleaning entries x 5 method settings x 2 seeds = 120 points;
+    # runs: per cleaning entry 3 competitors x 3 distinct noise settings (rate 0 merged) x 2 seeds = 18, so 54,
+    # plus the 2 method references at the 2 rates above 0 without cleaning x 2 seeds = 8: 62 runs;
+    # skipped references: 2 x 2 seeds x (2 zero rates x 3 entries + 2 non-zero rates x 2 cleaning entries) = 40;
+    # merged: the 3 x 2 competitor runs of each entry at the second rate 0, x 3 entries = 18 = 120 - 40 - 62
+    assert len(runs) == 62
+    assert main(["validate", "--count", str(write_study(tmp_path / "study.yaml", study))]) == 0
+    output = capsys.readouterr().out
+    assert "= 120 grid points -> 62 runs (40 reference grid points skipped: at rate 0" in output
+    assert "(18 grid points merged into identical runs" in output
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import pandas as pd
 from noisypref.checks import make_options, option_help
 from noisypref.cleaning.budget import Budget
 from noisypref.cleaning.cleaning_record import CleaningRecord
-from noisypref.noise_injection.base import REQUIRED_COLUMNS, PreferencePairs, swap_labels
+from noisypref.noise_injection.base import PreferencePairs, check_preference_dataset, swap_labels
 from noisypref.sampling import flip_count, top_k_mask
 
 logger = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def clean(
     if treatment not in TREATMENTS:
         raise ValueError(f"treatment {treatment!r} is not allowed; choose one of {', '.join(TREATMENTS)}")
     parsed_budget = Budget.parse(budget)
-    _check_dataset(dataset, judge_options.required_columns, judge)
+    check_preference_dataset(dataset, judge_options.required_columns, f"judge {judge!r}", "judge")
     pairs = PreferencePairs(dataset)
     if chosen_judge.reads_flip_record:
         if is_flipped is None:
@@ -276,21 +276,3 @@ def apply_record(dataset: datasets.Dataset, record: CleaningRecord) -> datasets.
     if record.treatment == "flip":
         return swap_labels(dataset, flagged)
     return dataset.select(np.flatnonzero(~flagged).tolist())
-
-
-def _check_dataset(dataset: datasets.Dataset, judge_columns: Sequence[str], judge: str) -> None:
-    if not isinstance(dataset, datasets.Dataset):
-        raise ValueError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
-    missing = [column for column in (*REQUIRED_COLUMNS, *judge_columns) if column not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"judge {judge!r} needs the column(s) {', '.join(missing)}, which the dataset lacks "
-            f"(it has {', '.join(dataset.column_names)})"
-        )
-    if len(dataset) == 0:
-        raise ValueError("the dataset is empty: there are no pairs to judge")
-    pair_ids = pd.Series(list(dataset["pair_id"]), dtype=object)
-    if pair_ids.duplicated().any():
-        raise ValueError(
-            f"pair_id {pair_ids[pair_ids.duplicated()].iloc[0]!r} occurs more than once; every pair needs a unique id"
-        )

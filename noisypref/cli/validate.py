@@ -77,8 +77,9 @@ def describe_grid(study, grid_points: int, runs: int, skipped_references: int = 
     merged = grid_points - skipped_references - runs
     if skipped_references:
         text += (
-            f" ({skipped_references} reference grid points at rate 0 skipped: there a clean_only run has no "
-            "flipped pair to remove and a known-rate run gets ε = 0, so each is its base run)"
+            f" ({skipped_references} reference grid points skipped: at rate 0 a clean_only run has no "
+            "flipped pair to remove and a known-rate run gets ε = 0, so each is its base run; a method "
+            "reference trains on the noisy pairs as they are, never after a cleaning entry)"
         )
     if merged:
         text += (

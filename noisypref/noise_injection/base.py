@@ -267,7 +267,10 @@ def _check_seed(seed: Any) -> None:
         raise ValueError(f"seed {seed!r} is not allowed; it must be {error.expected}") from None
 
 
-def _check_dataset(dataset: datasets.Dataset, model_columns: Iterable[str], model: str) -> None:
+def check_preference_dataset(dataset: datasets.Dataset, columns: Sequence[str], user: str, action: str) -> None:
+    """``ValueError`` unless ``dataset`` is a non-empty preference dataset with the columns ``user`` (e.g.
+    "noise model 'confidence'", "judge 'score_margin'") needs and a unique string ``pair_id`` on every row;
+    ``action`` names what would be done to its pairs ("flip", "judge"). Noise injection and cleaning share it."""
     if not isinstance(dataset, datasets.Dataset):
         raise ValueError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
     missing = [column for column in REQUIRED_COLUMNS if column not in dataset.column_names]
@@ -276,19 +279,17 @@ def _check_dataset(dataset: datasets.Dataset, model_columns: Iterable[str], mode
             f"the dataset lacks the column(s) {', '.join(missing)}; a preference dataset needs "
             f"{', '.join(REQUIRED_COLUMNS)} (it has {', '.join(dataset.column_names)})"
         )
-    missing = [column for column in model_columns if column not in dataset.column_names]
+    missing = [column for column in columns if column not in dataset.column_names]
     if missing:
         raise ValueError(
-            f"noise model {model!r} needs the column(s) {', '.join(missing)}, which the dataset lacks "
+            f"{user} needs the column(s) {', '.join(missing)}, which the dataset lacks "
             f"(it has {', '.join(dataset.column_names)})"
         )
     if len(dataset) == 0:
-        raise ValueError("the dataset is empty: there are no pairs to flip")
+        raise ValueError(f"the dataset is empty: there are no pairs to {action}")
     pair_id_type = getattr(dataset.features["pair_id"], "dtype", type(dataset.features["pair_id"]).__name__)
     if pair_id_type not in ("string", "large_string"):
-        raise ValueError(
-            f"pair_id must be strings, not {pair_id_type}; convert the column before injecting noise"
-        )
+        raise ValueError(f"pair_id must be strings, not {pair_id_type}; convert the column before the {user} sees it")
     pair_ids = pd.Series(list(dataset["pair_id"]), dtype=object)
     missing_rows = [int(row) for row in np.flatnonzero(pair_ids.isna() | (pair_ids == "").to_numpy())]
     if missing_rows:
@@ -300,6 +301,11 @@ def _check_dataset(dataset: datasets.Dataset, model_columns: Iterable[str], mode
         raise ValueError(
             f"{len(duplicated)} pair_id(s) occur more than once ({_examples(duplicated)}); every pair needs a unique id"
         )
+
+
+def _check_dataset(dataset: datasets.Dataset, model_columns: Iterable[str], model: str) -> None:
+    model_columns = list(model_columns)
+    check_preference_dataset(dataset, model_columns, f"noise model {model!r}", "flip")
     for column in (column for column in model_columns if column in SCORE_COLUMNS):
         values = np.asarray(dataset[column], dtype=np.float64)
         if not np.isfinite(values).all():

@@ -6,25 +6,25 @@ entry's label, "none" where the noisy pairs are trained as they are), ``cleaning
 the noise left, the pairs left). This module
 
 - folds the cleaner into the method label for the general sections of the report
-  (``reward_model+dpo``), keeping the loss's own label in ``loss_label``, and keeps the ``oracle`` judge's
-  runs out of them: they are a reference, drawn and used for headroom, never ranked;
+  (``reward_model+dpo``; a with/without base likewise), keeping the loss's own label in ``loss_label``,
+  and keeps the cleaned references out of them (`ranked_runs`): runs whose cleaning read the flip record
+  or the realised rate, drawn and used for headroom, never ranked;
 - writes the cleaning finding: per condition and flip rate, the baseline, the oracle, the best cleaner
   (with the baseline loss), the best robust loss (without cleaning) and the best combination, each with
-  the share of the oracle's headroom it recovers (`recovered_share`, by the report's one procedure).
+  the share of the oracle's headroom it recovers.
 
 The report's section that lays these out, with each judge's recall at its budget against the held-out
 accuracy after cleaning, is `noisypref.reports.cleaning_section`.
 
-The oracle of the headroom is the ``oracle`` judge removing at its own estimate (exactly the flipped pairs)
-with the baseline loss, or, where a study has no such runs, the rows whose ``reference`` column says
-``clean_only`` (the oracle reference of issue 22). `recovered_share` pairs the three by seed and uses
-`noisypref.reports.procedure` (paired t for the headroom, Fieller for the share), as
-`noisypref.reports.headroom` does for the robust losses.
+The headroom numbers are `noisypref.reports.headroom`'s, one definition: its oracle (`oracle_label`: the
+``clean_only`` reference with the baseline's method and hyperparameters, the ``oracle`` judge removing the
+flipped pairs or issue 22's method entry), its headroom (`headroom_at`, once per rate) and its share
+(`recovered_share`: Fieller's interval, per-item values where the runs wrote them). The "best" of each
+role is picked post hoc, and the report says so (`POST_HOC_NOTE`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -32,9 +32,25 @@ from dataclasses import dataclass
 import pandas as pd
 
 from noisypref.reports.declarations import MetricDeclaration
-from noisypref.reports.procedure import CONFIDENCE, excludes_zero, fieller_interval, paired_t, sample
-from noisypref.reports.study import CONDITION_KEYS, METHOD, RATE, SEED, SUCCEEDED, percent
-from noisypref.reports.tables import DASH, Table, format_number
+from noisypref.reports.findings import Cells, ItemsLookup, no_items
+from noisypref.reports.headroom import (
+    format_share,
+    headroom_at,
+    oracle_label,
+    recovered_share,
+    share_interval,
+)
+from noisypref.reports.study import (
+    BASE_LABEL,
+    COMPETITOR,
+    CONDITION_KEYS,
+    METHOD,
+    RATE,
+    REFERENCE,
+    SUCCEEDED,
+    percent,
+)
+from noisypref.reports.tables import DASH, Table, format_interval, format_number
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +59,6 @@ CLEANING_JUDGE = "cleaning_judge"
 LOSS_LABEL = "loss_label"
 NO_CLEANING = "none"
 ORACLE_JUDGE = "oracle"
-CLEAN_ONLY_REFERENCE = "clean_only"  # the `reference` column of issue 22's oracle rows
 RECALL = "cleaning_recall"
 DETECTION_METRICS = (
     ("cleaning_precision", "precision"),
@@ -63,8 +78,10 @@ def has_cleaning(results: pd.DataFrame) -> bool:
 
 
 def fold_cleaning_into_labels(results: pd.DataFrame) -> pd.DataFrame:
-    """``method_label`` of a cleaned run becomes ``<cleaning>+<method>``; the loss's own label is kept in
-    ``loss_label``. A table without a cleaning column (an older study) gets ``cleaning`` "none"."""
+    """``method_label`` of a cleaned run becomes ``<cleaning>+<method>`` and its ``base_label`` (the with/without
+    base, `noisypref.reports.pairs`) ``<cleaning>+<base>``, so a cleaned γ run is paired with its base
+    cleaned the same way, never with an uncleaned one; the loss's own label is kept in ``loss_label``. A
+    table without a cleaning column (an older study) gets ``cleaning`` "none"."""
     results = results.copy()
     if CLEANING not in results:
         results[CLEANING] = NO_CLEANING
@@ -75,68 +92,43 @@ def fold_cleaning_into_labels(results: pd.DataFrame) -> pd.DataFrame:
     results[LOSS_LABEL] = results[METHOD].astype(str)
     cleaned = results[CLEANING] != NO_CLEANING
     results.loc[cleaned, METHOD] = results.loc[cleaned, CLEANING] + "+" + results.loc[cleaned, LOSS_LABEL]
+    if BASE_LABEL in results:
+        with_base = cleaned & results[BASE_LABEL].notna()
+        results[BASE_LABEL] = results[BASE_LABEL].astype(object)
+        results.loc[with_base, BASE_LABEL] = (
+            results.loc[with_base, CLEANING] + "+" + results.loc[with_base, BASE_LABEL].astype(str)
+        )
     return results
 
 
+def cleaned_references(results: pd.DataFrame) -> pd.Series:
+    """The cleaned runs that are references: their cleaning read the flip record (the oracle judge) or the
+    realised rate (budget ``realised_rate``), as their ``reference`` kind says (`config.references`).
+    A table written before cleaned runs carried a kind: its oracle judge's runs."""
+    if CLEANING not in results:
+        return pd.Series(False, index=results.index)
+    cleaned = results[CLEANING].astype(str) != NO_CLEANING
+    reference = results[REFERENCE].astype(str) != COMPETITOR if REFERENCE in results else False
+    oracle_judge = results[CLEANING_JUDGE] == ORACLE_JUDGE if CLEANING_JUDGE in results else False
+    return (cleaned & reference) | oracle_judge
+
+
 def ranked_runs(results: pd.DataFrame) -> pd.DataFrame:
-    """The runs the general sections compare: every run but those cleaned by the oracle (a reference)."""
-    if CLEANING_JUDGE not in results:
-        return results
-    return results[results[CLEANING_JUDGE] != ORACLE_JUDGE]
+    """The runs the general sections compare: every run but the cleaned references (`cleaned_references`:
+    drawn and used for headroom in the cleaning section, never ranked). The method references of the
+    general sections (``clean_only``, ``known_rate`` methods) stay: those sections draw them, unranked."""
+    return results[~cleaned_references(results)]
 
 
 # ---------------------------------------------------------------------------------------------
 # Headroom
 
-
-@dataclass(frozen=True)
-class Recovered:
-    """A method's mean, its difference from the baseline and the share of the headroom it recovers with
-    its 95 % interval (None where the headroom is not established: its interval includes zero, or too
-    few seeds)."""
-
-    mean: float
-    difference: float
-    share: float | None
-    seeds: int
-    share_low: float | None = None
-    share_high: float | None = None
-
-
-def recovered_share(
-    method: pd.Series, baseline: pd.Series, oracle: pd.Series, sign: float = 1.0
-) -> tuple[Recovered | None, float, bool]:
-    """(the method's recovery, the headroom, whether the headroom is established), all paired by seed,
-    by the report's one procedure (`noisypref.reports.procedure`, as `noisypref.reports.headroom`):
-    headroom = mean over seeds of sign · (oracle − baseline), established when its paired-t 95 %
-    interval lies above zero; recovered share = mean(method − baseline) / mean(oracle − baseline) with
-    Fieller's interval, over the seeds all three have. Series are indexed by seed."""
-    seeds = sorted(set(method.index) & set(baseline.index) & set(oracle.index))
-    if not seeds:
-        return None, math.nan, False
-    gains = sample(sign * (oracle[seeds] - baseline[seeds]).to_numpy(dtype=float))
-    low, high = paired_t(gains).interval(1 - CONFIDENCE)
-    established = excludes_zero(low, high) > 0
-    differences = (method[seeds] - baseline[seeds]).to_numpy(dtype=float)
-    recovery = Recovered(float(method[seeds].mean()), float(differences.mean()), None, len(seeds))
-    if established:
-        ratio = fieller_interval(sample(sign * differences), gains, CONFIDENCE)
-        if ratio.defined:
-            recovery = dataclasses.replace(recovery, share=ratio.estimate, share_low=ratio.low, share_high=ratio.high)
-    return recovery, gains.mean, established
-
-
-def _by_seed(runs: pd.DataFrame, metric: str) -> pd.Series:
-    return runs.groupby(SEED)[metric].mean().dropna()
-
-
-def _best(runs: pd.DataFrame, metric: str, sign: float) -> tuple[str | None, pd.DataFrame]:
-    """The method label with the best mean of ``metric`` (sign +1: highest) and its runs."""
-    means = runs.groupby(METHOD)[metric].mean().dropna()
-    if means.empty:
-        return None, runs.iloc[0:0]
-    label = (means * sign).idxmax()
-    return label, runs[runs[METHOD] == label]
+ROLES = ("best cleaner", "best robust loss", "best combination")
+POST_HOC_NOTE = (
+    "The best cleaner, robust loss and combination are picked after the fact, as the highest mean among "
+    "their candidates; their intervals are not adjusted for that selection among many, so they overstate "
+    "how sure the pick is."
+)
 
 
 @dataclass(frozen=True)
@@ -144,82 +136,86 @@ class CleaningFinding:
     condition: tuple
     rate: float
     metric: str
-    baseline: float
-    oracle: float
-    headroom: float
-    established: bool
-    seeds: int
-    rows: list[tuple[str, str, Recovered]]  # (role, method label, recovery)
+    oracle: str  # the oracle's method label (`headroom.oracle_label`)
+    headroom: dict  # `headroom.headroom_at`: headroom, its interval, whether defined, both means, n_seeds
+    rows: list[tuple[str, str, int, dict]]  # (role, method label, candidates, `headroom.recovered_share`)
+    note: str = ""  # where the oracle is not the baseline's own method (`headroom.oracle_label`)
+
+
+def _best(runs: pd.DataFrame, metric: str, sign: float) -> tuple[str | None, int]:
+    """The method label with the best mean of ``metric`` (sign +1: highest) and the number of candidates."""
+    means = runs.groupby(METHOD)[metric].mean().dropna()
+    if means.empty:
+        return None, 0
+    return str((means * sign).idxmax()), len(means)
 
 
 def cleaning_findings(
-    results: pd.DataFrame, metric: str, baseline: str, declaration: MetricDeclaration
-) -> list[CleaningFinding]:
+    results: pd.DataFrame, metric: str, baseline: str, declaration: MetricDeclaration,
+    items: ItemsLookup = no_items,
+) -> list[CleaningFinding]:  # fmt: skip
     """Per condition and flip rate above 0: the best cleaner, robust loss and combination against the
-    baseline and the oracle. ``results`` as `fold_cleaning_into_labels` leaves them."""
-    runs = results[(results["status"] == SUCCEEDED) & results[metric].notna()] if metric in results else results.iloc[0:0]
+    baseline and the oracle, by the headroom module's one procedure (its oracle, `headroom_at` once per
+    rate and `recovered_share`). ``results`` as `fold_cleaning_into_labels` leaves them."""
+    if metric not in results:
+        return []
+    runs = results[(results["status"] == SUCCEEDED) & results[metric].notna()]
     sign = declaration.sign() or 1.0
-    not_reference = runs["reference"].fillna("none") == "none" if "reference" in runs else pd.Series(True, index=runs.index)
+    # references (the oracle, known-rate runs, cleaned or not) are never candidates for "best"
+    competing = ~cleaned_references(runs) & (runs[REFERENCE].fillna(COMPETITOR) == COMPETITOR)
     found = []
-    for keys, group in runs.groupby([*CONDITION_KEYS, RATE], sort=True):
-        condition, rate = tuple(keys[:-1]), float(keys[-1])
-        if rate <= 0:
+    for condition, condition_runs in runs.groupby(list(CONDITION_KEYS), sort=True):
+        oracle, note = oracle_label(condition_runs, baseline)
+        if oracle is None or baseline not in set(condition_runs[METHOD]):
             continue
-        uncleaned = group[CLEANING_JUDGE] == NO_CLEANING
-        judged = ~uncleaned & (group[CLEANING_JUDGE] != ORACLE_JUDGE)
-        with_baseline = group[LOSS_LABEL] == baseline
-        baseline_runs = group[uncleaned & with_baseline & not_reference.loc[group.index]]
-        oracle_runs = group[(group[CLEANING_JUDGE] == ORACLE_JUDGE) & with_baseline]
-        if oracle_runs.empty and "reference" in group:  # issue 22's reference rows name their base method
-            base_method = group["base_label"] if "base_label" in group else group[LOSS_LABEL]
-            oracle_runs = group[(group["reference"] == CLEAN_ONLY_REFERENCE) & (base_method == baseline)]
-        elif oracle_runs[METHOD].nunique() > 1:  # several oracle entries: the default one (remove, its estimate)
-            preferred = oracle_runs[oracle_runs[CLEANING] == ORACLE_JUDGE]
-            oracle_runs = preferred if not preferred.empty else oracle_runs[oracle_runs[METHOD] == oracle_runs[METHOD].iloc[0]]
-        if baseline_runs.empty or oracle_runs.empty:
-            continue
-        base, oracle = _by_seed(baseline_runs, metric), _by_seed(oracle_runs, metric)
-        rows = []
-        candidates = (
-            ("best cleaner", group[judged & with_baseline]),
-            ("best robust loss", group[uncleaned & ~with_baseline & not_reference.loc[group.index]]),
-            ("best combination", group[judged & ~with_baseline]),
-        )
-        headroom, established = math.nan, False
-        for role, candidate_runs in candidates:
-            label, best_runs = _best(candidate_runs, metric, sign)
-            if label is None:
+        by_label = dict(tuple(condition_runs.groupby(METHOD, sort=True)))
+        oracle_cells, baseline_cells = Cells(by_label[oracle], metric, items), Cells(by_label[baseline], metric, items)
+        candidates = condition_runs[competing.loc[condition_runs.index]]
+        uncleaned = candidates[CLEANING_JUDGE] == NO_CLEANING
+        with_baseline = candidates[LOSS_LABEL] == baseline
+        roles = dict(zip(ROLES, (candidates[~uncleaned & with_baseline], candidates[uncleaned & ~with_baseline],
+                                 candidates[~uncleaned & ~with_baseline])))  # fmt: skip
+        for rate in sorted(rate for rate in set(condition_runs[RATE]) if rate > 0):
+            measured = headroom_at(oracle_cells, baseline_cells, rate, declaration)
+            if measured is None:
                 continue
-            recovery, headroom, established = recovered_share(_by_seed(best_runs, metric), base, oracle, sign)
-            if recovery is not None:
-                rows.append((role, label, recovery))
-        seeds = len(set(base.index) & set(oracle.index))
-        if not rows:
-            headroom = float(sign * (oracle - base).dropna().mean())
-        found.append(CleaningFinding(condition, rate, metric, float(base.mean()), float(oracle.mean()), headroom,
-                                     established, seeds, rows))  # fmt: skip
+            rows = []
+            for role, role_runs in roles.items():
+                label, count = _best(role_runs[role_runs[RATE] == rate], metric, sign)
+                if label is None:
+                    continue
+                recovery = recovered_share(Cells(by_label[label], metric, items), baseline_cells, oracle_cells, rate,
+                                           measured["headroom_defined"], labels=(label, baseline, oracle),
+                                           headroom_seeds=measured["n_seeds"])  # fmt: skip
+                rows.append((role, label, count, recovery))
+            found.append(CleaningFinding(tuple(condition), float(rate), metric, oracle, measured, rows, note))
     return found
 
 
+def _share_words(recovery: dict) -> str:
+    if math.isnan(recovery["share"]):
+        return ""
+    return (f", recovering {format_share(recovery['share'])} of the headroom "
+            f"{share_interval(recovery['share_low'], recovery['share_high'])}")  # fmt: skip
+
+
 def finding_sentence(finding: CleaningFinding, baseline: str, declaration: MetricDeclaration) -> str:
-    label = declaration.label
+    label, measured = declaration.label, finding.headroom
     opening = (
-        f"At {percent(finding.rate)} flips, {baseline} reaches {format_number(finding.baseline)} {label} and the "
-        f"oracle (the flipped pairs removed) {format_number(finding.oracle)}: a headroom of "
-        f"{format_number(finding.headroom)} over {finding.seeds} seed(s)"
+        f"At {percent(finding.rate)} flips, {baseline} reaches {format_number(measured['baseline_mean'])} {label} and "
+        f"the oracle {finding.oracle} (the flipped pairs removed) {format_number(measured['oracle_mean'])}: a headroom "
+        f"of {format_number(measured['headroom'])} {format_interval(measured['headroom_low'], measured['headroom_high'])} "
+        f"over {measured['n_seeds']} seed(s)"
     )
-    if not finding.established:
+    if not measured["headroom_defined"]:
         opening += (
             " — not established (its 95 % interval over seeds includes zero, or too few seeds), so no recovered share "
             "is given"
         )
-    parts = []
-    for role, method, recovery in finding.rows:
-        share = "" if recovery.share is None else (
-            f", recovering {100 * recovery.share:.0f} % of the headroom "
-            f"[{100 * recovery.share_low:.0f} %, {100 * recovery.share_high:.0f} %]"
-        )
-        parts.append(f"the {role} is {method} ({format_number(recovery.mean)}{share})")
+    parts = [
+        f"the {role} (of {count}) is {method} ({format_number(recovery['method_mean'])}{_share_words(recovery)})"
+        for role, method, count, recovery in finding.rows
+    ]
     if not parts:
         return opening + "."
     comparisons = "; ".join(parts)
@@ -231,31 +227,34 @@ def findings_table(
 ) -> Table | None:
     if not found:
         return None
-    roles = ("best cleaner", "best robust loss", "best combination")
     rows = []
     for finding in found:
-        by_role = {role: (method, recovery) for role, method, recovery in finding.rows}
-        cells = [percent(finding.rate), format_number(finding.baseline), format_number(finding.oracle),
-                 format_number(finding.headroom) + ("" if finding.established else " (n.s.)")]  # fmt: skip
-        for role in roles:
+        measured = finding.headroom
+        by_role = {role: (method, recovery) for role, method, _, recovery in finding.rows}
+        cells = [percent(finding.rate), format_number(measured["baseline_mean"]), format_number(measured["oracle_mean"]),
+                 format_number(measured["headroom"]) + ("" if measured["headroom_defined"] else " (n.s.)")]  # fmt: skip
+        for role in ROLES:
             if role not in by_role:
                 cells.append(DASH)
                 continue
             method, recovery = by_role[role]
-            share = "" if recovery.share is None else f" ({100 * recovery.share:.0f} %)"
-            cells.append(f"{method} {format_number(recovery.mean)}{share}")
+            share = "" if math.isnan(recovery["share"]) else f" ({format_share(recovery['share'])})"
+            cells.append(f"{method} {format_number(recovery['method_mean'])}{share}")
         rows.append(cells)
+    oracles = sorted({finding.oracle for finding in found})
     return Table(
         stem=stem,
         caption=f"{title}: {declaration.label}, the best cleaner, robust loss and combination against {baseline} "
         "and the oracle, with the share of the headroom each recovers",
-        header=["rate", baseline, "oracle", "headroom", *roles],
+        header=["rate", baseline, "oracle", "headroom", *ROLES],
         rows=rows,
         notes=[
-            "headroom = oracle − baseline, mean over seeds (n.s.: its 95 % t-interval over seeds includes zero; "
-            "then no share is given); share = (method − baseline) / headroom, paired by seed",
-            "the oracle is the 'oracle' judge removing exactly the flipped pairs, trained with the baseline loss: "
-            "a reference, never a candidate",
+            "headroom = oracle − baseline, mean over seeds (n.s.: its 95 % paired-t interval includes zero; "
+            "then no share is given); share = (method − baseline) / headroom, paired by seed, as in the headroom "
+            "table of the findings",
+            f"the oracle is {', '.join(oracles)}: the baseline's method trained without the flipped pairs, a "
+            "reference, never a candidate",
+            POST_HOC_NOTE,
         ],
         align="l" + "r" * 3 + "l" * 3,
     )

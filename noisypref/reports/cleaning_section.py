@@ -22,6 +22,7 @@ from noisypref.reports.cleaning import (
     LOSS_LABEL,
     NO_CLEANING,
     ORACLE_JUDGE,
+    POST_HOC_NOTE,
     RECALL,
     cleaning_findings,
     finding_sentence,
@@ -38,6 +39,7 @@ from noisypref.reports.figures import (
     method_styles,
     panel_grid,
 )
+from noisypref.reports.findings import ItemsLookup, no_items
 from noisypref.reports.study import CONDITION_KEYS, RATE, SUCCEEDED, percent
 from noisypref.reports.tables import DASH, Table, format_number
 
@@ -126,10 +128,11 @@ def cleaning_sections(
     add_table: Callable[[Table | None], TableBlock | None],
     add_figure: Callable[..., object],
     stem: Callable[..., str],
+    items: ItemsLookup = no_items,
 ) -> list[ReportSection]:
     """The report's cleaning section (empty for a study without cleaning). ``results`` as
     `fold_cleaning_into_labels` leaves them; ``metrics`` the primary metrics (the first drawn);
-    ``add_table`` / ``add_figure`` / ``stem`` the report's own helpers."""
+    ``add_table`` / ``add_figure`` / ``stem`` the report's own helpers; ``items`` the runs' per-item values."""
     if not has_cleaning(results) or not metrics:
         return []
     blocks: list = [Text(
@@ -140,7 +143,7 @@ def cleaning_sections(
     )]  # fmt: skip
     for metric in metrics:
         declaration = declarations.get(metric)
-        found = cleaning_findings(results, metric, baseline, declaration)
+        found = cleaning_findings(results, metric, baseline, declaration, items)
         if not found:
             blocks.append(Note(f"{declaration.label}: no rate above 0 has both {baseline} without cleaning and the "
                                "oracle; no headroom to share."))  # fmt: skip
@@ -148,6 +151,8 @@ def cleaning_sections(
         for condition in sorted({finding.condition for finding in found}):
             of_condition = [finding for finding in found if finding.condition == condition]
             blocks += [Text(finding_sentence(finding, baseline, declaration)) for finding in of_condition]
+            blocks += [Note(note) for note in sorted({finding.note for finding in of_condition if finding.note})]
+            blocks.append(Note(POST_HOC_NOTE))
             table = add_table(findings_table(of_condition, titles.get(condition, str(condition)),
                                              stem("cleaning-finding", metric, *condition), baseline, declaration))  # fmt: skip
             if table is not None:

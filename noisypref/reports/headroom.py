@@ -22,7 +22,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from noisypref.reports.declarations import MetricDeclarations
+from noisypref.reports.declarations import MetricDeclaration, MetricDeclarations
 from noisypref.reports.findings import Cells, ItemsLookup, common_seeds, no_items, paired_sample
 from noisypref.reports.procedure import (
     CONFIDENCE,
@@ -105,39 +105,57 @@ def headroom(
                 continue
             cells = {label: Cells(by_label[label], metric, items) for label in [baseline, oracle, *others]}
             for rate in [rate for rate in x.index if rate >= MIN_RATE - 1e-12]:
-                seeds = common_seeds([cells[oracle], cells[baseline]], [rate])
-                if not seeds:
+                measured = headroom_at(cells[oracle], cells[baseline], rate, declaration)
+                if measured is None:
                     continue
-                gap, _, _ = paired_sample(cells[oracle], cells[baseline], seeds, {rate: 1.0})
-                test = paired_t(gap)
-                low, high = test.interval(1 - CONFIDENCE)
-                side = excludes_zero(low, high)
-                defined = side != 0 and (declaration.sign() in (0.0, side))
-                base = {
-                    **key, "metric": metric, RATE: rate, REALISED_RATE: x[rate], "oracle": oracle,
-                    "baseline": baseline, "headroom": test.mean, "headroom_low": low, "headroom_high": high,
-                    "headroom_defined": defined,
-                    "oracle_mean": _mean(cells[oracle], seeds, rate), "baseline_mean": _mean(cells[baseline], seeds, rate),
-                }  # fmt: skip
-                rows.append({**base, METHOD: oracle, REFERENCE: CLEAN_ONLY, "n_seeds": test.n,
-                             "method_mean": base["oracle_mean"], "recovered": test.mean, "share": 1.0 if defined else np.nan,
-                             "share_low": np.nan, "share_high": np.nan, "note": test.note})  # fmt: skip
-                labelled = {"method": None, "baseline": (baseline, cells[baseline]), "oracle": (oracle, cells[oracle])}
+                base = {**key, "metric": metric, RATE: rate, REALISED_RATE: x[rate], "oracle": oracle,
+                        "baseline": baseline, **measured}  # fmt: skip
+                rows.append({**base, METHOD: oracle, REFERENCE: CLEAN_ONLY, "method_mean": base["oracle_mean"],
+                             "recovered": base["headroom"], "share": 1.0 if base["headroom_defined"] else np.nan,
+                             "share_low": np.nan, "share_high": np.nan})  # fmt: skip
                 for label in others:
-                    labelled["method"] = (label, cells[label])
                     rows.append({**base, METHOD: label, REFERENCE: kinds[label],
-                                 **_share(labelled, rate, defined, len(seeds))})  # fmt: skip
+                                 **recovered_share(cells[label], cells[baseline], cells[oracle], rate,
+                                                   base["headroom_defined"], labels=(label, baseline, oracle),
+                                                   headroom_seeds=base["n_seeds"])})  # fmt: skip
     return pd.DataFrame(rows, columns=HEADROOM_COLUMNS), notes
+
+
+def headroom_at(oracle: Cells, baseline: Cells, rate: float, declaration: MetricDeclaration) -> dict | None:
+    """The headroom at ``rate``: mean over the seeds both have of oracle − baseline (``headroom``), its
+    paired-t 95 % interval (``headroom_low``, ``headroom_high``), whether it is established on the side
+    the metric calls better (``headroom_defined``), both means, ``n_seeds`` and the test's ``note``; None
+    where no seed has both."""
+    seeds = common_seeds([oracle, baseline], [rate])
+    if not seeds:
+        return None
+    gap, _, _ = paired_sample(oracle, baseline, seeds, {rate: 1.0})
+    test = paired_t(gap)
+    low, high = test.interval(1 - CONFIDENCE)
+    side = excludes_zero(low, high)
+    return {
+        "headroom": test.mean, "headroom_low": low, "headroom_high": high,
+        "headroom_defined": side != 0 and (declaration.sign() in (0.0, side)),
+        "oracle_mean": _mean(oracle, seeds, rate), "baseline_mean": _mean(baseline, seeds, rate),
+        "n_seeds": test.n, "note": test.note,
+    }  # fmt: skip
 
 
 def _mean(cells: Cells, seeds: list, rate: float) -> float:
     return float(np.mean([cells.value[(seed, rate)] for seed in seeds]))
 
 
-def _share(labelled: dict[str, tuple[str, Cells]], rate: float, defined: bool, headroom_seeds: int) -> dict:
-    """The recovered share of one method; ``labelled``: "method", "baseline" and "oracle" -> (label, cells).
-    ``headroom_seeds``: the seeds of the headroom's own interval."""
-    (_, method), (_, baseline), (_, oracle) = (labelled[side] for side in ("method", "baseline", "oracle"))
+def recovered_share(
+    method: Cells, baseline: Cells, oracle: Cells, rate: float, defined: bool, *,
+    labels: tuple[str, str, str], headroom_seeds: int = 0,
+) -> dict:  # fmt: skip
+    """A method's recovery at ``rate`` over the seeds it shares with the baseline and the oracle: its mean
+    (``method_mean``), mean(method − baseline) (``recovered``), ``n_seeds``, and where the headroom is
+    ``defined`` (`headroom_at`) the share mean(M − B) / mean(O − B) with Fieller's 95 % interval
+    (``share``, ``share_low``, ``share_high``); ``note`` says why a share is missing, naming the side
+    that lacks what by ``labels`` (method, baseline, oracle). ``headroom_seeds``: the seeds of the
+    headroom's own interval (`headroom_at`'s ``n_seeds``), to say when this method shares fewer."""
+    labelled = dict(zip(("method", "baseline", "oracle"), zip(labels, (method, baseline, oracle))))
     seeds = common_seeds([method, baseline, oracle], [rate])
     empty = {"n_seeds": len(seeds), "method_mean": np.nan, "recovered": np.nan, "share": np.nan,
              "share_low": np.nan, "share_high": np.nan}  # fmt: skip

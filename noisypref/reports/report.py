@@ -232,7 +232,7 @@ class _ReportBuilder:
                 *findings_sections(self),
                 *cleaning_sections(
                     self.all_results, self.baseline, self.primary, self.declarations, self.titles,
-                    self.add_table, self.add_figure, self.new_stem,
+                    self.add_table, self.add_figure, self.new_stem, self.items,
                 ),
                 *self._robustness(),
                 *gamma_sections(self),

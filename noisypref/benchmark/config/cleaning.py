@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from noisypref.checks import Invalid, choice, optional, text
-from noisypref.cleaning import JUDGES, TREATMENTS, Budget, get_judge
+from noisypref.cleaning import JUDGES, ORACLE_JUDGE, TREATMENTS, Budget, get_judge
+from noisypref.folder_layout import CLEAN_ONLY, FLIP_RECORD_ORACLE, KNOWN_RATE, NO_REFERENCE
 from noisypref.settings import Section, setting
 
 
@@ -67,6 +68,24 @@ class CleaningSettings(Section):
         if budget.kind != "estimated":
             parts.append("realised rate" if budget.kind == "realised_rate" else budget.describe())
         return self.judge + (f"({', '.join(parts)})" if parts else "")
+
+    @property
+    def reference_kind(self) -> str:
+        """What a run cleaned this way knows that no real cleaner does (`config.references`): the oracle
+        judge reads the flip record (``clean_only`` where it removes exactly the flipped pairs: at its own
+        estimate or the realised rate; else ``oracle``); a budget ``realised_rate`` tells any other judge
+        how many pairs flipped (``known_rate``); else ``none``, a competitor."""
+        budget = Budget.parse(self.budget).kind
+        if self.judge == ORACLE_JUDGE:
+            exact = self.treatment == "remove" and budget in ("estimated", "realised_rate")
+            return CLEAN_ONLY if exact else FLIP_RECORD_ORACLE
+        return KNOWN_RATE if budget == "realised_rate" else NO_REFERENCE
+
+    @property
+    def judges(self) -> tuple[tuple[str, dict[str, Any]], ...]:
+        """(judge, options) of the judge and, for an ensemble, of each of its members."""
+        members = getattr(get_judge(self.judge).make_options(self.options), "members", ())
+        return ((self.judge, self.options), *((member["judge"], member["options"]) for member in members))
 
     @property
     def needs_models(self) -> bool:

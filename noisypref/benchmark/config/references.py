@@ -10,6 +10,11 @@
   set to the symbol ``realised_flip_rate`` is resolved per run, after noise injection, to the share of
   training pairs actually flipped. Such an entry is a known-rate reference automatically: it reads a
   summary of the flip record that no competitor has.
+* cleaned runs (`noisypref.benchmark.config.cleaning`): a run cleaned by the ``oracle`` judge reads the
+  flip record. Removing what it flags at its own estimate or at the realised rate removes exactly the
+  flipped pairs, so it is ``clean_only``; any other use of the oracle (flipping, removing a share) is an
+  ``oracle`` reference. A run whose judge is told the realised flip rate (budget ``realised_rate``) is
+  ``known_rate``. `run_reference_kind` gives a run's kind from its method and cleaning sections.
 
 Competitors are ``none``. A reference at rate 0 is its own base run (nothing to remove, ε = 0), so the
 grid leaves it out there. This module is plain data: the names, the symbol and how a run's kind is read.
@@ -22,9 +27,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from noisypref import methods as method_registry
-from noisypref.folder_layout import CLEAN_ONLY, KNOWN_RATE, NO_REFERENCE
+from noisypref.folder_layout import CLEAN_ONLY, FLIP_RECORD_ORACLE, KNOWN_RATE, NO_REFERENCE
 
-REFERENCE_KINDS = (NO_REFERENCE, CLEAN_ONLY, KNOWN_RATE)
+REFERENCE_KINDS = (NO_REFERENCE, CLEAN_ONLY, KNOWN_RATE, FLIP_RECORD_ORACLE)
 GIVEN_REFERENCES = (NO_REFERENCE, CLEAN_ONLY)  # what a method entry or run config states; known_rate is read
 REALISED_FLIP_RATE = "realised_flip_rate"  # the symbolic hyperparameter value
 
@@ -44,6 +49,14 @@ def reference_kind(reference: str, hyperparameters: Mapping[str, Any]) -> str:
     if reference == CLEAN_ONLY:
         return CLEAN_ONLY
     return KNOWN_RATE if symbolic_hyperparameters(hyperparameters) else NO_REFERENCE
+
+
+def run_reference_kind(method_kind: str, cleaning_kind: str | None) -> str:
+    """The kind of a run from its method's kind and its cleaning's (None: the run is not cleaned). A study
+    never crosses a method reference with a cleaning entry, so at most one of them is a reference."""
+    if method_kind != NO_REFERENCE or cleaning_kind is None:
+        return method_kind
+    return cleaning_kind
 
 
 def symbol_problem(method: str, hyperparameter: str) -> str | None:

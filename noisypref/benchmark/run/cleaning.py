@@ -34,6 +34,7 @@ from noisypref.benchmark.evaluation.metrics import method_outputs
 from noisypref.benchmark.progress import phase
 from noisypref.benchmark.storage import build_once, cached_torch_file
 from noisypref.cleaning import CleaningRecord, ResponseLogps, apply_record, clean, get_judge
+from noisypref.cleaning.score_margin import SCORE_MARGIN_JUDGE, warn_if_scores_reveal_labels
 from noisypref.methods import build
 from noisypref.noise_injection import FlipRecord
 
@@ -156,6 +157,14 @@ def _labels_key(tokens: TokenizedPairs) -> str:
 
 def _rows_key(rows: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()
+
+
+def check_score_columns(config: RunConfig, train_pairs: datasets.Dataset) -> None:
+    """Before noise injection: warn where a ``score_margin`` judge of the run (alone or in an ensemble) reads
+    score columns that order the labels as the labels do (they would reveal the flips)."""
+    for judge, options in config.cleaning.judges if config.cleaning is not None else ():
+        if judge == SCORE_MARGIN_JUDGE:
+            warn_if_scores_reveal_labels(train_pairs, get_judge(judge).make_options(options))
 
 
 def clean_training_pairs(

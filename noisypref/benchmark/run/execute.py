@@ -13,10 +13,10 @@ see ``default_run_config``), and writes into ``run_dir``:
                     gamma (γ methods only); the reports' γ diagnostics read it
     alpaca_eval/, arena_hard/   generations, annotations and answer files of evaluation.benchmarks
     result.json     every metric, the config, seed, library versions and wall time, the run's
-                    "reference" kind (none, clean_only, known_rate) and the method's "hyperparameters"
-                    as trained (a known-rate run's realised_flip_rate symbols resolved; those named in
-                    "symbolic_hyperparameters"); written last and atomically, so a run is complete
-                    exactly when result.json exists
+                    "reference" kind (none, clean_only, known_rate, oracle: config.references) and
+                    the method's "hyperparameters" as trained (a known-rate run's realised_flip_rate
+                    symbols resolved; those named in "symbolic_hyperparameters"); written last and
+                    atomically, so a run is complete exactly when result.json exists
     checkpoint/     the mid-run checkpoint (training.checkpoint_every), removed once result.json is
                     written unless training.keep_checkpoint
 
@@ -51,7 +51,7 @@ import transformers
 
 import noisypref
 from noisypref.benchmark.config.metrics import declare
-from noisypref.benchmark.config.references import NO_REFERENCE, symbolic_hyperparameters
+from noisypref.benchmark.config.references import NO_REFERENCE, run_reference_kind, symbolic_hyperparameters
 from noisypref.benchmark.config.run_config import RunConfig, parse_run_config
 from noisypref.benchmark.config.sections import TESTBED
 from noisypref.benchmark.engine import distributed
@@ -156,7 +156,9 @@ def execute_run(
     seed_text = f"seed {config.seed}" + (
         f", training seed {config.training.seed}" if config.training.seed is not None else ""
     )
-    reference = config.method.reference_kind
+    reference = run_reference_kind(
+        config.method.reference_kind, None if config.cleaning is None else config.cleaning.reference_kind
+    )
     logger.info(
         "run %s: %s%s on %s, noise %s %.2f, %s",
         config.run_id,
@@ -180,7 +182,7 @@ def execute_run(
         "run_id": config.run_id,
         "status": "succeeded",
         "label": config.method.label,
-        "reference": config.method.reference_kind,
+        "reference": reference,
         "metrics": metrics,
         "config": config.raw,
         "seed": config.seed,

@@ -36,7 +36,7 @@ from noisypref.benchmark.engine.reference import LiveReference, ReferenceLogps, 
 from noisypref.benchmark.engine.tokenization import TokenizedPairs, tokenize_pairs
 from noisypref.benchmark.evaluation.chat_benchmarks import check_runnable
 from noisypref.benchmark.progress import phase
-from noisypref.benchmark.run.cleaning import EnginePairModels, clean_training_pairs
+from noisypref.benchmark.run.cleaning import EnginePairModels, check_score_columns, clean_training_pairs
 from noisypref.benchmark.storage import atomic_path
 from noisypref.benchmark.testbed import Testbed, build_testbed
 from noisypref.cleaning import CleaningRecord
@@ -191,6 +191,7 @@ def load_data_model_and_tokens(
     a ``cleaning`` section), the policy, its tokenizer, its cache identity, the pad token and the token ids
     of the training pairs (cleaned, where the run cleans them) and of the held-out pairs."""
     data = resolve_dataset(config, cache_dir)
+    check_score_columns(config, data.train_pairs)
     noisy_pairs, flips = inject(
         data.train_pairs, config.noise.model, config.noise.rate, config.seed, **config.noise.options
     )

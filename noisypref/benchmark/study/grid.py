@@ -3,8 +3,10 @@
 Each run is a fully resolved run config (`noisypref.benchmark.config.run_config`) named by its run id. Runs whose
 configs are identical are merged: every rate-0 run means "no flips", whatever the noise model, so
 its noise section is written one way (`NO_NOISE`) and it runs once for all noise models.
-References (`noisypref.benchmark.config.references`) are left out at rate 0, where each is its own
-base run: a clean_only run has no flipped pair to remove, a known-rate one gets ε = 0.
+Method references (`noisypref.benchmark.config.references`) are left out at rate 0, where each is its own
+base run (a clean_only run has no flipped pair to remove, a known-rate one gets ε = 0), and under every
+cleaning entry but ``none``. A cleaned run whose cleaning reads the flip record (the oracle judge) or the
+realised rate (budget ``realised_rate``) is a reference of its own: its kind is the cleaning's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import itertools
 from typing import Any
 
+from noisypref.benchmark.config.references import run_reference_kind
 from noisypref.benchmark.config.run_config import make_run_config, run_id
 from noisypref.benchmark.config.sections import NoiseSettings
 from noisypref.benchmark.study.plan import PlannedRun
@@ -37,10 +40,14 @@ def grid_point_count(study: Study) -> int:
 
 
 def skipped_reference_points(study: Study) -> int:
-    """Grid points of references at rate 0, which `plan_runs` leaves out (each is its own base run)."""
+    """Grid points of method references that `plan_runs` leaves out: at rate 0 under every cleaning entry
+    (each is its own base run), and above rate 0 under every cleaning entry but ``none``."""
     references = [variant for variant in study.method_variants() if variant.reference_kind != NO_REFERENCE]
-    zero_rates = sum(1 for noise in study.noise for rate in noise.rates if rate == 0)
-    return len(study.datasets) * zero_rates * len(references) * len(study.seeds) * len(study.models)
+    cleaned = sum(1 for cleaning in study.cleaning if cleaning.label != NO_CLEANING)
+    skipped_cleaning = sum(
+        len(study.cleaning) if rate == 0 else cleaned for noise in study.noise for rate in noise.rates
+    )
+    return len(study.datasets) * skipped_cleaning * len(references) * len(study.seeds) * len(study.models)
 
 
 def plan_runs(study: Study) -> list[PlannedRun]:
@@ -82,7 +89,9 @@ def plan_runs(study: Study) -> list[PlannedRun]:
             seed=seed,
             model=model.name,
             grid_points=1,
-            reference=variant.reference_kind,
+            reference=run_reference_kind(
+                variant.reference_kind, None if cleaning.settings is None else cleaning.settings.reference_kind
+            ),
             base_label=base_labels[variant.label],
             cleaning=cleaning.label,
         )

@@ -22,7 +22,7 @@ class PlannedRun:
     seed: int
     model: str
     grid_points: int  # how many grid points this run stands for (several for merged rate-0 runs)
-    reference: str = NO_REFERENCE  # none (a competitor), clean_only or known_rate
+    reference: str = NO_REFERENCE  # none (a competitor), clean_only, known_rate or oracle (config.references)
     base_label: str | None = None  # the label of this competitor's own base (`sweeps.base_labels`)
     cleaning: str = NO_CLEANING  # the cleaning entry's label
 

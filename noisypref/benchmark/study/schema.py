@@ -182,7 +182,8 @@ def parse_study(
     methods = load_methods(raw.get("methods", []), raw, training, evaluation, errors)
     seeds = load_seeds(raw.get("seeds", [0]), errors)
     models = load_models(raw.get("models", [{"name": TESTBED}]), errors)
-    cleaning = load_cleaning(raw.get("cleaning"), errors)
+    testbeds = [path for path, dataset in datasets.items() if dataset.kind == TESTBED]
+    cleaning = load_cleaning(raw.get("cleaning"), errors, testbed=testbeds[0] if testbeds else None)
     _check_testbed_model_pairing(datasets, models, errors)
     _check_benchmarks(evaluation, methods, models, check_files, errors)
     check_unique_labels(methods, errors)
