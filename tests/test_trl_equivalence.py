@@ -12,6 +12,7 @@ from __future__ import annotations
 import datasets
 import pytest
 import torch
+from conftest import tiny_llama_config_of
 from transformers import AutoModelForCausalLM, PrinterCallback
 
 from noisypref.benchmark.config.sections import TrainingSettings
@@ -42,19 +43,21 @@ def tokenizer():
     return build_word_tokenizer(num_topics=3, num_words=WORDS)
 
 
+def build_tiny_llama(tokenizer, seed: int):
+    """The tests' random two-layer Llama on the tokenizer's ids (a plain function: test_trl_integration
+    imports it)."""
+    config = tiny_llama_config_of(
+        tokenizer=tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+
+
 @pytest.fixture(scope="module")
-def tiny_llama(tokenizer, tiny_llama_config):
-    """``tiny_llama(seed)``: the tests' random two-layer Llama on the tokenizer's ids."""
-
-    def build(seed: int):
-        config = tiny_llama_config(
-            tokenizer=tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=64,
-        )  # fmt: skip
-        torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-
-    return build
+def tiny_llama(tokenizer):
+    """``tiny_llama(seed)``: ``build_tiny_llama`` on the module's tokenizer."""
+    return lambda seed: build_tiny_llama(tokenizer, seed)
 
 
 def random_pairs(count: int) -> datasets.Dataset:
@@ -77,7 +80,7 @@ def random_pairs(count: int) -> datasets.Dataset:
     )
 
 
-def trl_trainer(tiny_llama, tokenizer, pairs: datasets.Dataset, output_dir, **config):
+def trl_trainer(tokenizer, pairs: datasets.Dataset, output_dir, **config):
     """TRL's DPOTrainer on ``pairs`` in order, policy seed 0, reference model seed 1 (live).
 
     TRL gets "<bos> prompt" and " response", so that it tokenises [bos] + prompt + response + [eos]
@@ -107,8 +110,8 @@ def trl_trainer(tiny_llama, tokenizer, pairs: datasets.Dataset, output_dir, **co
         **config,
     )
     trainer = trl.DPOTrainer(
-        model=tiny_llama(seed=0).train(),
-        ref_model=tiny_llama(seed=1),
+        model=build_tiny_llama(tokenizer, seed=0).train(),
+        ref_model=build_tiny_llama(tokenizer, seed=1),
         args=args,
         train_dataset=text,
         processing_class=tokenizer,
@@ -132,7 +135,7 @@ def assert_same_sequences(trainer, tokens, order: list[int]) -> None:
 
 def test_loss_on_one_batch_matches_trl_sigmoid_dpo(tokenizer, tiny_llama, tmp_path) -> None:
     pairs = random_pairs(PAIRS_PER_STEP)
-    trainer = trl_trainer(tiny_llama, tokenizer, pairs, tmp_path, max_steps=1, learning_rate=LEARNING_RATE)
+    trainer = trl_trainer(tokenizer, pairs, tmp_path, max_steps=1, learning_rate=LEARNING_RATE)
     tokens = engine_tokens(tokenizer, pairs)
     assert_same_sequences(trainer, tokens, list(range(len(pairs))))
 
@@ -182,7 +185,6 @@ def test_first_training_steps_match_trl(tokenizer, tiny_llama, tmp_path) -> None
     engine_order = [int(index) for step in range(1, STEPS + 1) for index in order.step_pairs(step)]
 
     trainer = trl_trainer(
-        tiny_llama,
         tokenizer,
         pairs.select(engine_order),
         tmp_path,

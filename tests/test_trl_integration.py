@@ -41,7 +41,8 @@ from noisypref.methods import available_methods, build  # noqa: E402
 from noisypref.methods.margins import MarginEstimator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_trl_equivalence import assert_same_sequences, engine_tokens, random_pairs, tiny_llama  # noqa: E402
+from test_trl_equivalence import assert_same_sequences, engine_tokens, random_pairs  # noqa: E402
+from test_trl_equivalence import build_tiny_llama as tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -248,7 +248,7 @@ ENGINE_TOLERANCE = 1e-5  # float32; packed rows and TRL's padded rows differ by 
 
 
 def engine_pair_losses(method, tokens, pad_token_id, *, pack: bool, live: bool, cache_dir) -> list[float]:
-    from test_trl_equivalence import tiny_llama
+    from test_trl_equivalence import build_tiny_llama as tiny_llama
 
     from noisypref.benchmark.engine.logps import SequenceLogps, forward_pairs, per_token_terms
     from noisypref.benchmark.engine.reference import LiveReference, reference_logps
@@ -317,7 +317,8 @@ def test_engine_per_token_terms_give_trls_losses_packed_and_padded(options, tmp_
 
 
 def test_the_reference_cache_keeps_shared_prefix_sums_in_a_file_of_their_own(tmp_path, one_torch_thread):
-    from test_trl_equivalence import engine_tokens, random_pairs, tiny_llama
+    from test_trl_equivalence import build_tiny_llama as tiny_llama
+    from test_trl_equivalence import engine_tokens, random_pairs
 
     from noisypref.benchmark.engine.reference import reference_cache_path, reference_logps
 
