@@ -4,6 +4,7 @@ without cleaning unchanged, study-file checks, and one tiny study end to end on 
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from noisypref.benchmark.study.folder import StudyFolder
 from noisypref.benchmark.study.results import results_frame
 from noisypref.benchmark.study.scheduler import run_study
 from noisypref.cleaning import CleaningRecord
+from noisypref.cli.validate import describe_methods
 
 BASE = {
     "name": "cleaning_grid",
@@ -88,6 +90,14 @@ def test_cleaning_that_reads_the_flip_record_or_the_realised_rate_makes_a_refere
     # the kind is not part of a run's config: the runs keep the ids they had without it
     config = parse_run_config(next(run for run in runs if run.cleaning == "oracle(flip)").config)
     assert "reference" not in config.raw["method"] and "reference" not in config.raw["cleaning"]
+    # `noisypref validate` names each cleaning reference, what it reads, and nothing else
+    described = describe_methods(study).splitlines()
+    pattern = r"^reference cleaning (.+) \((\w+), drawn, never ranked\): reads (the flip record|the realised flip rate)"
+    named = {label: (kind, reads) for label, kind, reads in re.findall(pattern, "\n".join(described), re.M)}
+    assert named == {
+        label: (kind, "the realised flip rate" if kind == "known_rate" else "the flip record")
+        for label, kind in expected.items() if kind != "none"
+    }  # fmt: skip
 
 
 def test_score_margin_is_refused_on_the_testbed_with_the_field_the_value_and_the_choices():

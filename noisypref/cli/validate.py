@@ -92,6 +92,7 @@ def describe_grid(study, grid_points: int, runs: int, skipped_references: int = 
 def describe_methods(study) -> str:
     """The competitors (ranked) with their with/without bases, then the references (drawn, never ranked)."""
     from noisypref.benchmark.config.references import CLEAN_ONLY, NO_REFERENCE, symbolic_hyperparameters
+    from noisypref.cleaning.base import ORACLE_JUDGE
 
     variants = study.method_variants()
     bases = study.base_labels()
@@ -110,6 +111,13 @@ def describe_methods(study) -> str:
         else:
             continue
         lines.append(f"reference {variant.label} ({variant.reference_kind}, drawn, never ranked): {what}")
+    for entry in study.cleaning:
+        kind = NO_REFERENCE if entry.settings is None else entry.settings.reference_kind
+        if kind == NO_REFERENCE:
+            continue
+        reads = "the flip record" if entry.settings.judge == ORACLE_JUDGE else "the realised flip rate (its budget)"
+        lines.append(f"reference cleaning {entry.label} ({kind}, drawn, never ranked): reads {reads}, "
+                     "which no real cleaner knows")  # fmt: skip
     return "\n".join(lines)
 
 
