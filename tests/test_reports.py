@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from scipy import stats
 from noisypref.cli import USER_ERROR_STATUS, main
 from noisypref.reports import holm_adjust, mean_interval, paired_tests, summarise, write_report
 from noisypref.reports.declarations import MetricDeclaration
-from noisypref.reports.figures import method_styles, robustness_figure
+from noisypref.reports.figures import PANEL_HEIGHT_IN, method_styles, robustness_figure, save_figure
 from noisypref.reports.tables import summary_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -372,6 +373,24 @@ def test_robustness_figure_panels_are_a_column_wide_with_readable_text():
         line.get_label(): (line.get_color(), line.get_marker(), line.get_linestyle()) for line in lines
     } == {label: (style.colour, style.marker, style.line_style) for label, style in styles.items()}
 
+
+
+def test_a_legend_of_many_labels_grows_the_figure_instead_of_squashing_its_panel(tmp_path):
+    # A cleaning study's cleaner+loss labels: 15 entries, one legend column on a one-panel figure
+    labels = {f"judge{index}+dpo": "dpo" for index in range(15)}
+    results = make_results(methods=labels)
+    summary = summarise(results, ["heldout_accuracy"])
+    titles = {("testbed", "symmetric", "tiny-llama"): "testbed · symmetric"}
+    declaration = MetricDeclaration("heldout_accuracy", "held-out accuracy", "higher", 0.0, 1.0)
+    figure = robustness_figure(summary, "heldout_accuracy", method_styles(labels), titles, declaration)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_figure(figure, tmp_path, "many")
+    assert not [warning for warning in caught if "constrained_layout" in str(warning.message)]
+    legend_height = figure.legends[0].get_window_extent().height / figure.dpi
+    assert figure.get_size_inches()[1] > PANEL_HEIGHT_IN + legend_height * 0.9  # room for both
+    panel_height = figure.axes[0].get_position().height * figure.get_size_inches()[1]
+    assert panel_height > 0.5 * PANEL_HEIGHT_IN  # the panel keeps most of its height
 
 # The report on disk.
 

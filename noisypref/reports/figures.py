@@ -213,13 +213,24 @@ def legend_label(label: str, style: MethodStyle) -> str:
     return f"{label} (reference)" if style.reference else label
 
 
+# The height the figures reserve under their panels for a legend of a line or two (inches).
+LEGEND_RESERVE_IN = 0.4
+
+
 def fitted_legend(figure: Figure, handles: list) -> None:
+    """The legend under the panels, in as many columns (up to 4) as fit the figure's width; where it is
+    taller than ``LEGEND_RESERVE_IN`` (many labels: a cleaning study's cleaner+loss labels), the figure
+    grows by the difference, so that the panels keep their height instead of collapsing under it."""
     renderer = FigureCanvasAgg(figure).get_renderer()
     for columns in range(min(4, len(handles)), 0, -1):
         legend = figure.legend(handles=handles, loc="outside lower center", ncols=columns, frameon=False)
         if legend.get_window_extent(renderer).width <= figure.bbox.width * 0.98 or columns == 1:
-            return
+            break
         legend.remove()
+    excess = legend.get_window_extent(renderer).height / figure.dpi - LEGEND_RESERVE_IN
+    if excess > 0:
+        width, height = figure.get_size_inches()
+        figure.set_size_inches(width, height + excess)
 
 
 def robustness_figure(
