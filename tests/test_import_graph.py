@@ -182,6 +182,16 @@ def test_nothing_outside_the_command_line_imports_it() -> None:
     )
 
 
+
+MAX_MODULE_LINES = 400  # issue 25: a module that grows past this holds two things; split it
+
+
+def test_no_module_of_the_package_is_over_400_lines() -> None:
+    sizes = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in MODULES.items()}
+    assert len(sizes) > 100 and max(sizes.values()) > 300  # the walk read the package
+    over = {name: lines for name, lines in sizes.items() if lines > MAX_MODULE_LINES}
+    assert not over, f"modules over {MAX_MODULE_LINES} lines (split each into the things it holds): {over}"
+
 # The rooms of docs/architecture.md and what each may import ("The arrows"). A room may always import
 # its own modules; imports of every kind count, for an import inside a function still ties the rooms.
 LEAVES = "leaves"

@@ -28,7 +28,8 @@ from noisypref.reports.figures import (
     texts_outside,
     training_figure,
 )
-from noisypref.reports.findings import findings, method_intervals
+from noisypref.reports.findings import findings
+from noisypref.reports.intervals import method_intervals
 from noisypref.reports.statistics import curve_runs
 from noisypref.reports.tables import format_pvalue
 

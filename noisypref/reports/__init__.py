@@ -12,8 +12,9 @@ See docs/reports.md.
 
 from noisypref.reports.compare import compare_studies
 from noisypref.reports.declarations import read_metric_declarations, read_report_settings
-from noisypref.reports.findings import findings, method_intervals, paired_tests
+from noisypref.reports.findings import findings, paired_tests
 from noisypref.reports.headroom import headroom
+from noisypref.reports.intervals import method_intervals
 from noisypref.reports.pairs import pair_findings, resolve_pairs
 from noisypref.reports.premise import premise_rows
 from noisypref.reports.report import write_report

@@ -42,8 +42,9 @@ from noisypref.reports.document import (
     render_markdown,
 )
 from noisypref.reports.figures import method_styles, robustness_figure, save_figure, save_pdf
-from noisypref.reports.findings import BOOTSTRAP_RESAMPLES, method_intervals, paired_tests
+from noisypref.reports.findings import paired_tests
 from noisypref.reports.findings_section import FINDINGS_TITLE, findings_sections
+from noisypref.reports.intervals import BOOTSTRAP_RESAMPLES, method_intervals
 from noisypref.reports.statistics import curve_runs, summarise
 from noisypref.reports.study import (
     CONDITION_KEYS,
