@@ -89,3 +89,37 @@ def test_the_examples_of_the_issue_import() -> None:
 
     assert all(callable(value) for value in (load_preferences, build_testbed, clean, build, inject))
     assert isinstance(TestbedConfig, type) and isinstance(PairLogps, type)
+
+
+# The imports plugin files copied from the earlier docs (docs/api.md, "Moved or renamed this round"):
+# they keep working from their old place, each the one definition of noisypref.checks.
+KEPT_IMPORTS = {
+    "noisypref.methods.base": {"check_positive": "check_positive", "check_non_negative": "check_non_negative",
+                               "check_choice": "check_choice", "check_finite": "check_number"},
+    "noisypref.noise_injection.base": {"check_choice": "check_choice", "check_real": "check_number",
+                                       "check_integer": "check_integer", "option_field": "option_field"},
+    "noisypref.cleaning.base": {"check_choice": "check_choice", "check_positive_number": "check_positive",
+                                "option_field": "option_field"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("place", sorted(KEPT_IMPORTS))
+def test_the_checks_plugins_imported_from_their_old_place_are_the_one_definition(place: str) -> None:
+    import noisypref.checks
+
+    module = importlib.import_module(place)
+    for old, new in KEPT_IMPORTS[place].items():
+        assert getattr(module, old) is getattr(noisypref.checks, new), (place, old)
+
+
+def test_the_other_kept_imports_behave_as_before() -> None:
+    from noisypref.benchmark.config.benchmarks import published_settings
+    from noisypref.benchmark.evaluation import generation
+    from noisypref.checks import InvalidValue
+    from noisypref.cleaning.base import check_positive_integer
+
+    assert generation.published_settings is published_settings
+    assert check_positive_integer("folds", 4) == 4
+    for value in (0, True, 2.5):  # minimum 1 by default, an integer, not a bool
+        with pytest.raises(InvalidValue, match="folds"):
+            check_positive_integer("folds", value)

@@ -26,7 +26,8 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from noisypref.checks import make_options, option_help
+from noisypref.checks import check_choice, check_integer, make_options, option_field, option_help  # noqa: F401 (plugins import them here)
+from noisypref.checks import check_positive as check_positive_number  # noqa: F401 (docs/api.md, "Moved")
 from noisypref.cleaning.budget import Budget
 from noisypref.cleaning.cleaning_record import CleaningRecord
 from noisypref.noise_injection.base import PreferencePairs, check_preference_dataset, swap_labels
@@ -40,6 +41,12 @@ TREATMENTS = ("remove", "flip")
 
 # ---------------------------------------------------------------------------------------------
 # What a judge sees.
+
+
+def check_positive_integer(option: str, value: Any, *, minimum: int = 1) -> int:
+    """``noisypref.checks.check_integer`` with ``minimum`` 1: kept for judge plugins written against the
+    earlier docs (docs/api.md, "Moved")."""
+    return check_integer(option, value, minimum=minimum)
 
 
 @dataclass(frozen=True)

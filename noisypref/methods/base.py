@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from noisypref.checks import check_bool, check_in_range
+from noisypref.checks import check_bool, check_choice, check_in_range, check_non_negative, check_positive  # noqa: F401 (plugins import them here)
+from noisypref.checks import check_number as check_finite  # noqa: F401 (docs/api.md, "Moved")
 from noisypref.methods.margins import MarginEstimator
 
 

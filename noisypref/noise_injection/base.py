@@ -21,7 +21,17 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from noisypref.checks import Invalid, integer, interval, make_options, option_help
+from noisypref.checks import (  # noqa: F401 (plugins import them here)
+    Invalid,
+    check_choice,
+    check_integer,
+    integer,
+    interval,
+    make_options,
+    option_field,
+    option_help,
+)
+from noisypref.checks import check_number as check_real  # noqa: F401 (docs/api.md, "Moved")
 from noisypref.noise_injection.flip_record import FlipRecord
 
 logger = logging.getLogger(__name__)

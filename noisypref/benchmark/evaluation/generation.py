@@ -23,7 +23,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from noisypref.benchmark.config.benchmarks import GenerationSettings
+from noisypref.benchmark.config.benchmarks import (
+    GenerationSettings,
+    published_settings,  # noqa: F401 (docs/api.md, "Moved")
+)
 from noisypref.benchmark.progress import phase
 from noisypref.benchmark.testbed.sampling import stop_token_ids
 
