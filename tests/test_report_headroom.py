@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from noisypref.report_settings import DeclaredPair
+from noisypref.report_settings import DeclaredPair, ReportSettings
 from noisypref.reports import write_report
 from noisypref.reports.declarations import read_metric_declarations, read_report_settings
 from noisypref.reports.headroom import headroom
@@ -439,3 +439,13 @@ def test_figures_show_differences_and_leave_out_constants_duplicates_and_shared_
     markdown = (study / "report" / "report.md").read_text(encoding="utf-8")
     assert "is 0.3 for every method and rate: a constant, not drawn" in markdown
     assert "its figure would repeat the reward gap's, not drawn" in markdown
+
+
+def test_a_report_section_the_schema_would_refuse_leaves_the_defaults_and_says_so(caplog):
+    # a hand-edited study.yaml: the report still comes out, with its default settings, and says why
+    defaults = ReportSettings()
+    for text, culprit in (("report: {pairs: null}", "report.pairs"), ("report: {baseline: dpo, what: 1}", "what")):
+        caplog.clear()
+        assert read_report_settings(text) == defaults
+        assert culprit in caplog.text and "uses its default settings" in caplog.text
+    assert read_report_settings("report: {baseline: ipo}").baseline == "ipo"  # a valid section is read

@@ -90,8 +90,8 @@ def warn_if_scores_reveal_labels(pairs: datasets.Dataset, options: ScoreMarginOp
     if agreement is not None and agreement >= REVEALING_AGREEMENT:
         logger.warning(
             "judge %r: %s - %s agrees with the labels on %.1f %% of the %d pairs before noise injection (at least "
-            "%.0f %%): the scores made the labels, so the judge reads the injected flips back from them; its "
-            "results are a reference, not a cleaner's (docs/cleaning.md)",
+            "%.0f %%): the scores made the labels, so the judge reads the injected flips back from them. The report "
+            "still ranks this run as a cleaner: read its results as a reference, not a cleaner's (docs/cleaning.md)",
             SCORE_MARGIN_JUDGE, options.chosen_column, options.rejected_column, 100 * agreement, len(pairs),
             100 * REVEALING_AGREEMENT,
         )  # fmt: skip

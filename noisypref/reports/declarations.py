@@ -150,5 +150,9 @@ def read_report_settings(study_yaml: str | None) -> ReportSettings:
     section = document.get("report") if isinstance(document, dict) else None
     if not isinstance(section, dict):
         return ReportSettings()
-    settings = ReportSettings.from_dict(section, "study.yaml: report")
+    try:
+        settings = ReportSettings.from_dict(section, "study.yaml: report")
+    except ValueError as error:  # a hand-edited or older study file: the report still comes out
+        logger.warning("study.yaml's report section is not valid (%s): the report uses its default settings", error)
+        return ReportSettings()
     return dataclasses.replace(settings, pairs=tuple(dict.fromkeys(settings.pairs)))
