@@ -209,8 +209,8 @@ def finding_sentence(finding: CleaningFinding, baseline: str, declaration: Metri
     )
     if not measured["headroom_defined"]:
         opening += (
-            " — not established (its 95 % interval over seeds includes zero, or too few seeds), so no recovered share "
-            "is given"
+            " — not established (its 95 % interval includes zero or lies on the worse side, or too few seeds), so no "
+            "recovered share is given"
         )
     parts = [
         f"the {role} (of {count}) is {method} ({format_number(recovery['method_mean'])}{_share_words(recovery)})"
@@ -249,12 +249,11 @@ def findings_table(
         header=["rate", baseline, "oracle", "headroom", *ROLES],
         rows=rows,
         notes=[
-            "headroom = oracle − baseline, mean over seeds (n.s.: its 95 % paired-t interval includes zero; "
-            "then no share is given); share = (method − baseline) / headroom, paired by seed, as in the headroom "
+            "headroom = oracle − baseline, mean over seeds (n.s.: not established — its 95 % interval includes "
+            "zero or lies on the worse side, or too few seeds; then no share is given); share = (method − baseline) / headroom, paired by seed, as in the headroom "
             "table of the findings",
             f"the oracle is {', '.join(oracles)}: the baseline's method trained without the flipped pairs, a "
-            "reference, never a candidate",
-            POST_HOC_NOTE,
+            "reference, never a candidate; the best of each role is picked after the fact (the note above)",
         ],
         align="l" + "r" * 3 + "l" * 3,
     )
