@@ -18,8 +18,9 @@
 #               options: an unknown one ends it at once)
 #   study       a random Qwen2-0.5B-shaped model (scripts/random_qwen2_model.py) trained on testbed pairs
 #               (configs/gpu_check.yaml: DPO and γ-DPO at 0 and 40 % flips, 4 runs)
-#   text        a random SmolLM2-135M-shaped Llama with a BPE tokenizer trained on the HH-RLHF slice
-#               carried in tests/data (scripts/random_text_model.py), DPO and γ-DPO on that slice, 2 runs;
+#   text        a random SmolLM2-135M-shaped Llama with a BPE tokenizer trained on the HH-RLHF slice of
+#               scripts/device_data.py (device_data/, carried with the call; made from ../shared/data where
+#               that is) (scripts/random_text_model.py), DPO and γ-DPO on that slice, 2 runs;
 #               flash_attention_2 when flash-attn imports, SDPA otherwise
 # No step launches several processes: the machines lent have one GPU, NCCL refuses two processes on one
 # GPU, and a launch of one process joins no process group (FSDP2 in one process trains unsharded), so

@@ -7,8 +7,8 @@ Two studies, each from a shipped file with the sizes of the mode:
 
 - ``study.yaml``: configs/gpu_check.yaml (a random Qwen2-0.5B-shaped model, ``--model``, on testbed pairs;
   DPO and γ-DPO at 0 and 40 % flips: 4 runs) as shipped on the GPU; 2 steps on a small testbed on the CPU.
-- ``text.yaml``: configs/smollm2_hh.yaml on the HH-RLHF slice carried in the repository
-  (tests/data/hh_rlhf_harmless_base_test_512.jsonl.gz) with the random SmolLM2-135M-shaped model of
+- ``text.yaml``: configs/smollm2_hh.yaml on the HH-RLHF slice of scripts/device_data.py
+  (device_data/, carried with the device call) with the random SmolLM2-135M-shaped model of
   scripts/random_text_model.py (``--text-model``) and attention ``--attn``; DPO and γ-DPO at 20 % flips,
   one seed: 2 runs (12 steps of 32 pairs on the GPU, 2 steps of 4 on the CPU).
 
@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from device_data import hh_slice  # scripts/device_data.py (scripts/ is this script's path)
 
 from noisypref.benchmark.study import load_study, plan_runs
 
 REPO = Path(__file__).resolve().parent.parent
 GPU_CHECK_STUDY = REPO / "configs" / "gpu_check.yaml"
 TEXT_STUDY = REPO / "configs" / "smollm2_hh.yaml"
-HH_SLICE = REPO / "tests" / "data" / "hh_rlhf_harmless_base_test_512.jsonl.gz"
 # The CPU dry run's testbed: the default words and topics (the models' tokenizer), little else.
 SMALL_TESTBED = {"sft_steps": 20, "num_train_pairs": 128, "num_heldout_pairs": 32, "num_eval_prompts": 8}
 
@@ -73,8 +73,10 @@ def text_study(mode: str, model_dir: Path, attention: str, pairs_file: Path) -> 
 
 
 def write_studies(out_dir: Path, mode: str, model_dir: Path, text_model_dir: Path, attention: str,
-                  pairs_file: Path = HH_SLICE) -> dict[str, int]:  # fmt: skip
-    """Write the two study files; returns each file's number of runs (after loading and planning it)."""
+                  pairs_file: Path | None = None) -> dict[str, int]:  # fmt: skip
+    """Write the two study files; returns each file's number of runs (after loading and planning it).
+    ``pairs_file``: the text study's data (default: the HH-RLHF slice of scripts/device_data.py)."""
+    pairs_file = pairs_file or hh_slice()
     out_dir.mkdir(parents=True, exist_ok=True)
     studies = {
         "study.yaml": testbed_study(mode, model_dir),

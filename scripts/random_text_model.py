@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from device_data import hh_slice  # scripts/device_data.py (scripts/ is this script's path)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 REPO = Path(__file__).resolve().parent.parent
-HH_SLICE = REPO / "tests" / "data" / "hh_rlhf_harmless_base_test_512.jsonl.gz"
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 SHAPES = {
     # HuggingFaceTB/SmolLM2-135M-Instruct's config.json, its vocabulary aside
@@ -91,13 +91,15 @@ def build(out_dir: Path, pairs_file: Path, shape: str, vocabulary: int, limit: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, nargs="?")
-    parser.add_argument("--pairs", type=Path, default=HH_SLICE, help="pairs file whose text trains the tokenizer")
+    parser.add_argument("--pairs", type=Path, help="pairs file whose text trains the tokenizer (default: the "
+                        "HH-RLHF slice of scripts/device_data.py)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m")
     parser.add_argument("--vocabulary", type=int, default=8192, help="BPE vocabulary size")
     parser.add_argument("--smoke", action="store_true", help="tiny shape, 64 pairs, a scratch folder")
     args = parser.parse_args()
     if args.out_dir is None and not args.smoke:
         parser.error("OUT_DIR is required (or --smoke)")
+    args.pairs = args.pairs or hh_slice()
     with tempfile.TemporaryDirectory() as scratch:
         if args.smoke:
             summary = build(args.out_dir or Path(scratch) / "model", args.pairs, "tiny", 512, limit=64)

@@ -46,6 +46,7 @@ HEADLINES = {  # dotted paths into the JSON line ("*": every element or value) t
     "benchmarks/study_cost.py": ["per_run_total.default", "per_run_total.before", "runs_measured"],
     "benchmarks/study_power.py": ["runs"],
     "scripts/check_wheels.py": ["wheels", "total_mib"],
+    "scripts/device_data.py": ["pairs", "bytes"],
     "scripts/crash_harness.py": ["rounds", "runs_checked", "trials"],
     "scripts/gpu_check_studies.py": ["total_runs"],
     "scripts/random_qwen2_model.py": ["parameters"],
