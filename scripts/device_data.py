@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import tempfile
 from pathlib import Path
+
+from noisypref.benchmark.storage import atomic_path
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_HH = REPO.parent / "shared" / "data" / "hh_rlhf" / "harmless-base-test.jsonl.gz"
@@ -42,11 +43,9 @@ def hh_slice(folder: Path = DEVICE_DATA) -> Path:
         )
     with gzip.open(SHARED_HH, "rt", encoding="utf-8") as source:
         lines = [line for _, line in zip(range(SLICE_PAIRS), source)]
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed:
-        packed.write("".join(lines).encode("utf-8"))  # mtime 0: the same bytes on every machine
-    partial.replace(path)
+    with atomic_path(path) as partial, open(partial, "wb") as raw:
+        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as packed:  # no name, no time:
+            packed.write("".join(lines).encode("utf-8"))  # the same bytes every time
     return path
 
 
