@@ -91,9 +91,8 @@ def test_cleaning_that_reads_the_flip_record_or_the_realised_rate_makes_a_refere
     config = parse_run_config(next(run for run in runs if run.cleaning == "oracle(flip)").config)
     assert "reference" not in config.raw["method"] and "reference" not in config.raw["cleaning"]
     # `noisypref validate` names each cleaning reference, what it reads, and nothing else
-    described = describe_methods(study).splitlines()
     pattern = r"^reference cleaning (.+) \((\w+), drawn, never ranked\): reads (the flip record|the realised flip rate)"
-    named = {label: (kind, reads) for label, kind, reads in re.findall(pattern, "\n".join(described), re.M)}
+    named = {label: (kind, reads) for label, kind, reads in re.findall(pattern, describe_methods(study), re.M)}
     assert named == {
         label: (kind, "the realised flip rate" if kind == "known_rate" else "the flip record")
         for label, kind in expected.items() if kind != "none"
